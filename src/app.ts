@@ -1,0 +1,144 @@
+import fs from "node:fs/promises";
+import path from "node:path";
+import { generateApiKey } from "./server/auth.js";
+import type { Config } from "./config.js";
+import { createLogger, type Logger } from "./logger.js";
+import { migrate, openStore, type Store } from "./store/db.js";
+import { ensureDefaultTenant } from "./store/tenants.js";
+import type { DeliveryFeed } from "./queue/feed.js";
+import { createEmbeddedFeed } from "./queue/embedded.js";
+import { createJetStreamFeed } from "./queue/jetstream.js";
+import { createServices } from "./server/services.js";
+import { createApiHandler, listen, type ApiServer } from "./server/http-server.js";
+import { Dispatcher } from "./dispatcher/dispatcher.js";
+import { createSender, type Sender } from "./dispatcher/sender.js";
+import type { Resolver } from "./dispatcher/guarded-lookup.js";
+
+export type Role = "api" | "dispatcher";
+
+export interface Webhookd {
+  /** Where the API listens, when it runs. */
+  url: string | undefined;
+  /** Set when this start generated the embedded admin key (shown once). */
+  generatedAdminKey: string | undefined;
+  store: Store;
+  feed: DeliveryFeed;
+  dispatcher: Dispatcher | undefined;
+  log: Logger;
+  /** Stops accepting work, drains attempts in flight, closes connections. */
+  stop(): Promise<void>;
+}
+
+export interface StartOptions {
+  roles: Role[];
+  logger?: Logger;
+  /** Tests answer DNS for made-up names with this. */
+  resolve?: Resolver;
+  dispatcherTimings?: { leaseTtlMs?: number; leaseIntervalMs?: number; sweepIntervalMs?: number; sweepGraceMs?: number };
+}
+
+export class StartupError extends Error {}
+
+export async function startWebhookd(config: Config, options: StartOptions): Promise<Webhookd> {
+  const log = options.logger ?? createLogger(config.logLevel, "webhookd");
+  const embedded = !config.databaseUrl;
+  if (embedded && options.roles.length < 2) {
+    throw new StartupError(
+      "the embedded database serves one process: run `webhookd serve`, or set DATABASE_URL to run the api and dispatcher roles apart",
+    );
+  }
+  const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: 20 });
+  const stops: (() => Promise<unknown>)[] = [() => store.close()];
+  const stopAll = async () => {
+    for (const stop of stops.splice(0).reverse()) await stop().catch((err) => log.warn({ err }, "shutdown step failed"));
+  };
+  try {
+    const applied = await migrate(store.db);
+    if (applied.length > 0) log.info({ applied }, "migrations applied");
+    await ensureDefaultTenant(store.db);
+
+    let adminKey = config.adminKey;
+    let generatedAdminKey: string | undefined;
+    if (!adminKey && embedded) ({ adminKey, generatedAdminKey } = await embeddedAdminKey(config.dataDir));
+    if (!adminKey && options.roles.includes("api")) log.warn("WEBHOOKD_ADMIN_KEY is not set: only API keys already in the database are accepted");
+
+    const feed: DeliveryFeed = config.natsUrl
+      ? await createJetStreamFeed({ url: config.natsUrl, prefix: config.natsPrefix, logger: log, name: `webhookd-${process.pid}` })
+      : createEmbeddedFeed();
+    stops.push(() => feed.close());
+
+    let dispatcher: Dispatcher | undefined;
+    let sender: Sender | undefined;
+    if (options.roles.includes("dispatcher")) {
+      const ca = config.caFile ? [await fs.readFile(config.caFile, "utf8")] : undefined;
+      sender = createSender({ addressPolicy: { allowedCidrs: config.allowedCidrs }, timeoutMs: config.deliveryTimeoutMs, resolve: options.resolve, ca });
+      stops.push(() => sender!.close());
+      dispatcher = new Dispatcher({
+        db: store.db,
+        feed,
+        sender,
+        log,
+        shardCount: config.shardCount,
+        retrySchedule: config.retrySchedule,
+        maxInFlight: config.maxInFlight,
+        ...options.dispatcherTimings,
+      });
+      await dispatcher.start();
+      stops.push(() => dispatcher!.stop());
+    }
+
+    let server: ApiServer | undefined;
+    if (options.roles.includes("api")) {
+      const services = createServices({
+        db: store.db,
+        feed,
+        urlPolicy: { allowedCidrs: config.allowedCidrs, allowHttp: config.allowHttp, maxLength: 2048 },
+        shardCount: config.shardCount,
+        eventTtlMs: config.eventTtlMs,
+        secretGraceMs: config.secretGraceMs,
+        bootstrapAdminKey: adminKey,
+        resolve: options.resolve,
+      });
+      const handler = createApiHandler({
+        services,
+        readiness: {
+          store: async () => {
+            await store.db.selectFrom("tenants").select("id").limit(1).execute();
+            return true;
+          },
+          queue: async () => feed.healthy(),
+        },
+      });
+      server = await listen(handler, config.listen.host, config.listen.port);
+      stops.push(() => server!.close());
+    }
+
+    const host = server?.address.host.includes(":") ? `[${server.address.host}]` : server?.address.host;
+    return {
+      url: server ? `http://${host}:${server.address.port}` : undefined,
+      generatedAdminKey,
+      store,
+      feed,
+      dispatcher,
+      log,
+      stop: stopAll,
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
+
+/** The embedded mode's admin key: made on first start, kept in the data dir (mode 600). */
+async function embeddedAdminKey(dataDir: string): Promise<{ adminKey: string; generatedAdminKey: string | undefined }> {
+  const file = path.join(dataDir, "admin-key");
+  try {
+    return { adminKey: (await fs.readFile(file, "utf8")).trim(), generatedAdminKey: undefined };
+  } catch (err) {
+    if ((err as { code?: string }).code !== "ENOENT") throw err;
+  }
+  const key = generateApiKey();
+  await fs.mkdir(dataDir, { recursive: true });
+  await fs.writeFile(file, `${key}\n`, { mode: 0o600, flag: "wx" });
+  return { adminKey: key, generatedAdminKey: key };
+}

@@ -1,0 +1,194 @@
+import { randomUUID } from "node:crypto";
+import type { Logger } from "pino";
+import { newId } from "../core/ids.js";
+import { decideOutcome, deliveryStatusAfter, parseRetryAfter } from "../core/retry-policy.js";
+import type { DeliveryFeed, FeedSubscription } from "../queue/feed.js";
+import type { DeliveryJob } from "../queue/job.js";
+import type { Db } from "../store/db.js";
+import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
+import * as leases from "../store/leases.js";
+import { attemptDuration, attemptsMade, deliveryLatency } from "../metrics.js";
+import { AttemptWriter } from "./attempt-writer.js";
+import { LaneEngine, type LaneOutcome, type LaneWebhook } from "./lanes.js";
+import type { Sender } from "./sender.js";
+import { RESPONSE_BODY_KEEP } from "./sender.js";
+import { createWebhookCache } from "./webhook-cache.js";
+
+export interface DispatcherOptions {
+  db: Db;
+  feed: DeliveryFeed;
+  sender: Sender;
+  log: Logger;
+  shardCount: number;
+  retrySchedule: number[];
+  maxInFlight: number;
+  /** A lease not renewed for this long may be taken by another process. */
+  leaseTtlMs?: number;
+  /** How often leases are renewed and rebalanced. */
+  leaseIntervalMs?: number;
+  /** How often owned shards are swept for due work that no lane is moving. */
+  sweepIntervalMs?: number;
+  /** Due work younger than this is left to the feed, which is usually about to deliver it. */
+  sweepGraceMs?: number;
+}
+
+/**
+ * One dispatcher process: holds a fair share of the shards, feeds their lanes from the feed, and sweeps
+ * Postgres for what the feed did not bring — jobs published while nobody owned the shard, jobs never
+ * published (the API died between commit and publish), retries that came due, a dead owner's work.
+ */
+export class Dispatcher {
+  readonly id = `dsp_${randomUUID()}`;
+  private readonly engine: LaneEngine;
+  private readonly writer: AttemptWriter;
+  private readonly owned = new Map<number, FeedSubscription | undefined>();
+  private leaseTimer: NodeJS.Timeout | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private tick: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private readonly leaseTtlMs: number;
+  private readonly log: Logger;
+
+  constructor(private readonly options: DispatcherOptions) {
+    this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
+    this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
+    this.writer = new AttemptWriter(options.db, this.log);
+    const webhooks = createWebhookCache(options.db);
+    this.engine = new LaneEngine({
+      loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),
+      isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),
+      getWebhook: (id) => webhooks.get(id),
+      execute: (job, webhook) => this.execute(job, webhook),
+      maxInFlight: options.maxInFlight,
+      log: this.log,
+    });
+  }
+
+  get shards(): number[] {
+    return [...this.owned.keys()].sort((a, b) => a - b);
+  }
+
+  async start(): Promise<void> {
+    await this.rebalance();
+    this.leaseTimer = setInterval(() => this.serially(() => this.rebalance()), this.options.leaseIntervalMs ?? 2_000);
+    this.sweepTimer = setInterval(() => this.serially(() => this.sweep(this.options.sweepGraceMs ?? 2_000)), this.options.sweepIntervalMs ?? 2_000);
+    this.log.info({ shards: this.owned.size }, "dispatcher started");
+  }
+
+  /** Stops taking work, lets attempts in flight finish and be recorded, and hands the shards back. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.leaseTimer);
+    clearInterval(this.sweepTimer);
+    await this.tick;
+    await Promise.all([...this.owned.values()].map((s) => s?.stop()));
+    await this.engine.stop();
+    await this.writer.stop();
+    await leases.removeDispatcher(this.options.db, this.id).catch((err) => this.log.warn({ err }, "could not hand back leases"));
+    this.owned.clear();
+  }
+
+  private serially(work: () => Promise<void>): void {
+    this.tick = this.tick.then(async () => {
+      if (this.stopped) return;
+      try {
+        await work();
+      } catch (err) {
+        this.log.warn({ err }, "dispatcher housekeeping failed; trying again next tick");
+      }
+    });
+  }
+
+  private async rebalance(): Promise<void> {
+    const { db, shardCount } = this.options;
+    await leases.heartbeat(db, this.id);
+    const held = new Set(await leases.renewLeases(db, this.id, this.leaseTtlMs));
+    for (const shard of [...this.owned.keys()]) {
+      if (!held.has(shard)) {
+        this.log.warn({ shard }, "lease lost");
+        void this.letGo(shard);
+      }
+    }
+    const live = Math.max(1, await leases.countLiveDispatchers(db, this.leaseTtlMs));
+    const target = Math.ceil(shardCount / live);
+    for (const shard of this.shards.slice(target)) {
+      // The lease stays ours (and renewed) until the shard's attempts in flight are recorded, so the
+      // next owner never sends beside us; draining happens off this tick so renewals go on meanwhile.
+      void this.letGo(shard)
+        .then(() => leases.releaseShard(db, this.id, shard))
+        .catch((err) => this.log.warn({ err, shard }, "releasing shard failed; its lease will lapse"));
+    }
+    const claimed = await leases.claimShards(db, this.id, shardCount, target - this.owned.size, this.leaseTtlMs);
+    for (const shard of claimed) this.owned.set(shard, undefined);
+    if (claimed.length > 0) {
+      this.log.info({ claimed: claimed.length, owned: this.owned.size, live }, "shards claimed");
+      for (const shard of claimed) this.owned.set(shard, await this.options.feed.consume(shard, (job) => this.onJob(job)));
+      // Recovery: whatever the previous owner left is in Postgres.
+      await this.sweep(0, claimed);
+    }
+  }
+
+  private onJob(job: DeliveryJob): void {
+    if (this.owned.has(job.shard)) this.engine.offer(job);
+  }
+
+  private async letGo(shard: number): Promise<void> {
+    const subscription = this.owned.get(shard);
+    this.owned.delete(shard);
+    await subscription?.stop();
+    await this.engine.dropShard(shard);
+  }
+
+  private async sweep(graceMs: number, shards = this.shards): Promise<void> {
+    const dueBy = new Date(Date.now() - graceMs);
+    const due = await findWebhooksWithDueDeliveries(this.options.db, shards, dueBy, 10_000);
+    for (const { webhook_id, shard } of due) {
+      if (this.owned.has(shard)) this.engine.wake(webhook_id, shard);
+    }
+  }
+
+  private async execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome> {
+    if (job.expiresAt <= Date.now()) {
+      await expireDeliveries(this.options.db, [job.deliveryId]);
+      attemptsMade.inc({ status: "expired" });
+      return { final: true };
+    }
+    const attemptedAt = new Date();
+    const result = await this.options.sender.send({
+      url: webhook.url,
+      secrets: webhook.secrets,
+      eventId: job.eventId,
+      eventType: job.eventType,
+      createdAt: job.createdAt,
+      payload: job.payload,
+    });
+    const now = new Date();
+    const outcome = decideOutcome({
+      result:
+        result.kind === "response"
+          ? { kind: "response", status: result.status, retryAfterMs: parseRetryAfter(result.retryAfter, now) }
+          : { kind: "error", blocked: result.blocked },
+      attemptsMade: job.attempts + 1,
+      schedule: this.options.retrySchedule,
+      now,
+      expiresAt: new Date(job.expiresAt),
+    });
+    const status = deliveryStatusAfter(outcome);
+    await this.writer.write({
+      attemptId: newId("att"),
+      deliveryId: job.deliveryId,
+      attemptedAt,
+      durationMs: result.durationMs,
+      responseCode: result.kind === "response" ? result.status : null,
+      error: result.kind === "error" ? result.error : result.status >= 300 ? `HTTP ${result.status}` : null,
+      responseBody: result.kind === "response" ? result.body.slice(0, RESPONSE_BODY_KEEP) : null,
+      status,
+      nextAttemptAt: outcome.kind === "retry" ? outcome.at : attemptedAt,
+    });
+    attemptsMade.inc({ status });
+    attemptDuration.observe(result.durationMs / 1000);
+    if (status === "succeeded") deliveryLatency.observe((Date.now() - job.createdAt) / 1000);
+    return outcome.kind === "retry" ? { final: false, nextAttemptAt: outcome.at.getTime() } : { final: true };
+  }
+}

@@ -1,0 +1,369 @@
+import type { Logger } from "pino";
+import type { DeliveryJob } from "../queue/job.js";
+import type { LaneLoad } from "../store/deliveries.js";
+import type { WebhookStatus } from "../store/schema.js";
+
+/** What a lane needs to know of its webhook, read fresh (cached briefly) before each attempt. */
+export interface LaneWebhook {
+  id: string;
+  url: string;
+  secrets: string[];
+  status: WebhookStatus;
+  orderedByKey: boolean;
+}
+
+/** What became of an attempt, once it is durable in Postgres. */
+export type LaneOutcome = { final: true } | { final: false; nextAttemptAt: number };
+
+export interface LaneEngineDeps {
+  loadPending(webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad>;
+  isPending(deliveryId: string): Promise<boolean>;
+  getWebhook(webhookId: string): Promise<LaneWebhook | undefined>;
+  /** Sends the job and records the outcome; resolves only once the outcome is committed. */
+  execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome>;
+  maxInFlight: number;
+  log: Logger;
+  /** Jobs a lane keeps in memory; the rest stay in Postgres until the lane drains. */
+  laneCapacity?: number;
+  /** How long an out-of-order job waits for its predecessor before the lane reads Postgres. */
+  gapWaitMs?: number;
+  /** How often a held (paused, disabled) lane looks at its webhook again. */
+  holdRecheckMs?: number;
+}
+
+const IDLE_EVICT_MS = 60_000;
+
+/**
+ * Per-webhook lanes. The invariant: a lane sends only the head of each ordering key (the whole webhook
+ * is one key unless it opted in), and a head leaves the lane only when its outcome is committed, so
+ * delivery n+1 is never attempted before delivery n is final.
+ *
+ * `knownThrough` is the lane's promise: every pending delivery with seq ≤ knownThrough is in `queue`.
+ * Seqs are gap-free per webhook, so a job with the next seq extends it; any other job waits in `ahead`
+ * until the gap is filled from Postgres.
+ */
+export class LaneEngine {
+  private readonly lanes = new Map<string, Lane>();
+  private readonly waitingForSlot = new Set<Lane>();
+  private inFlight = 0;
+  private readonly idle: Set<() => void> = new Set();
+  private readonly sweeper: NodeJS.Timeout;
+  readonly capacity: number;
+  readonly gapWaitMs: number;
+  readonly holdRecheckMs: number;
+
+  constructor(readonly deps: LaneEngineDeps) {
+    this.capacity = deps.laneCapacity ?? 256;
+    this.gapWaitMs = deps.gapWaitMs ?? 1_000;
+    this.holdRecheckMs = deps.holdRecheckMs ?? 1_000;
+    this.sweeper = setInterval(() => this.evictIdle(), IDLE_EVICT_MS / 2);
+    this.sweeper.unref();
+  }
+
+  /** A job from the feed. */
+  offer(job: DeliveryJob): void {
+    this.laneFor(job.webhookId, job.shard).offer(job);
+  }
+
+  /** From the sweep: the webhook has due work in Postgres; make sure a lane is on it. */
+  wake(webhookId: string, shard: number): void {
+    this.laneFor(webhookId, shard).poke();
+  }
+
+  has(webhookId: string): boolean {
+    return this.lanes.has(webhookId);
+  }
+
+  get size(): number {
+    return this.lanes.size;
+  }
+
+  get activeAttempts(): number {
+    return this.inFlight;
+  }
+
+  /** Forgets the shard's lanes; resolves when their attempts in flight have been recorded. */
+  async dropShard(shard: number): Promise<void> {
+    const dropped = [...this.lanes.values()].filter((lane) => lane.shard === shard);
+    for (const lane of dropped) this.remove(lane);
+    await Promise.all(dropped.map((lane) => lane.settled()));
+  }
+
+  /** Stops every lane; resolves when nothing is in flight. */
+  async stop(): Promise<void> {
+    clearInterval(this.sweeper);
+    for (const lane of [...this.lanes.values()]) this.remove(lane);
+    if (this.inFlight > 0) await new Promise<void>((resolve) => this.idle.add(resolve));
+  }
+
+  remove(lane: Lane): void {
+    lane.close();
+    if (this.lanes.get(lane.webhookId) === lane) this.lanes.delete(lane.webhookId);
+    this.waitingForSlot.delete(lane);
+  }
+
+  /** A lane asks for a global slot; false means it is queued and will be pumped when one frees. */
+  acquireSlot(lane: Lane): boolean {
+    if (this.inFlight < this.deps.maxInFlight) {
+      this.inFlight++;
+      return true;
+    }
+    this.waitingForSlot.add(lane);
+    return false;
+  }
+
+  releaseSlot(): void {
+    this.inFlight--;
+    const next = this.waitingForSlot.values().next();
+    if (!next.done) {
+      this.waitingForSlot.delete(next.value);
+      next.value.pump();
+    }
+    if (this.inFlight === 0) {
+      for (const resolve of this.idle) resolve();
+      this.idle.clear();
+    }
+  }
+
+  private laneFor(webhookId: string, shard: number): Lane {
+    let lane = this.lanes.get(webhookId);
+    if (!lane) {
+      lane = new Lane(this, webhookId, shard);
+      this.lanes.set(webhookId, lane);
+    }
+    return lane;
+  }
+
+  private evictIdle(): void {
+    const cutoff = Date.now() - IDLE_EVICT_MS;
+    for (const lane of this.lanes.values()) {
+      if (lane.isIdleSince(cutoff)) this.remove(lane);
+    }
+  }
+}
+
+class Lane {
+  private queue: DeliveryJob[] = [];
+  private readonly ahead = new Map<number, DeliveryJob>();
+  private knownThrough = 0;
+  private loaded = false;
+  /** More pending deliveries exist in Postgres past knownThrough than the lane holds. */
+  private truncated = false;
+  private loading: Promise<void> | undefined;
+  private readonly busyKeys = new Set<string>();
+  private readonly attempts = new Set<Promise<void>>();
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Infinity;
+  private gapTimer: NodeJS.Timeout | undefined;
+  private pumping = false;
+  private pumpAgain = false;
+  private closed = false;
+  private lastActivity = Date.now();
+
+  constructor(
+    private readonly engine: LaneEngine,
+    readonly webhookId: string,
+    readonly shard: number,
+  ) {
+    this.load();
+  }
+
+  offer(job: DeliveryJob): void {
+    if (this.closed) return;
+    this.lastActivity = Date.now();
+    if (!this.loaded || job.seq > this.knownThrough + 1 || this.queue.length >= this.engine.capacity) {
+      this.holdAhead(job);
+      return;
+    }
+    if (job.seq === this.knownThrough + 1) {
+      this.append(job);
+      this.absorbAhead();
+      this.pump();
+      return;
+    }
+    // At or below knownThrough: a repeat, or a delivery put back by a manual retry.
+    if (this.queue.some((j) => j.deliveryId === job.deliveryId)) return;
+    void this.engine.deps.isPending(job.deliveryId).then((pending) => {
+      if (!pending || this.closed || this.queue.some((j) => j.deliveryId === job.deliveryId)) return;
+      this.insertSorted(job);
+      this.pump();
+    }, (err) => this.engine.deps.log.warn({ err, deliveryId: job.deliveryId }, "pending check failed; the sweep will retry"));
+  }
+
+  /** The sweep found due work for this webhook in Postgres. */
+  poke(): void {
+    if (this.closed || this.loading || this.attempts.size > 0) return;
+    const head = this.queue[0];
+    // An idle lane rereads from the start: that also finds deliveries put back below knownThrough.
+    if (!head || this.truncated) this.load(0);
+    else if (head.nextAttemptAt <= Date.now()) this.pump();
+  }
+
+  isIdleSince(cutoff: number): boolean {
+    return (
+      this.queue.length === 0 && this.ahead.size === 0 && this.attempts.size === 0 && !this.loading && this.lastActivity < cutoff
+    );
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.gapTimer);
+  }
+
+  async settled(): Promise<void> {
+    await Promise.all([...this.attempts]);
+  }
+
+  private append(job: DeliveryJob): void {
+    this.queue.push(job);
+    this.knownThrough = job.seq;
+  }
+
+  private insertSorted(job: DeliveryJob): void {
+    const last = this.queue.at(-1);
+    if (!last || last.seq < job.seq) {
+      this.queue.push(job);
+      return;
+    }
+    const index = this.queue.findIndex((j) => j.seq > job.seq);
+    if (index === -1) this.queue.push(job);
+    else this.queue.splice(index, 0, job);
+  }
+
+  private holdAhead(job: DeliveryJob): void {
+    if (this.ahead.size < this.engine.capacity) this.ahead.set(job.seq, job);
+    else this.truncated = true;
+    if (this.loaded && !this.gapTimer) {
+      this.gapTimer = setTimeout(() => {
+        this.gapTimer = undefined;
+        if (this.ahead.size > 0 && this.queue.length < this.engine.capacity) this.load();
+      }, this.engine.gapWaitMs);
+    }
+  }
+
+  private absorbAhead(): void {
+    for (const seq of this.ahead.keys()) if (seq <= this.knownThrough) this.ahead.delete(seq);
+    while (this.queue.length < this.engine.capacity) {
+      const next = this.ahead.get(this.knownThrough + 1);
+      if (!next) break;
+      this.ahead.delete(next.seq);
+      this.append(next);
+    }
+  }
+
+  /** Reads the pending deliveries past knownThrough from Postgres, the record. */
+  private load(afterSeq = this.knownThrough): void {
+    if (this.loading || this.closed) return;
+    const limit = Math.max(1, this.engine.capacity - this.queue.length);
+    this.loading = this.engine.deps
+      .loadPending(this.webhookId, afterSeq, limit)
+      .then(({ jobs, lastSeq }) => {
+        if (this.closed) return;
+        const known = new Set(this.queue.map((j) => j.deliveryId));
+        for (const job of jobs) if (!known.has(job.deliveryId)) this.insertSorted(job);
+        const cut = jobs.length >= limit;
+        this.knownThrough = Math.max(this.knownThrough, cut ? jobs.at(-1)!.seq : lastSeq);
+        this.truncated = cut;
+        this.loaded = true;
+        this.absorbAhead();
+      })
+      .catch((err) => {
+        this.engine.deps.log.warn({ err, webhookId: this.webhookId }, "lane load failed; the sweep will retry");
+      })
+      .finally(() => {
+        this.loading = undefined;
+        this.pump();
+      });
+  }
+
+  pump(): void {
+    if (this.closed || !this.loaded) return;
+    if (this.pumping) {
+      this.pumpAgain = true;
+      return;
+    }
+    this.pumping = true;
+    void this.pumpOnce()
+      .catch((err) => this.engine.deps.log.error({ err, webhookId: this.webhookId }, "lane pump failed"))
+      .finally(() => {
+        this.pumping = false;
+        if (this.pumpAgain) {
+          this.pumpAgain = false;
+          this.pump();
+        }
+      });
+  }
+
+  private async pumpOnce(): Promise<void> {
+    if (this.queue.length === 0) {
+      if (this.truncated || this.ahead.size > 0) this.load();
+      return;
+    }
+    const webhook = await this.engine.deps.getWebhook(this.webhookId);
+    if (this.closed) return;
+    if (!webhook || webhook.status === "deleted") {
+      // Its pending deliveries were cancelled with it.
+      this.engine.remove(this);
+      return;
+    }
+    if (webhook.status !== "active") {
+      // Paused or disabled: hold everything, fail nothing, look again shortly.
+      this.schedule(Date.now() + this.engine.holdRecheckMs);
+      return;
+    }
+    const now = Date.now();
+    const seenKeys = new Set<string>();
+    let earliest = Infinity;
+    for (const job of this.queue) {
+      const key = webhook.orderedByKey ? job.orderingKey : "";
+      if (seenKeys.has(key)) continue;
+      seenKeys.add(key);
+      if (!this.busyKeys.has(key)) {
+        if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
+        else if (this.engine.acquireSlot(this)) this.start(job, key, webhook);
+        else break;
+      }
+      if (!webhook.orderedByKey) break;
+    }
+    if (earliest !== Infinity) this.schedule(earliest);
+  }
+
+  private start(job: DeliveryJob, key: string, webhook: LaneWebhook): void {
+    this.busyKeys.add(key);
+    const attempt = this.engine.deps
+      .execute(job, webhook)
+      .then((outcome) => {
+        if (outcome.final) this.queue = this.queue.filter((j) => j !== job);
+        else {
+          job.attempts++;
+          job.nextAttemptAt = outcome.nextAttemptAt;
+        }
+      })
+      .catch((err) => {
+        this.engine.deps.log.error({ err, deliveryId: job.deliveryId }, "attempt failed to run; trying again shortly");
+        job.nextAttemptAt = Date.now() + 1_000;
+      })
+      .finally(() => {
+        this.attempts.delete(attempt);
+        this.busyKeys.delete(key);
+        this.lastActivity = Date.now();
+        this.engine.releaseSlot();
+        this.absorbAhead();
+        if (this.queue.length < this.engine.capacity / 2 && this.truncated) this.load();
+        this.pump();
+      });
+    this.attempts.add(attempt);
+  }
+
+  private schedule(at: number): void {
+    if (this.timer && this.timerAt <= at) return;
+    clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.timerAt = Infinity;
+      this.pump();
+    }, Math.max(0, at - Date.now()));
+  }
+}

@@ -1,0 +1,40 @@
+import type { Db } from "../store/db.js";
+import { getWebhooksByIds } from "../store/webhooks.js";
+import type { LaneWebhook } from "./lanes.js";
+
+/**
+ * Webhook settings for the lanes, re-read from Postgres at most once per `ttlMs` per webhook: an
+ * update, pause or rotation reaches the next attempt within that time without a read per attempt.
+ */
+export function createWebhookCache(db: Db, ttlMs = 1_000) {
+  const entries = new Map<string, { webhook: LaneWebhook | undefined; at: number }>();
+  const inFlight = new Map<string, Promise<LaneWebhook | undefined>>();
+
+  async function load(id: string): Promise<LaneWebhook | undefined> {
+    const [row] = await getWebhooksByIds(db, [id]);
+    const now = Date.now();
+    const webhook: LaneWebhook | undefined = row && {
+      id: row.id,
+      url: row.url,
+      status: row.status,
+      orderedByKey: row.ordered_by_key,
+      secrets: row.signing_secrets.filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now).map((s) => s.secret),
+    };
+    if (entries.size > 100_000) entries.clear();
+    entries.set(id, { webhook, at: now });
+    return webhook;
+  }
+
+  return {
+    get(id: string): Promise<LaneWebhook | undefined> {
+      const entry = entries.get(id);
+      if (entry && Date.now() - entry.at < ttlMs) return Promise.resolve(entry.webhook);
+      let pending = inFlight.get(id);
+      if (!pending) {
+        pending = load(id).finally(() => inFlight.delete(id));
+        inFlight.set(id, pending);
+      }
+      return pending;
+    },
+  };
+}

@@ -1,0 +1,156 @@
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  jetstream,
+  jetstreamManager,
+  type JetStreamClient,
+  type JetStreamManager,
+} from "@nats-io/jetstream";
+import type { Logger } from "pino";
+import type { DeliveryFeed, FeedSubscription } from "./feed.js";
+import { decodeJob, encodeJob, type DeliveryJob } from "./job.js";
+
+export interface JetStreamNames {
+  stream: string;
+  /** Subjects are `<root>.<shard>.<webhook_id>`. */
+  subjectRoot: string;
+  consumerPrefix: string;
+}
+
+/** `WEBHOOK` gives the documented names: stream WEBHOOK_DELIVERIES, subjects webhooks.deliveries.<shard>.<webhook_id>. */
+export function jetStreamNames(prefix: string): JetStreamNames {
+  return {
+    stream: `${prefix}_DELIVERIES`,
+    subjectRoot: `${prefix.toLowerCase()}s.deliveries`,
+    consumerPrefix: `${prefix}_shard`,
+  };
+}
+
+const DUPLICATE_WINDOW_NS = 2 * 60 * 1e9;
+const MAX_AGE_NS = 7 * 24 * 3600 * 1e9;
+const PUBLISH_TIMEOUT_MS = 2_000;
+
+export async function createJetStreamFeed(options: { url: string; prefix: string; logger: Logger; name: string }): Promise<DeliveryFeed> {
+  const names = jetStreamNames(options.prefix);
+  const nc: NatsConnection = await connect({
+    servers: options.url,
+    name: options.name,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+  });
+  const log = options.logger.child({ component: "jetstream" });
+  let connected = true;
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === "disconnect") connected = false;
+      if (status.type === "reconnect") connected = true;
+      if (status.type === "disconnect" || status.type === "reconnect") log.warn({ status: status.type }, "nats connection");
+    }
+  })();
+
+  const jsm: JetStreamManager = await jetstreamManager(nc);
+  const js: JetStreamClient = jetstream(nc, { timeout: PUBLISH_TIMEOUT_MS });
+  await ensureStream(jsm, names);
+
+  const subscriptions = new Set<FeedSubscription>();
+
+  return {
+    kind: "jetstream",
+    async publish(jobs: DeliveryJob[]) {
+      if (!connected || jobs.length === 0) return;
+      // The dedup id carries the attempt count: a repeat publish is dropped, a manual retry is not.
+      const results = await Promise.allSettled(
+        jobs.map((job) =>
+          js.publish(`${names.subjectRoot}.${job.shard}.${job.webhookId}`, encodeJob(job), { msgID: `${job.deliveryId}:${job.attempts}` }),
+        ),
+      );
+      const failed = results.filter((r) => r.status === "rejected").length;
+      if (failed > 0) log.warn({ failed, total: jobs.length }, "publish failed; the owners' sweep picks these up from Postgres");
+    },
+
+    async consume(shard, onJob) {
+      const durable = `${names.consumerPrefix}_${shard}`;
+      await ensureConsumer(jsm, names, durable, `${names.subjectRoot}.${shard}.>`);
+      const consumer = await js.consumers.get(names.stream, durable);
+      const messages = await consumer.consume({ max_messages: 500 });
+      const done = (async () => {
+        for await (const m of messages) {
+          try {
+            onJob(decodeJob(m.data));
+          } catch (err) {
+            log.error({ err, shard }, "undecodable job dropped");
+          }
+          // Acked as soon as the lane holds it: from here Postgres and the lane carry it, so nothing
+          // parks in the consumer's ack window however long the delivery waits.
+          m.ack();
+        }
+      })();
+      const subscription: FeedSubscription = {
+        async stop() {
+          subscriptions.delete(subscription);
+          await messages.close();
+          await done.catch(() => undefined);
+        },
+      };
+      subscriptions.add(subscription);
+      return subscription;
+    },
+
+    healthy: () => connected && !nc.isClosed(),
+
+    async close() {
+      await Promise.allSettled([...subscriptions].map((s) => s.stop()));
+      await nc.drain().catch(() => nc.close());
+    },
+  };
+}
+
+async function ensureStream(jsm: JetStreamManager, names: JetStreamNames): Promise<void> {
+  const config = {
+    name: names.stream,
+    subjects: [`${names.subjectRoot}.>`],
+    // Each shard's consumer owns a disjoint subject range, so a work queue keeps the stream to what is unread.
+    retention: RetentionPolicy.Workqueue,
+    storage: StorageType.File,
+    duplicate_window: DUPLICATE_WINDOW_NS,
+    max_age: MAX_AGE_NS,
+  };
+  try {
+    await jsm.streams.info(names.stream);
+    await jsm.streams.update(names.stream, { subjects: config.subjects, duplicate_window: config.duplicate_window, max_age: config.max_age });
+  } catch (err) {
+    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    await jsm.streams.add(config);
+  }
+}
+
+async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, durable: string, filter: string): Promise<void> {
+  try {
+    await jsm.consumers.info(names.stream, durable);
+  } catch (err) {
+    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    await jsm.consumers.add(names.stream, {
+      durable_name: durable,
+      filter_subject: filter,
+      ack_policy: AckPolicy.Explicit,
+      deliver_policy: DeliverPolicy.All,
+      ack_wait: 30 * 1e9,
+      max_ack_pending: 10_000,
+    });
+  }
+}
+
+/** Deletes a stream, for tests that made their own. */
+export async function deleteStream(url: string, prefix: string): Promise<void> {
+  const nc = await connect({ servers: url });
+  try {
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.delete(jetStreamNames(prefix).stream).catch(() => false);
+  } finally {
+    await nc.close();
+  }
+}

@@ -1,0 +1,77 @@
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import type { Db } from "../store/db.js";
+import { findActiveKeyByHash } from "../store/api-keys.js";
+import { DEFAULT_TENANT_ID, getTenant } from "../store/tenants.js";
+import { notFound, permissionDenied, unauthenticated } from "./errors.js";
+
+/** Who is calling and which tenant the call acts on. */
+export interface Principal {
+  /** The tenant every read and write of this call is confined to. */
+  tenantId: string;
+  admin: boolean;
+  /** For the audit log: the key id, or "bootstrap" for the admin key from the environment. */
+  actor: string;
+}
+
+export function hashApiKey(key: string): string {
+  return createHash("sha256").update(key).digest("hex");
+}
+
+export function generateApiKey(): string {
+  return `whk_${randomBytes(32).toString("base64url")}`;
+}
+
+export interface Authenticator {
+  authenticate(headers: Headers): Promise<Principal>;
+  /** Drops cached keys, e.g. after a revocation in this process. */
+  forget(): void;
+}
+
+const CACHE_MS = 5_000;
+
+export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | undefined }): Authenticator {
+  const bootstrapHash = deps.bootstrapAdminKey ? Buffer.from(hashApiKey(deps.bootstrapAdminKey), "hex") : undefined;
+  // Ingest authenticates every call: a short cache keeps the key lookup off the hot path.
+  const cache = new Map<string, { key: { id: string; tenantId: string; admin: boolean }; at: number }>();
+
+  async function resolveKey(token: string) {
+    const hash = hashApiKey(token);
+    if (bootstrapHash && timingSafeEqual(Buffer.from(hash, "hex"), bootstrapHash)) {
+      return { id: "bootstrap", tenantId: DEFAULT_TENANT_ID, admin: true };
+    }
+    const cached = cache.get(hash);
+    if (cached && Date.now() - cached.at < CACHE_MS) return cached.key;
+    const row = await findActiveKeyByHash(deps.db, hash);
+    if (!row) return undefined;
+    const key = { id: row.id, tenantId: row.tenant_id, admin: row.admin };
+    if (cache.size > 10_000) cache.clear();
+    cache.set(hash, { key, at: Date.now() });
+    return key;
+  }
+
+  return {
+    forget: () => cache.clear(),
+    async authenticate(headers) {
+      const header = headers.get("authorization");
+      if (!header) throw unauthenticated("missing Authorization header (expected: Bearer <api key>)");
+      const match = /^Bearer\s+(\S+)$/i.exec(header.trim());
+      if (!match) throw unauthenticated("malformed Authorization header (expected: Bearer <api key>)");
+      const key = await resolveKey(match[1]!);
+      if (!key) throw unauthenticated("invalid or revoked API key");
+      const requested = headers.get("x-tenant-id")?.trim();
+      if (!key.admin) {
+        if (requested && requested !== key.tenantId) {
+          throw permissionDenied("x-tenant-id may only be set by admin keys");
+        }
+        return { tenantId: key.tenantId, admin: false, actor: key.id };
+      }
+      const tenantId = requested || key.tenantId;
+      if (tenantId !== key.tenantId && !(await getTenant(deps.db, tenantId))) throw notFound("tenant", tenantId);
+      return { tenantId, admin: true, actor: key.id };
+    },
+  };
+}
+
+export function requireAdmin(principal: Principal): void {
+  if (!principal.admin) throw permissionDenied("this call needs an admin API key");
+}

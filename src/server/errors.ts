@@ -1,0 +1,31 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+
+export const invalidArgument = (message: string) => new ConnectError(message, Code.InvalidArgument);
+export const notFound = (kind: string, id: string) => new ConnectError(`${kind} ${id} not found`, Code.NotFound);
+export const unauthenticated = (message: string) => new ConnectError(message, Code.Unauthenticated);
+export const permissionDenied = (message: string) => new ConnectError(message, Code.PermissionDenied);
+export const alreadyExists = (message: string) => new ConnectError(message, Code.AlreadyExists);
+export const failedPrecondition = (message: string) => new ConnectError(message, Code.FailedPrecondition);
+
+/** The one mapping from Connect codes to REST statuses and error codes. */
+const REST: Partial<Record<Code, { status: number; code: string }>> = {
+  [Code.InvalidArgument]: { status: 400, code: "invalid_argument" },
+  [Code.OutOfRange]: { status: 400, code: "out_of_range" },
+  [Code.Unauthenticated]: { status: 401, code: "unauthenticated" },
+  [Code.PermissionDenied]: { status: 403, code: "permission_denied" },
+  [Code.NotFound]: { status: 404, code: "not_found" },
+  [Code.AlreadyExists]: { status: 409, code: "already_exists" },
+  [Code.Aborted]: { status: 409, code: "aborted" },
+  [Code.FailedPrecondition]: { status: 409, code: "failed_precondition" },
+  [Code.ResourceExhausted]: { status: 429, code: "resource_exhausted" },
+  [Code.Unimplemented]: { status: 501, code: "unimplemented" },
+  [Code.Unavailable]: { status: 503, code: "unavailable" },
+  [Code.DeadlineExceeded]: { status: 504, code: "deadline_exceeded" },
+};
+
+export function restError(err: unknown): { status: number; body: { error: { code: string; message: string } } } {
+  const connectErr = ConnectError.from(err);
+  const mapped = REST[connectErr.code] ?? { status: 500, code: "internal" };
+  const message = mapped.status === 500 ? "internal error" : connectErr.rawMessage;
+  return { status: mapped.status, body: { error: { code: mapped.code, message } } };
+}

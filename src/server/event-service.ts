@@ -1,0 +1,219 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { JsonObject } from "@bufbuild/protobuf";
+import { newId } from "../core/ids.js";
+import { matchesEventType, patternsMatching, validateEventType } from "../core/event-types.js";
+import type { DeliveryFeed } from "../queue/feed.js";
+import type { DeliveryJob } from "../queue/job.js";
+import type { Db } from "../store/db.js";
+import { isUniqueViolation } from "../store/db.js";
+import * as events from "../store/events.js";
+import { insertDeliveries, type NewDelivery } from "../store/deliveries.js";
+import type { Event as EventRow } from "../store/schema.js";
+import { deliveriesCreated, eventsIngested } from "../metrics.js";
+import {
+  EventSchema,
+  GetEventResponseSchema,
+  ListEventsResponseSchema,
+  PublishEventResponseSchema,
+  PublishEventsResponseSchema,
+  type Event,
+  type EventInput,
+  type GetEventRequest,
+  type GetEventResponse,
+  type ListEventsRequest,
+  type ListEventsResponse,
+  type PublishEventRequest,
+  type PublishEventResponse,
+  type PublishEventsRequest,
+  type PublishEventsResponse,
+} from "../../gen/webhook/v1/event_pb.js";
+import type { Principal } from "./auth.js";
+import { invalidArgument, notFound } from "./errors.js";
+import { pageOf, readPage } from "./paging.js";
+
+export const MAX_PAYLOAD_BYTES = 256 * 1024;
+export const MAX_BATCH = 100;
+export const MAX_KEY_LENGTH = 256;
+
+export interface EventServiceDeps {
+  db: Db;
+  feed: DeliveryFeed;
+  eventTtlMs: number;
+}
+
+/** An event as the caller gave it, checked and serialised. */
+interface Accepted {
+  eventType: string;
+  payloadJson: string;
+  idempotencyKey: string | null;
+  orderingKey: string | null;
+}
+
+export type EventService = ReturnType<typeof createEventService>;
+
+export function createEventService(deps: EventServiceDeps) {
+  const { db } = deps;
+
+  function accept(input: { eventType: string; payload?: JsonObject | undefined; idempotencyKey: string; orderingKey: string }, where: string): Accepted {
+    const typeError = validateEventType(input.eventType);
+    if (typeError) throw invalidArgument(`${where}event_type: ${typeError}`);
+    if (input.idempotencyKey.length > MAX_KEY_LENGTH) throw invalidArgument(`${where}idempotency_key is longer than ${MAX_KEY_LENGTH} characters`);
+    if (input.orderingKey.length > MAX_KEY_LENGTH) throw invalidArgument(`${where}ordering_key is longer than ${MAX_KEY_LENGTH} characters`);
+    const payloadJson = JSON.stringify(input.payload ?? {});
+    const size = Buffer.byteLength(payloadJson);
+    if (size > MAX_PAYLOAD_BYTES) {
+      throw invalidArgument(`${where}payload is ${size} bytes; the limit is ${MAX_PAYLOAD_BYTES} bytes (256 KB)`);
+    }
+    return {
+      eventType: input.eventType,
+      payloadJson,
+      idempotencyKey: input.idempotencyKey || null,
+      orderingKey: input.orderingKey || null,
+    };
+  }
+
+  /**
+   * Commits the events and one delivery per subscribed webhook in one transaction, then hands the
+   * deliveries to the feed. Once this returns, every delivery exists in Postgres: a feed that fails
+   * afterwards only slows them down.
+   */
+  async function ingest(tenantId: string, batch: Accepted[]): Promise<{ row: EventRow; duplicate: boolean }[]> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const { results, jobs } = await db.transaction().execute((trx) => ingestInTransaction(trx, tenantId, batch));
+        await deps.feed.publish(jobs);
+        return results;
+      } catch (err) {
+        // Two callers raced on one idempotency key: the loser starts over and finds the winner's event.
+        if (isUniqueViolation(err) && attempt < 3) continue;
+        throw err;
+      }
+    }
+  }
+
+  async function ingestInTransaction(trx: Db, tenantId: string, batch: Accepted[]) {
+    const keys = [...new Set(batch.flatMap((e) => (e.idempotencyKey ? [e.idempotencyKey] : [])))];
+    const existing = new Map((await events.findEventsByIdempotencyKeys(trx, tenantId, keys)).map((e) => [e.idempotency_key!, e]));
+
+    const now = new Date();
+    const results: { row: EventRow; duplicate: boolean }[] = [];
+    const fresh: EventRow[] = [];
+    const seenKeys = new Map<string, EventRow>();
+    for (const input of batch) {
+      const earlier = input.idempotencyKey ? (existing.get(input.idempotencyKey) ?? seenKeys.get(input.idempotencyKey)) : undefined;
+      if (earlier) {
+        results.push({ row: earlier, duplicate: true });
+        continue;
+      }
+      const row: EventRow = {
+        id: newId("evt"),
+        tenant_id: tenantId,
+        event_type: input.eventType,
+        payload: input.payloadJson,
+        idempotency_key: input.idempotencyKey,
+        ordering_key: input.orderingKey,
+        delivery_count: 0,
+        created_at: now,
+      };
+      if (input.idempotencyKey) seenKeys.set(input.idempotencyKey, row);
+      fresh.push(row);
+      results.push({ row, duplicate: false });
+    }
+    if (fresh.length === 0) return { results, jobs: [] };
+
+    const patterns = [...new Set(fresh.flatMap((e) => patternsMatching(e.event_type)))];
+    const subscribers = await events.lockSubscribers(trx, tenantId, patterns);
+    const matches = fresh.map((event) => subscribers.filter((w) => w.event_types.some((p) => matchesEventType(p, event.event_type))));
+    const counts = new Map<string, number>();
+    for (const list of matches) for (const w of list) counts.set(w.id, (counts.get(w.id) ?? 0) + 1);
+    const lastSeqs = await events.reserveSeqs(trx, counts);
+    const nextSeq = new Map([...counts].map(([id, n]) => [id, lastSeqs.get(id)! - n + 1]));
+
+    const expiresAt = new Date(now.getTime() + deps.eventTtlMs);
+    const deliveries: NewDelivery[] = [];
+    const jobs: DeliveryJob[] = [];
+    fresh.forEach((event, i) => {
+      event.delivery_count = matches[i]!.length;
+      for (const webhook of matches[i]!) {
+        const seq = nextSeq.get(webhook.id)!;
+        nextSeq.set(webhook.id, seq + 1);
+        const delivery: NewDelivery = {
+          id: newId("dlv"),
+          tenant_id: tenantId,
+          webhook_id: webhook.id,
+          event_id: event.id,
+          seq,
+          shard: webhook.shard,
+          ordering_key: event.ordering_key ?? "",
+          status: "pending",
+          next_attempt_at: now,
+          expires_at: expiresAt,
+          created_at: now,
+        };
+        deliveries.push(delivery);
+        jobs.push({
+          deliveryId: delivery.id,
+          webhookId: webhook.id,
+          shard: webhook.shard,
+          seq,
+          orderingKey: delivery.ordering_key,
+          eventId: event.id,
+          eventType: event.event_type,
+          createdAt: now.getTime(),
+          payload: event.payload,
+          attempts: 0,
+          nextAttemptAt: now.getTime(),
+          expiresAt: expiresAt.getTime(),
+        });
+      }
+    });
+    await events.insertEvents(trx, fresh);
+    await insertDeliveries(trx, deliveries);
+    eventsIngested.inc(fresh.length);
+    deliveriesCreated.inc(deliveries.length);
+    return { results, jobs };
+  }
+
+  return {
+    async publishEvent(principal: Principal, req: PublishEventRequest): Promise<PublishEventResponse> {
+      const [result] = await ingest(principal.tenantId, [accept(req, "")]);
+      return create(PublishEventResponseSchema, { event: toEvent(result!.row), duplicate: result!.duplicate });
+    },
+
+    async publishEvents(principal: Principal, req: PublishEventsRequest): Promise<PublishEventsResponse> {
+      if (req.events.length === 0) throw invalidArgument("events must hold at least one event");
+      if (req.events.length > MAX_BATCH) throw invalidArgument(`events holds ${req.events.length} events; the limit is ${MAX_BATCH}`);
+      const accepted = req.events.map((e: EventInput, i) => accept(e, `events[${i}].`));
+      const results = await ingest(principal.tenantId, accepted);
+      return create(PublishEventsResponseSchema, {
+        events: results.map((r) => create(PublishEventResponseSchema, { event: toEvent(r.row), duplicate: r.duplicate })),
+      });
+    },
+
+    async getEvent(principal: Principal, req: GetEventRequest): Promise<GetEventResponse> {
+      const row = /^evt_[0-9a-z]{26}$/.test(req.eventId) ? await events.getEvent(db, principal.tenantId, req.eventId) : undefined;
+      if (!row) throw notFound("event", JSON.stringify(req.eventId));
+      return create(GetEventResponseSchema, { event: toEvent(row) });
+    },
+
+    async listEvents(principal: Principal, req: ListEventsRequest): Promise<ListEventsResponse> {
+      const page = readPage(req);
+      const rows = await events.listEvents(db, principal.tenantId, req.eventType, page.afterId, page.limit);
+      const { items, nextPageToken } = pageOf(rows, page);
+      return create(ListEventsResponseSchema, { events: items.map(toEvent), nextPageToken });
+    },
+  };
+}
+
+export function toEvent(row: EventRow): Event {
+  return create(EventSchema, {
+    eventId: row.id,
+    eventType: row.event_type,
+    payload: JSON.parse(row.payload) as JsonObject,
+    idempotencyKey: row.idempotency_key ?? "",
+    orderingKey: row.ordering_key ?? "",
+    createdAt: timestampFromDate(row.created_at),
+    deliveryCount: row.delivery_count,
+  });
+}

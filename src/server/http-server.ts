@@ -1,0 +1,122 @@
+import http from "node:http";
+import http2 from "node:http2";
+import net from "node:net";
+import { cors } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { Services } from "./services.js";
+import { connectRoutes } from "./connect-routes.js";
+import { createRestRouter, MAX_REST_BODY_BYTES } from "./rest-routes.js";
+import { registry } from "../metrics.js";
+
+type Request = http.IncomingMessage | http2.Http2ServerRequest;
+type Response = http.ServerResponse | http2.Http2ServerResponse;
+
+export interface ApiServerOptions {
+  services: Services;
+  /** For /readyz: each check resolves true when its dependency answers. */
+  readiness: Record<string, () => Promise<boolean>>;
+}
+
+const CORS_HEADERS = {
+  "access-control-allow-origin": "*",
+  "access-control-allow-methods": [...cors.allowedMethods, "PUT", "DELETE"].join(", "),
+  "access-control-allow-headers": [...cors.allowedHeaders, "Authorization", "X-Tenant-Id"].join(", "),
+  "access-control-expose-headers": cors.exposedHeaders.join(", "),
+  "access-control-max-age": "7200",
+};
+
+/** One request handler for every door: REST, health and metrics by path, the rest to Connect. */
+export function createApiHandler(options: ApiServerOptions) {
+  const rest = createRestRouter(options.services);
+  const connect = connectNodeAdapter({
+    routes: connectRoutes(options.services),
+    // Batches of maximal events fit; a larger body is refused before it is read whole.
+    readMaxBytes: 100 * MAX_REST_BODY_BYTES,
+  });
+
+  return async function handle(req: Request, res: Response): Promise<void> {
+    for (const [name, value] of Object.entries(CORS_HEADERS)) res.setHeader(name, value);
+    if (req.method === "OPTIONS") {
+      res.writeHead(204);
+      res.end();
+      return;
+    }
+    const path = (req.url ?? "/").split("?")[0];
+    try {
+      if (path === "/healthz") return json(res, 200, { status: "ok" });
+      if (path === "/readyz") {
+        const checks: Record<string, boolean> = {};
+        for (const [name, check] of Object.entries(options.readiness)) checks[name] = await check().catch(() => false);
+        const ready = Object.values(checks).every(Boolean);
+        return json(res, ready ? 200 : 503, { status: ready ? "ready" : "not ready", checks });
+      }
+      if (path === "/metrics") {
+        const body = await registry.metrics();
+        res.writeHead(200, { "content-type": registry.contentType });
+        res.end(body);
+        return;
+      }
+      if (await rest(req, res)) return;
+      (connect as (req: Request, res: Response) => void)(req, res);
+    } catch (err) {
+      console.error(err);
+      if (!res.headersSent) json(res, 500, { error: { code: "internal", message: "internal error" } });
+    }
+  };
+}
+
+function json(res: Response, status: number, body: unknown): void {
+  const payload = JSON.stringify(body);
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+  res.end(payload);
+}
+
+const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+export interface ApiServer {
+  address: { host: string; port: number };
+  close(): Promise<void>;
+}
+
+/**
+ * HTTP/1.1 and cleartext HTTP/2 (h2c, what gRPC clients speak without TLS) on one port: the first bytes
+ * of a connection tell which, and the socket goes to the matching server.
+ */
+export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number): Promise<ApiServer> {
+  const h1 = http.createServer((req, res) => void handler(req, res));
+  const h2 = http2.createServer({}, (req, res) => void handler(req, res));
+  h1.keepAliveTimeout = 65_000;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+    socket.once("readable", function route() {
+      const head: Buffer | null = socket.read(H2_PREFACE.length) ?? socket.read();
+      if (head === null) {
+        socket.once("readable", route);
+        return;
+      }
+      socket.unshift(head);
+      const isH2 = head.length >= 3 && H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)).equals(head.subarray(0, Math.min(head.length, H2_PREFACE.length)));
+      (isH2 ? h2 : h1).emit("connection", socket);
+    });
+    socket.on("error", () => socket.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => resolve());
+  });
+  const address = server.address() as net.AddressInfo;
+  return {
+    address: { host: address.address, port: address.port },
+    async close() {
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        h1.closeIdleConnections();
+        setTimeout(() => {
+          for (const socket of sockets) socket.destroy();
+        }, 2_000).unref();
+      });
+    },
+  };
+}

@@ -1,0 +1,230 @@
+import { create } from "@bufbuild/protobuf";
+import type { UrlPolicy } from "../core/url-policy.js";
+import { checkWebhookUrl } from "../core/url-policy.js";
+import { parseIpLiteral } from "../core/address-policy.js";
+import { normaliseEventTypes } from "../core/event-types.js";
+import { generateSecret } from "../core/signing.js";
+import { newId } from "../core/ids.js";
+import { shardOf } from "../core/shards.js";
+import { resolveAndCheck } from "../dispatcher/guarded-lookup.js";
+import type { Db } from "../store/db.js";
+import type { SigningSecret, WebhookStatus } from "../store/schema.js";
+import * as webhooks from "../store/webhooks.js";
+import { cancelPendingDeliveries } from "../store/deliveries.js";
+import { recordAudit } from "../store/audit.js";
+import {
+  CreateWebhookResponseSchema,
+  DeleteWebhookResponseSchema,
+  GetWebhookResponseSchema,
+  ListWebhooksResponseSchema,
+  RotateWebhookSecretResponseSchema,
+  UpdateWebhookResponseSchema,
+  type CreateWebhookRequest,
+  type CreateWebhookResponse,
+  type DeleteWebhookRequest,
+  type DeleteWebhookResponse,
+  type GetWebhookRequest,
+  type GetWebhookResponse,
+  type ListWebhooksRequest,
+  type ListWebhooksResponse,
+  type RotateWebhookSecretRequest,
+  type RotateWebhookSecretResponse,
+  type UpdateWebhookRequest,
+  type UpdateWebhookResponse,
+} from "../../gen/webhook/v1/webhook_pb.js";
+import type { Principal } from "./auth.js";
+import { toWebhook } from "./convert.js";
+import { invalidArgument, notFound } from "./errors.js";
+import { pageOf, readPage } from "./paging.js";
+
+export const MAX_DESCRIPTION_LENGTH = 1000;
+export const MAX_RATE_LIMIT = 10_000;
+const DNS_CHECK_TIMEOUT_MS = 2_000;
+
+export interface WebhookServiceDeps {
+  db: Db;
+  urlPolicy: UrlPolicy;
+  shardCount: number;
+  /** How long a rotated-out secret keeps signing beside the new one. */
+  secretGraceMs: number;
+  /** Injected by tests to answer DNS for made-up names. */
+  resolve?: (hostname: string) => Promise<{ address: string; family: number }[]>;
+}
+
+export type WebhookService = ReturnType<typeof createWebhookService>;
+
+export function createWebhookService(deps: WebhookServiceDeps) {
+  const { db } = deps;
+
+  /** Refuses a URL that is malformed or points inside; a name that does not resolve (yet) is accepted. */
+  async function validateUrl(raw: string): Promise<string> {
+    const checked = checkWebhookUrl(raw, deps.urlPolicy);
+    if (!checked.ok) throw invalidArgument(checked.reason);
+    const host = checked.url.hostname;
+    if (parseIpLiteral(host) === null) {
+      try {
+        await withTimeout(resolveAndCheck(host, deps.urlPolicy, deps.resolve), DNS_CHECK_TIMEOUT_MS);
+      } catch (err) {
+        if ((err as { code?: string }).code === "EBLOCKED") throw invalidArgument(`url is not allowed: ${(err as Error).message}`);
+        // Unresolvable today is not proof of harm: every dispatch checks the address again.
+      }
+    }
+    return checked.url.toString();
+  }
+
+  function validateEventTypes(list: string[]): string[] {
+    const result = normaliseEventTypes(list);
+    if (!result.ok) throw invalidArgument(result.reason);
+    return result.types;
+  }
+
+  function validateDescription(description: string): string {
+    if (description.length > MAX_DESCRIPTION_LENGTH) {
+      throw invalidArgument(`description is longer than ${MAX_DESCRIPTION_LENGTH} characters`);
+    }
+    return description;
+  }
+
+  function validateRateLimit(rate: number): number {
+    if (!Number.isFinite(rate) || rate < 0 || rate > MAX_RATE_LIMIT) {
+      throw invalidArgument(`rate_limit_per_second must be between 0 (no limit) and ${MAX_RATE_LIMIT} (got ${rate})`);
+    }
+    return rate;
+  }
+
+  function validateStatus(status: string): WebhookStatus {
+    if (status !== "active" && status !== "paused") {
+      throw invalidArgument(`status must be "active" or "paused" (got ${JSON.stringify(status)})`);
+    }
+    return status;
+  }
+
+  function validateId(id: string): string {
+    if (!/^wh_[0-9A-Za-z]{10,40}$/.test(id)) throw notFound("webhook", JSON.stringify(id));
+    return id;
+  }
+
+  return {
+    async createWebhook(principal: Principal, req: CreateWebhookRequest): Promise<CreateWebhookResponse> {
+      const eventTypes = validateEventTypes(req.eventTypes);
+      const description = validateDescription(req.description);
+      const rate = validateRateLimit(req.rateLimitPerSecond);
+      const url = await validateUrl(req.url);
+      const id = newId("wh");
+      const secret = generateSecret();
+      const row = await db.transaction().execute(async (trx) => {
+        const inserted = await webhooks.insertWebhook(trx, {
+          id,
+          tenant_id: principal.tenantId,
+          url,
+          event_types: eventTypes,
+          status: "active",
+          description,
+          signing_secrets: JSON.stringify([{ secret, expires_at: null }] satisfies SigningSecret[]),
+          ordered_by_key: req.orderedByKey,
+          rate_limit_per_second: rate,
+          shard: shardOf(id, deps.shardCount),
+          updated_at: new Date(),
+        });
+        await recordAudit(trx, {
+          tenantId: principal.tenantId,
+          actor: principal.actor,
+          action: "webhook.create",
+          resourceId: id,
+          details: { url, event_types: eventTypes },
+        });
+        return inserted;
+      });
+      return create(CreateWebhookResponseSchema, { webhook: toWebhook(row), secret });
+    },
+
+    async getWebhook(principal: Principal, req: GetWebhookRequest): Promise<GetWebhookResponse> {
+      const row = await webhooks.getWebhook(db, principal.tenantId, validateId(req.webhookId));
+      if (!row) throw notFound("webhook", req.webhookId);
+      return create(GetWebhookResponseSchema, { webhook: toWebhook(row) });
+    },
+
+    async listWebhooks(principal: Principal, req: ListWebhooksRequest): Promise<ListWebhooksResponse> {
+      const page = readPage(req);
+      const rows = await webhooks.listWebhooks(db, principal.tenantId, page.afterId, page.limit);
+      const { items, nextPageToken } = pageOf(rows, page);
+      return create(ListWebhooksResponseSchema, { webhooks: items.map(toWebhook), nextPageToken });
+    },
+
+    async updateWebhook(principal: Principal, req: UpdateWebhookRequest): Promise<UpdateWebhookResponse> {
+      const id = validateId(req.webhookId);
+      const changes: webhooks.WebhookChanges = {};
+      if (req.eventTypes.length > 0) changes.event_types = validateEventTypes(req.eventTypes);
+      if (req.status !== undefined) changes.status = validateStatus(req.status);
+      if (req.description !== undefined) changes.description = validateDescription(req.description);
+      if (req.orderedByKey !== undefined) changes.ordered_by_key = req.orderedByKey;
+      if (req.rateLimitPerSecond !== undefined) changes.rate_limit_per_second = validateRateLimit(req.rateLimitPerSecond);
+      if (req.url !== undefined) changes.url = await validateUrl(req.url);
+      const row = await db.transaction().execute(async (trx) => {
+        const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
+        if (!current) throw notFound("webhook", id);
+        const updated = Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, changes);
+        await recordAudit(trx, {
+          tenantId: principal.tenantId,
+          actor: principal.actor,
+          action: "webhook.update",
+          resourceId: id,
+          details: { ...changes },
+        });
+        return updated;
+      });
+      return create(UpdateWebhookResponseSchema, { webhook: toWebhook(row) });
+    },
+
+    async deleteWebhook(principal: Principal, req: DeleteWebhookRequest): Promise<DeleteWebhookResponse> {
+      const id = validateId(req.webhookId);
+      await db.transaction().execute(async (trx) => {
+        const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
+        if (!current) throw notFound("webhook", id);
+        await webhooks.updateWebhook(trx, id, { status: "deleted" });
+        // Nothing will ever be sent to a deleted webhook: its queue ends in a final state now.
+        const cancelled = await cancelPendingDeliveries(trx, id);
+        await recordAudit(trx, {
+          tenantId: principal.tenantId,
+          actor: principal.actor,
+          action: "webhook.delete",
+          resourceId: id,
+          details: { cancelled_deliveries: cancelled },
+        });
+      });
+      return create(DeleteWebhookResponseSchema, {});
+    },
+
+    async rotateWebhookSecret(principal: Principal, req: RotateWebhookSecretRequest): Promise<RotateWebhookSecretResponse> {
+      const id = validateId(req.webhookId);
+      const secret = generateSecret();
+      await db.transaction().execute(async (trx) => {
+        const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
+        if (!current) throw notFound("webhook", id);
+        const now = Date.now();
+        const graceEnd = new Date(now + deps.secretGraceMs).toISOString();
+        // The previous secret keeps signing for the grace period, so receivers can roll over without a gap.
+        const previous = current.signing_secrets
+          .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
+          .map((s) => ({ secret: s.secret, expires_at: s.expires_at ?? graceEnd }));
+        await webhooks.updateWebhook(trx, id, { signing_secrets: [{ secret, expires_at: null }, ...previous] });
+        await recordAudit(trx, {
+          tenantId: principal.tenantId,
+          actor: principal.actor,
+          action: "webhook.rotate_secret",
+          resourceId: id,
+          details: { previous_secret_expires_at: graceEnd },
+        });
+      });
+      return create(RotateWebhookSecretResponseSchema, { secret });
+    },
+  };
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(Object.assign(new Error("timed out"), { code: "ETIMEOUT" })), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,57 @@
+import fs from "node:fs/promises";
+import path from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import { Kysely, Migrator, PostgresDialect } from "kysely";
+import pg from "pg";
+import { migrationProvider } from "./migrations/index.js";
+import { PGliteDialect } from "./pglite-dialect.js";
+import type { Database } from "./schema.js";
+
+export type Db = Kysely<Database>;
+
+const INT8_OID = 20;
+// Seqs and counts are bigint in SQL; they stay far below 2^53, so numbers are exact.
+pg.types.setTypeParser(INT8_OID, (value) => Number(value));
+
+export interface StoreOptions {
+  /** postgres://… for a server; undefined for the embedded PGlite under dataDir. */
+  databaseUrl: string | undefined;
+  dataDir: string;
+  poolSize?: number;
+}
+
+export interface Store {
+  db: Db;
+  embedded: boolean;
+  close(): Promise<void>;
+}
+
+export async function openStore(options: StoreOptions): Promise<Store> {
+  if (options.databaseUrl) {
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 });
+    const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    return { db, embedded: false, close: () => db.destroy() };
+  }
+  const dir = path.join(options.dataDir, "pg");
+  await fs.mkdir(dir, { recursive: true });
+  const pglite = await PGlite.create(dir, { parsers: { [INT8_OID]: (value: string) => Number(value) } });
+  const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
+  return { db, embedded: true, close: () => db.destroy() };
+}
+
+/** Applies every pending migration; an error names the migration that failed. */
+export async function migrate(db: Db): Promise<string[]> {
+  const migrator = new Migrator({ db, provider: migrationProvider });
+  const { error, results } = await migrator.migrateToLatest();
+  const failed = results?.find((r) => r.status === "Error");
+  if (error) {
+    const name = failed ? ` (${failed.migrationName})` : "";
+    throw new Error(`database migration failed${name}: ${(error as Error).message ?? String(error)}`);
+  }
+  return (results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
+}
+
+/** Kysely errors from pg carry the SQLSTATE in `code`. */
+export function isUniqueViolation(err: unknown): boolean {
+  return typeof err === "object" && err !== null && (err as { code?: string }).code === "23505";
+}

@@ -1,0 +1,217 @@
+import { sql } from "kysely";
+import type { DeliveryJob } from "../queue/job.js";
+import type { Db } from "./db.js";
+import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
+
+export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at">;
+
+const INSERT_CHUNK = 1000;
+
+export async function insertDeliveries(db: Db, rows: NewDelivery[]): Promise<void> {
+  for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
+    await db.insertInto("deliveries").values(rows.slice(i, i + INSERT_CHUNK)).execute();
+  }
+}
+
+/** Ends every pending delivery of a webhook; returns how many. */
+export async function cancelPendingDeliveries(db: Db, webhookId: string): Promise<number> {
+  const result = await db
+    .updateTable("deliveries")
+    .set({ status: "cancelled" })
+    .where("webhook_id", "=", webhookId)
+    .where("status", "=", "pending")
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows);
+}
+
+export interface LaneLoad {
+  jobs: DeliveryJob[];
+  /** The webhook's last reserved seq when the jobs were read: every pending seq up to it is in jobs, unless jobs was cut at the limit. */
+  lastSeq: number;
+}
+
+/** Pending deliveries of a webhook after a seq, in order, with what the sender needs of their events. */
+export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad> {
+  // One statement, one snapshot: lastSeq and the rows agree.
+  const rows = await db
+    .selectFrom("deliveries as d")
+    .innerJoin("events as e", "e.id", "d.event_id")
+    .select([
+      "d.id",
+      "d.webhook_id",
+      "d.shard",
+      "d.seq",
+      "d.ordering_key",
+      "d.event_id",
+      "e.event_type",
+      "e.created_at",
+      "e.payload",
+      "d.attempts",
+      "d.next_attempt_at",
+      "d.expires_at",
+      sql<number>`(select last_seq from webhooks w where w.id = ${webhookId})`.as("last_seq"),
+    ])
+    .where("d.webhook_id", "=", webhookId)
+    .where("d.status", "=", "pending")
+    .where("d.seq", ">", afterSeq)
+    .orderBy("d.seq")
+    .limit(limit)
+    .execute();
+  let lastSeq = rows[0] ? Number(rows[0].last_seq) : undefined;
+  if (lastSeq === undefined) {
+    const webhook = await db.selectFrom("webhooks").select("last_seq").where("id", "=", webhookId).executeTakeFirst();
+    lastSeq = Number(webhook?.last_seq ?? 0);
+  }
+  const jobs = rows.map((r) => ({
+    deliveryId: r.id,
+    webhookId: r.webhook_id,
+    shard: r.shard,
+    seq: Number(r.seq),
+    orderingKey: r.ordering_key,
+    eventId: r.event_id,
+    eventType: r.event_type,
+    createdAt: r.created_at.getTime(),
+    payload: r.payload,
+    attempts: r.attempts,
+    nextAttemptAt: r.next_attempt_at.getTime(),
+    expiresAt: r.expires_at.getTime(),
+  }));
+  return { jobs, lastSeq };
+}
+
+/** Webhooks of these shards with a pending delivery due by `dueBy`: the lanes that should be moving. */
+export async function findWebhooksWithDueDeliveries(
+  db: Db,
+  shards: number[],
+  dueBy: Date,
+  limit: number,
+): Promise<{ webhook_id: string; shard: number }[]> {
+  if (shards.length === 0) return [];
+  return db
+    .selectFrom("deliveries")
+    .select(["webhook_id", "shard"])
+    .distinct()
+    .where("status", "=", "pending")
+    .where("shard", "in", shards)
+    .where("next_attempt_at", "<=", dueBy)
+    .limit(limit)
+    .execute();
+}
+
+export interface AttemptRecord {
+  attemptId: string;
+  deliveryId: string;
+  attemptedAt: Date;
+  durationMs: number;
+  responseCode: number | null;
+  error: string | null;
+  responseBody: string | null;
+  /** The delivery's state after this attempt. */
+  status: DeliveryStatus;
+  nextAttemptAt: Date;
+}
+
+/**
+ * Writes a batch of attempts and their deliveries' new state in one transaction. Only pending deliveries
+ * change: a late writer (a lost lease, a cancelled webhook) cannot undo a final state.
+ */
+export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<void> {
+  if (records.length === 0) return;
+  await db.transaction().execute(async (trx) => {
+    await trx
+      .insertInto("delivery_attempts")
+      .values(
+        records.map((r) => ({
+          id: r.attemptId,
+          delivery_id: r.deliveryId,
+          attempted_at: r.attemptedAt,
+          duration_ms: r.durationMs,
+          response_code: r.responseCode,
+          error: r.error,
+          response_body: r.responseBody,
+        })),
+      )
+      .execute();
+    await sql`
+      update deliveries as d set
+        status = v.status,
+        attempts = d.attempts + 1,
+        next_attempt_at = v.next_attempt_at,
+        last_response_code = v.code,
+        last_error = v.error,
+        delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
+      from unnest(
+        ${sql.val(records.map((r) => r.deliveryId))}::text[],
+        ${sql.val(records.map((r) => r.status))}::text[],
+        ${sql.val(records.map((r) => r.nextAttemptAt.toISOString()))}::timestamptz[],
+        ${sql.val(records.map((r) => r.responseCode))}::int[],
+        ${sql.val(records.map((r) => r.error))}::text[],
+        ${sql.val(records.map((r) => r.attemptedAt.toISOString()))}::timestamptz[]
+      ) as v(id, status, next_attempt_at, code, error, attempted_at)
+      where d.id = v.id and d.status = 'pending'`.execute(trx);
+  });
+}
+
+/** Ends deliveries without an attempt (expired before they could be tried). */
+export async function expireDeliveries(db: Db, ids: string[]): Promise<void> {
+  if (ids.length === 0) return;
+  await db
+    .updateTable("deliveries")
+    .set({ status: "expired", last_error: "expired before it could be delivered" })
+    .where("id", "in", ids)
+    .where("status", "=", "pending")
+    .execute();
+}
+
+export async function isDeliveryPending(db: Db, id: string): Promise<boolean> {
+  const row = await db.selectFrom("deliveries").select("status").where("id", "=", id).executeTakeFirst();
+  return row?.status === "pending";
+}
+
+export function getDelivery(db: Db, tenantId: string, id: string) {
+  return db
+    .selectFrom("deliveries as d")
+    .innerJoin("events as e", "e.id", "d.event_id")
+    .selectAll("d")
+    .select("e.event_type")
+    .where("d.tenant_id", "=", tenantId)
+    .where("d.id", "=", id)
+    .executeTakeFirst();
+}
+
+export function listDeliveries(db: Db, tenantId: string, webhookId: string, status: string, afterId: string, limit: number) {
+  let query = db
+    .selectFrom("deliveries as d")
+    .innerJoin("events as e", "e.id", "d.event_id")
+    .selectAll("d")
+    .select("e.event_type")
+    .where("d.tenant_id", "=", tenantId)
+    .where("d.webhook_id", "=", webhookId)
+    .where("d.id", ">", afterId);
+  if (status) query = query.where("d.status", "=", status as DeliveryStatus);
+  return query.orderBy("d.id").limit(limit).execute();
+}
+
+export function listAttempts(db: Db, deliveryId: string): Promise<DeliveryAttempt[]> {
+  return db
+    .selectFrom("delivery_attempts")
+    .selectAll()
+    .where("delivery_id", "=", deliveryId)
+    .orderBy("attempted_at")
+    .orderBy("id")
+    .execute();
+}
+
+/**
+ * Puts a failed or expired delivery back in its lane, due now, with a fresh TTL; returns false when it was
+ * not in such a state. Its attempt count goes on, so it gets one more attempt, not a new schedule.
+ */
+export async function requeueDelivery(db: Db, id: string, expiresAt: Date): Promise<boolean> {
+  const result = await db
+    .updateTable("deliveries")
+    .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: expiresAt })
+    .where("id", "=", id)
+    .where("status", "in", ["failed", "expired"])
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows) > 0;
+}

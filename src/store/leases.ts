@@ -1,0 +1,60 @@
+import { sql } from "kysely";
+import type { Db } from "./db.js";
+
+/**
+ * Shard leases. Every comparison uses the database clock, so processes with skewed clocks agree on
+ * who holds what.
+ */
+
+export async function heartbeat(db: Db, dispatcherId: string): Promise<void> {
+  await db
+    .insertInto("dispatchers")
+    .values({ id: dispatcherId, heartbeat_at: sql<Date>`now()` })
+    .onConflict((oc) => oc.column("id").doUpdateSet({ heartbeat_at: sql<Date>`now()` }))
+    .execute();
+}
+
+export async function countLiveDispatchers(db: Db, ttlMs: number): Promise<number> {
+  const row = await db
+    .selectFrom("dispatchers")
+    .select((eb) => eb.fn.countAll<number>().as("n"))
+    .where("heartbeat_at", ">", sql<Date>`now() - ${`${ttlMs} milliseconds`}::interval`)
+    .executeTakeFirstOrThrow();
+  return Number(row.n);
+}
+
+/** Extends this process's leases; returns the shards it still holds (a lease that lapsed may be gone). */
+export async function renewLeases(db: Db, owner: string, ttlMs: number): Promise<number[]> {
+  const rows = await db
+    .updateTable("shard_leases")
+    .set({ expires_at: sql<Date>`now() + ${`${ttlMs} milliseconds`}::interval` })
+    .where("owner", "=", owner)
+    .returning("shard")
+    .execute();
+  return rows.map((r) => r.shard);
+}
+
+/** Takes up to `count` shards that nobody holds or whose lease lapsed; returns those taken. */
+export async function claimShards(db: Db, owner: string, shardCount: number, count: number, ttlMs: number): Promise<number[]> {
+  if (count <= 0) return [];
+  const result = await sql<{ shard: number }>`
+    insert into shard_leases (shard, owner, expires_at)
+    select s, ${owner}, now() + ${`${ttlMs} milliseconds`}::interval
+    from generate_series(0, ${shardCount - 1}) as s
+    where not exists (select 1 from shard_leases l where l.shard = s and l.expires_at > now())
+    order by random()
+    limit ${count}
+    on conflict (shard) do update set owner = excluded.owner, expires_at = excluded.expires_at
+      where shard_leases.expires_at <= now()
+    returning shard`.execute(db);
+  return result.rows.map((r) => r.shard);
+}
+
+export async function releaseShard(db: Db, owner: string, shard: number): Promise<void> {
+  await db.deleteFrom("shard_leases").where("shard", "=", shard).where("owner", "=", owner).execute();
+}
+
+export async function removeDispatcher(db: Db, dispatcherId: string): Promise<void> {
+  await db.deleteFrom("shard_leases").where("owner", "=", dispatcherId).execute();
+  await db.deleteFrom("dispatchers").where("id", "=", dispatcherId).execute();
+}

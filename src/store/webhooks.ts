@@ -1,0 +1,74 @@
+import { sql } from "kysely";
+import type { Db } from "./db.js";
+import type { NewWebhook, SigningSecret, Webhook, WebhookStatus } from "./schema.js";
+
+/** Deleted webhooks stay as rows (their deliveries refer to them) but are invisible through the API. */
+const VISIBLE: WebhookStatus[] = ["active", "paused", "disabled"];
+
+export function insertWebhook(db: Db, webhook: NewWebhook): Promise<Webhook> {
+  return db.insertInto("webhooks").values(webhook).returningAll().executeTakeFirstOrThrow();
+}
+
+export function getWebhook(db: Db, tenantId: string, id: string): Promise<Webhook | undefined> {
+  return db
+    .selectFrom("webhooks")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", id)
+    .where("status", "in", VISIBLE)
+    .executeTakeFirst();
+}
+
+/** Locks the row for the rest of the transaction, so concurrent updates apply one after another. */
+export function getWebhookForUpdate(db: Db, tenantId: string, id: string): Promise<Webhook | undefined> {
+  return db
+    .selectFrom("webhooks")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", id)
+    .where("status", "in", VISIBLE)
+    .forUpdate()
+    .executeTakeFirst();
+}
+
+export function listWebhooks(db: Db, tenantId: string, afterId: string, limit: number): Promise<Webhook[]> {
+  return db
+    .selectFrom("webhooks")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("status", "in", VISIBLE)
+    .where("id", ">", afterId)
+    .orderBy("id")
+    .limit(limit)
+    .execute();
+}
+
+export interface WebhookChanges {
+  url?: string;
+  event_types?: string[];
+  status?: WebhookStatus;
+  description?: string;
+  ordered_by_key?: boolean;
+  rate_limit_per_second?: number;
+  signing_secrets?: SigningSecret[];
+}
+
+export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Promise<Webhook> {
+  const { signing_secrets, ...rest } = changes;
+  return db
+    .updateTable("webhooks")
+    .set({
+      ...rest,
+      ...(signing_secrets ? { signing_secrets: JSON.stringify(signing_secrets) } : {}),
+      updated_at: sql<Date>`now()`,
+    })
+    .where("id", "=", id)
+    .returningAll()
+    .executeTakeFirstOrThrow();
+}
+
+/** Webhooks as the dispatcher needs them, whatever their status (a deleted one cancels its lane). */
+export function getWebhooksByIds(db: Db, ids: readonly string[]): Promise<Webhook[]> {
+  if (ids.length === 0) return Promise.resolve([]);
+  return db.selectFrom("webhooks").selectAll().where("id", "in", ids).execute();
+}
