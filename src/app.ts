@@ -81,6 +81,8 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         shardCount: config.shardCount,
         retrySchedule: config.retrySchedule,
         maxInFlight: config.maxInFlight,
+        leaseTtlMs: config.leaseTtlMs,
+        leaseIntervalMs: Math.max(100, Math.round(config.leaseTtlMs / 5)),
         ...options.dispatcherTimings,
       });
       await dispatcher.start();

@@ -23,6 +23,8 @@ export interface Config {
   /** Number of shards the webhooks are hashed into; fixed for the life of a deployment. */
   shardCount: number;
   maxInFlight: number;
+  /** A dispatcher silent this long loses its shards to the others. */
+  leaseTtlMs: number;
   logLevel: string;
 }
 
@@ -94,6 +96,7 @@ export function loadConfig(env: Env = process.env): Config {
     }),
     shardCount: parseWith(env, "WEBHOOKD_SHARDS", "64", parsePositiveInt),
     maxInFlight: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT", "512", parsePositiveInt),
+    leaseTtlMs: parseWith(env, "WEBHOOKD_LEASE_TTL", "10s", parseDuration),
     logLevel: nonEmpty(env, "WEBHOOKD_LOG_LEVEL") ?? "info",
   };
 }
