@@ -33,7 +33,7 @@ test("over any long window the takes granted never exceed burst + rate × time",
 });
 
 test("keys have buckets of their own", () => {
-  const limiter = new KeyedRateLimiter(1, 1, );
+  const limiter = new KeyedRateLimiter(1, 1);
   assert.equal(limiter.take("a", 0), 0);
   assert.ok(limiter.take("a", 0) > 0);
   assert.equal(limiter.take("b", 0), 0);
