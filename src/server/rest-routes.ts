@@ -49,10 +49,11 @@ export function createRestRouter(services: Services) {
     routes.push({ method, pattern: new RegExp(`^${path.replace(/:\w+/g, "([^/]+)")}$`), handler, maxBody });
 
   route("POST", "/webhooks", async ({ body, headers }) => {
+    const principal = await auth.authenticate(headers);
     const b = await body();
     only(b, ["url", "event_types", "description", "ordered_by_key", "rate_limit_per_second"]);
     const res = await services.webhooks.createWebhook(
-      await auth.authenticate(headers),
+      principal,
       create(CreateWebhookRequestSchema, {
         url: str(b, "url", true),
         eventTypes: strList(b, "event_types", true),
@@ -75,12 +76,13 @@ export function createRestRouter(services: Services) {
   });
 
   route("PUT", "/webhooks/:id", async ({ params, body, headers }) => {
+    const principal = await auth.authenticate(headers);
     const b = await body();
     only(b, ["url", "event_types", "status", "description", "ordered_by_key", "rate_limit_per_second"]);
     const eventTypes = strList(b, "event_types");
     if (eventTypes && eventTypes.length === 0) throw invalidArgument("event_types must not be empty");
     const res = await services.webhooks.updateWebhook(
-      await auth.authenticate(headers),
+      principal,
       create(UpdateWebhookRequestSchema, {
         webhookId: params[0],
         url: str(b, "url"),
