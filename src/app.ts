@@ -1,6 +1,7 @@
 import fs from "node:fs/promises";
 import path from "node:path";
 import { generateApiKey } from "./server/auth.js";
+import { SecretBox } from "./core/secret-box.js";
 import type { Config } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
 import { migrate, openStore, type Store } from "./store/db.js";
@@ -47,6 +48,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
       "the embedded database serves one process: run `webhookd serve`, or set DATABASE_URL to run the api and dispatcher roles apart",
     );
   }
+  const secretBox = await openSecretBox(config, embedded);
   const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: 20 });
   const stops: (() => Promise<unknown>)[] = [() => store.close()];
   const stopAll = async () => {
@@ -81,6 +83,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         shardCount: config.shardCount,
         retrySchedule: config.retrySchedule,
         maxInFlight: config.maxInFlight,
+        secretBox,
         leaseTtlMs: config.leaseTtlMs,
         leaseIntervalMs: Math.max(100, Math.round(config.leaseTtlMs / 5)),
         ...options.dispatcherTimings,
@@ -98,6 +101,8 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         shardCount: config.shardCount,
         eventTtlMs: config.eventTtlMs,
         secretGraceMs: config.secretGraceMs,
+        secretBox,
+        apiRateLimit: config.apiRateLimit,
         bootstrapAdminKey: adminKey,
         resolve: options.resolve,
       });
@@ -129,6 +134,30 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     await stopAll();
     throw err;
   }
+}
+
+/**
+ * The key that seals signing secrets. Embedded, it is made on first start and kept in the data dir
+ * beside the database (so a copy of the database files alone does not reveal secrets); with a shared
+ * Postgres every process must be given the same key.
+ */
+async function openSecretBox(config: Config, embedded: boolean): Promise<SecretBox> {
+  if (config.encryptionKey) return SecretBox.fromEncodedKey(config.encryptionKey);
+  if (!embedded) {
+    throw new StartupError(
+      "WEBHOOKD_ENCRYPTION_KEY is not set: with DATABASE_URL every webhookd process needs the same key to seal and open signing secrets (make one with `openssl rand -base64 32`)",
+    );
+  }
+  const file = path.join(config.dataDir, "encryption-key");
+  try {
+    return SecretBox.fromEncodedKey(await fs.readFile(file, "utf8"));
+  } catch (err) {
+    if ((err as { code?: string }).code !== "ENOENT") throw err;
+  }
+  const key = SecretBox.generateEncodedKey();
+  await fs.mkdir(config.dataDir, { recursive: true });
+  await fs.writeFile(file, `${key}\n`, { mode: 0o600, flag: "wx" });
+  return SecretBox.fromEncodedKey(key);
 }
 
 /** The embedded mode's admin key: made on first start, kept in the data dir (mode 600). */

@@ -1,6 +1,7 @@
 import path from "node:path";
 import { parseDuration, parseRetrySchedule } from "./core/durations.js";
 import { parseCidrList } from "./core/address-policy.js";
+import { SecretBox } from "./core/secret-box.js";
 
 /** Everything webhookd reads from its environment, parsed once at start. Nothing else reads process.env. */
 export interface Config {
@@ -9,6 +10,10 @@ export interface Config {
   natsUrl: string | undefined;
   dataDir: string;
   adminKey: string | undefined;
+  /** Seals signing secrets at rest (AES-256-GCM); base64 or hex of 32 bytes. Required with DATABASE_URL. */
+  encryptionKey: string | undefined;
+  /** Requests per second per API key (token bucket, burst of twice that); 0 turns the limit off. */
+  apiRateLimit: number;
   allowHttp: boolean;
   allowedCidrs: string[];
   retrySchedule: number[];
@@ -83,6 +88,15 @@ export function loadConfig(env: Env = process.env): Config {
     natsUrl: natsUrl && parseWith(env, "NATS_URL", "", parseUrl(["nats:", "tls:"])),
     dataDir: path.resolve(nonEmpty(env, "WEBHOOKD_DATA_DIR") ?? ".webhookd"),
     adminKey: nonEmpty(env, "WEBHOOKD_ADMIN_KEY"),
+    encryptionKey: nonEmpty(env, "WEBHOOKD_ENCRYPTION_KEY") && parseWith(env, "WEBHOOKD_ENCRYPTION_KEY", "", (raw) => {
+      SecretBox.fromEncodedKey(raw);
+      return raw;
+    }),
+    apiRateLimit: parseWith(env, "WEBHOOKD_API_RATE_LIMIT", "2000", (raw) => {
+      const value = Number(raw);
+      if (!Number.isFinite(value) || value < 0) throw new Error("expected requests per second, 0 for no limit");
+      return value;
+    }),
     allowHttp: parseWith(env, "WEBHOOKD_ALLOW_HTTP", "false", parseBoolean),
     allowedCidrs: parseWith(env, "WEBHOOKD_ALLOWED_CIDRS", "", parseCidrList),
     retrySchedule: parseWith(env, "WEBHOOKD_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", parseRetrySchedule),

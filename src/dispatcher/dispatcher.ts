@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { Logger } from "pino";
+import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { decideOutcome, deliveryStatusAfter, parseRetryAfter } from "../core/retry-policy.js";
 import type { DeliveryFeed, FeedSubscription } from "../queue/feed.js";
@@ -22,6 +23,7 @@ export interface DispatcherOptions {
   shardCount: number;
   retrySchedule: number[];
   maxInFlight: number;
+  secretBox: SecretBox;
   /** A lease not renewed for this long may be taken by another process. */
   leaseTtlMs?: number;
   /** How often leases are renewed and rebalanced. */
@@ -53,7 +55,7 @@ export class Dispatcher {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
     this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
     this.writer = new AttemptWriter(options.db, this.log);
-    const webhooks = createWebhookCache(options.db);
+    const webhooks = createWebhookCache(options.db, options.secretBox);
     this.engine = new LaneEngine({
       loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),
       isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),

@@ -1,3 +1,4 @@
+import type { SecretBox } from "../core/secret-box.js";
 import type { Db } from "../store/db.js";
 import { getWebhooksByIds } from "../store/webhooks.js";
 import type { LaneWebhook } from "./lanes.js";
@@ -6,7 +7,7 @@ import type { LaneWebhook } from "./lanes.js";
  * Webhook settings for the lanes, re-read from Postgres at most once per `ttlMs` per webhook: an
  * update, pause or rotation reaches the next attempt within that time without a read per attempt.
  */
-export function createWebhookCache(db: Db, ttlMs = 1_000) {
+export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) {
   const entries = new Map<string, { webhook: LaneWebhook | undefined; at: number }>();
   const inFlight = new Map<string, Promise<LaneWebhook | undefined>>();
 
@@ -18,7 +19,9 @@ export function createWebhookCache(db: Db, ttlMs = 1_000) {
       url: row.url,
       status: row.status,
       orderedByKey: row.ordered_by_key,
-      secrets: row.signing_secrets.filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now).map((s) => s.secret),
+      secrets: row.signing_secrets
+        .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
+        .map((s) => secretBox.open(s.secret, row.id)),
     };
     if (entries.size > 100_000) entries.clear();
     entries.set(id, { webhook, at: now });

@@ -2,7 +2,8 @@ import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Db } from "../store/db.js";
 import { findActiveKeyByHash } from "../store/api-keys.js";
 import { DEFAULT_TENANT_ID, getTenant } from "../store/tenants.js";
-import { notFound, permissionDenied, unauthenticated } from "./errors.js";
+import { notFound, permissionDenied, rateLimited, unauthenticated } from "./errors.js";
+import { KeyedRateLimiter } from "../core/token-bucket.js";
 
 /** Who is calling and which tenant the call acts on. */
 export interface Principal {
@@ -29,7 +30,9 @@ export interface Authenticator {
 
 const CACHE_MS = 5_000;
 
-export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | undefined }): Authenticator {
+export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | undefined; rateLimit: number }): Authenticator {
+  // Per key, in this process: N API processes allow up to N times the rate, which bounds abuse all the same.
+  const limiter = deps.rateLimit > 0 ? new KeyedRateLimiter(deps.rateLimit, deps.rateLimit * 2) : undefined;
   const bootstrapHash = deps.bootstrapAdminKey ? Buffer.from(hashApiKey(deps.bootstrapAdminKey), "hex") : undefined;
   // Ingest authenticates every call: a short cache keeps the key lookup off the hot path.
   const cache = new Map<string, { key: { id: string; tenantId: string; admin: boolean }; at: number }>();
@@ -58,6 +61,8 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
       if (!match) throw unauthenticated("malformed Authorization header (expected: Bearer <api key>)");
       const key = await resolveKey(match[1]!);
       if (!key) throw unauthenticated("invalid or revoked API key");
+      const waitMs = limiter?.take(key.id, Date.now()) ?? 0;
+      if (waitMs > 0) throw rateLimited(`API key ${key.id} is over its limit of ${deps.rateLimit} requests per second`, waitMs);
       const requested = headers.get("x-tenant-id")?.trim();
       if (!key.admin) {
         if (requested && requested !== key.tenantId) {

@@ -5,6 +5,11 @@ export const notFound = (kind: string, id: string) => new ConnectError(`${kind} 
 export const unauthenticated = (message: string) => new ConnectError(message, Code.Unauthenticated);
 export const permissionDenied = (message: string) => new ConnectError(message, Code.PermissionDenied);
 export const alreadyExists = (message: string) => new ConnectError(message, Code.AlreadyExists);
+/** resource_exhausted / 429, with the wait in a retry-after header (whole seconds, rounded up). */
+export function rateLimited(message: string, waitMs: number): ConnectError {
+  const seconds = Math.max(1, Math.ceil(waitMs / 1000));
+  return new ConnectError(`${message}; retry after ${seconds} s`, Code.ResourceExhausted, { "retry-after": String(seconds) });
+}
 export const failedPrecondition = (message: string) => new ConnectError(message, Code.FailedPrecondition);
 
 /** The one mapping from Connect codes to REST statuses and error codes. */
@@ -23,9 +28,14 @@ const REST: Partial<Record<Code, { status: number; code: string }>> = {
   [Code.DeadlineExceeded]: { status: 504, code: "deadline_exceeded" },
 };
 
-export function restError(err: unknown): { status: number; body: { error: { code: string; message: string } } } {
+export function restError(err: unknown): {
+  status: number;
+  body: { error: { code: string; message: string } };
+  headers: Record<string, string>;
+} {
   const connectErr = ConnectError.from(err);
   const mapped = REST[connectErr.code] ?? { status: 500, code: "internal" };
   const message = mapped.status === 500 ? "internal error" : connectErr.rawMessage;
-  return { status: mapped.status, body: { error: { code: mapped.code, message } } };
+  const retryAfter = connectErr.metadata.get("retry-after");
+  return { status: mapped.status, body: { error: { code: mapped.code, message } }, headers: retryAfter ? { "retry-after": retryAfter } : {} };
 }

@@ -34,6 +34,7 @@ const MAX_BATCH_BODY_BYTES = 8 * 1024 * 1024;
 interface Reply {
   status: number;
   body: unknown;
+  headers?: Record<string, string>;
 }
 
 type Handler = (ctx: { params: string[]; query: URLSearchParams; body: () => Promise<Record<string, unknown>>; headers: Headers }) => Promise<Reply>;
@@ -205,7 +206,7 @@ export function createRestRouter(services: Services) {
       }
     }
     const payload = JSON.stringify(reply.body);
-    res.writeHead(reply.status, { "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
+    res.writeHead(reply.status, { ...reply.headers, "content-type": "application/json", "content-length": Buffer.byteLength(payload) });
     res.end(payload);
     return true;
   };

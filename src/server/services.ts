@@ -1,4 +1,5 @@
 import type { UrlPolicy } from "../core/url-policy.js";
+import type { SecretBox } from "../core/secret-box.js";
 import type { DeliveryFeed } from "../queue/feed.js";
 import type { Db } from "../store/db.js";
 import { createAdminService } from "./admin-service.js";
@@ -15,6 +16,8 @@ export interface ServiceDeps {
   eventTtlMs: number;
   secretGraceMs: number;
   bootstrapAdminKey: string | undefined;
+  secretBox: SecretBox;
+  apiRateLimit: number;
   resolve?: WebhookServiceDeps["resolve"];
 }
 
@@ -28,7 +31,7 @@ export interface Services {
 }
 
 export function createServices(deps: ServiceDeps): Services {
-  const auth = createAuthenticator({ db: deps.db, bootstrapAdminKey: deps.bootstrapAdminKey });
+  const auth = createAuthenticator({ db: deps.db, bootstrapAdminKey: deps.bootstrapAdminKey, rateLimit: deps.apiRateLimit });
   return {
     auth,
     webhooks: createWebhookService(deps),

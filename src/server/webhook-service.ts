@@ -4,6 +4,7 @@ import { checkWebhookUrl } from "../core/url-policy.js";
 import { parseIpLiteral } from "../core/address-policy.js";
 import { normaliseEventTypes } from "../core/event-types.js";
 import { generateSecret } from "../core/signing.js";
+import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { shardOf } from "../core/shards.js";
 import { resolveAndCheck } from "../dispatcher/guarded-lookup.js";
@@ -47,6 +48,8 @@ export interface WebhookServiceDeps {
   shardCount: number;
   /** How long a rotated-out secret keeps signing beside the new one. */
   secretGraceMs: number;
+  /** Signing secrets are stored sealed, bound to their webhook's id. */
+  secretBox: SecretBox;
   /** Injected by tests to answer DNS for made-up names. */
   resolve?: (hostname: string) => Promise<{ address: string; family: number }[]>;
 }
@@ -120,7 +123,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
           event_types: eventTypes,
           status: "active",
           description,
-          signing_secrets: JSON.stringify([{ secret, expires_at: null }] satisfies SigningSecret[]),
+          signing_secrets: JSON.stringify([{ secret: deps.secretBox.seal(secret, id), expires_at: null }] satisfies SigningSecret[]),
           ordered_by_key: req.orderedByKey,
           rate_limit_per_second: rate,
           shard: shardOf(id, deps.shardCount),
@@ -207,7 +210,9 @@ export function createWebhookService(deps: WebhookServiceDeps) {
         const previous = current.signing_secrets
           .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
           .map((s) => ({ secret: s.secret, expires_at: s.expires_at ?? graceEnd }));
-        await webhooks.updateWebhook(trx, id, { signing_secrets: [{ secret, expires_at: null }, ...previous] });
+        await webhooks.updateWebhook(trx, id, {
+          signing_secrets: [{ secret: deps.secretBox.seal(secret, id), expires_at: null }, ...previous],
+        });
         await recordAudit(trx, {
           tenantId: principal.tenantId,
           actor: principal.actor,

@@ -24,6 +24,7 @@ export type WebhookStatus = "active" | "paused" | "disabled" | "deleted";
 
 /** A signing secret and, for a rotated-out one, the moment it stops signing. */
 export interface SigningSecret {
+  /** Sealed with the deployment's key (enc:v1:…), never the plain whsec_ value. */
   secret: string;
   expires_at: string | null;
 }

@@ -3,6 +3,8 @@ import { startWebhookd, type Role, type StartOptions } from "../../src/app.js";
 import { createLogger } from "../../src/logger.js";
 
 export const TEST_ADMIN_KEY = "whk_test_admin_key_for_integration_tests_only";
+/** Every process of one test must share it, as every process of a deployment does. */
+export const TEST_ENCRYPTION_KEY = Buffer.alloc(32, 7).toString("base64");
 
 /**
  * webhookd in this process with a test's configuration: the same code the binary runs, on a port of
@@ -14,6 +16,7 @@ export async function startTestApp(env: Record<string, string>, roles: Role[] = 
     WEBHOOKD_ALLOW_HTTP: "true",
     WEBHOOKD_ALLOWED_CIDRS: "127.0.0.0/8",
     WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY,
+    WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY,
     WEBHOOKD_LOG_LEVEL: "warn",
     ...env,
   });

@@ -16,7 +16,14 @@ export interface Spawned {
 export function spawnBin(bin: "webhookd" | "webhookctl", args: string[], env: Record<string, string>): Spawned {
   const child = spawn(process.execPath, [path.join(ROOT, "bin", `${bin}.js`), ...args], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", WEBHOOKD_LOG_LEVEL: "warn", ...env },
+    env: {
+      PATH: process.env.PATH ?? "",
+      HOME: process.env.HOME ?? "/tmp",
+      WEBHOOKD_LOG_LEVEL: "warn",
+      // The same key as startTestApp's, so in-process apps and binaries of one test read each other's secrets.
+      WEBHOOKD_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
