@@ -100,12 +100,16 @@ export function signPayload({ id, timestamp, body, secrets }: SignInput & { secr
 }
 
 /** All headers of a delivery request except those the HTTP client adds itself. */
-export function buildDeliveryHeaders(input: SignInput & { secrets: readonly string[] }): DeliveryHeaders {
+/**
+ * The delivery's headers. `scheme` picks the signature: v1 (HMAC, `secrets` are whsec_ values, the
+ * default) or v1a (ed25519, `secrets` are whsk_ keys).
+ */
+export function buildDeliveryHeaders(input: SignInput & { secrets: readonly string[]; scheme?: 'v1' | 'v1a' }): DeliveryHeaders {
   return {
     'content-type': 'application/json',
     'webhook-id': input.id,
     'webhook-timestamp': String(input.timestamp),
-    'webhook-signature': signPayload(input),
+    'webhook-signature': input.scheme === 'v1a' ? signPayloadEd25519({ ...input, secretKeys: input.secrets }) : signPayload(input),
   };
 }
 

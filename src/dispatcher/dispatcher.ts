@@ -160,6 +160,7 @@ export class Dispatcher {
     const result = await this.options.sender.send({
       url: webhook.url,
       secrets: webhook.secrets,
+      scheme: webhook.signatureScheme,
       eventId: job.eventId,
       eventType: job.eventType,
       createdAt: job.createdAt,

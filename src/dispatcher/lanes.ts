@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import type { DeliveryJob } from "../queue/job.js";
 import type { LaneLoad } from "../store/deliveries.js";
-import type { WebhookStatus } from "../store/schema.js";
+import type { SignatureScheme, WebhookStatus } from "../store/schema.js";
 
 /** What a lane needs to know of its webhook, read fresh (cached briefly) before each attempt. */
 export interface LaneWebhook {
@@ -10,6 +10,7 @@ export interface LaneWebhook {
   secrets: string[];
   status: WebhookStatus;
   orderedByKey: boolean;
+  signatureScheme: SignatureScheme;
 }
 
 /** What became of an attempt, once it is durable in Postgres. */

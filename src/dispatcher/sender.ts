@@ -10,7 +10,9 @@ export type SendResult =
 
 export interface SendRequest {
   url: string;
+  /** whsec_ secrets for v1, whsk_ keys for v1a. */
   secrets: string[];
+  scheme: "v1" | "v1a";
   eventId: string;
   eventType: string;
   createdAt: number;
@@ -65,6 +67,7 @@ export function createSender(options: SenderOptions): Sender {
       timestamp: Math.floor(Date.now() / 1000),
       body,
       secrets: request.secrets,
+      scheme: request.scheme,
     });
     let url: URL;
     try {

@@ -19,6 +19,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       url: row.url,
       status: row.status,
       orderedByKey: row.ordered_by_key,
+      signatureScheme: row.signature_scheme,
       secrets: row.signing_secrets
         .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
         .map((s) => secretBox.open(s.secret, row.id)),

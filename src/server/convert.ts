@@ -16,6 +16,8 @@ export function toWebhook(row: rows.Webhook): Webhook {
     updatedAt: timestampFromDate(row.updated_at),
     orderedByKey: row.ordered_by_key,
     rateLimitPerSecond: row.rate_limit_per_second,
+    signatureScheme: row.signature_scheme,
+    publicKey: row.public_key ?? "",
   });
 }
 

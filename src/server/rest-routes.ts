@@ -52,7 +52,7 @@ export function createRestRouter(services: Services) {
   route("POST", "/webhooks", async ({ body, headers }) => {
     const principal = await auth.authenticate(headers);
     const b = await body();
-    only(b, ["url", "event_types", "description", "ordered_by_key", "rate_limit_per_second"]);
+    only(b, ["url", "event_types", "description", "ordered_by_key", "rate_limit_per_second", "signature_scheme"]);
     const res = await services.webhooks.createWebhook(
       principal,
       create(CreateWebhookRequestSchema, {
@@ -61,9 +61,10 @@ export function createRestRouter(services: Services) {
         description: str(b, "description") ?? "",
         orderedByKey: bool(b, "ordered_by_key") ?? false,
         rateLimitPerSecond: num(b, "rate_limit_per_second") ?? 0,
+        signatureScheme: str(b, "signature_scheme") ?? "",
       }),
     );
-    return { status: 201, body: { ...webhookJson(res.webhook!), secret: res.secret } };
+    return { status: 201, body: { ...webhookJson(res.webhook!), ...(res.secret ? { secret: res.secret } : {}) } };
   });
 
   route("GET", "/webhooks", async ({ query, headers }) => {
@@ -107,7 +108,7 @@ export function createRestRouter(services: Services) {
       await auth.authenticate(headers),
       create(RotateWebhookSecretRequestSchema, { webhookId: params[0] }),
     );
-    return { status: 200, body: { secret: res.secret } };
+    return { status: 200, body: res.secret ? { secret: res.secret } : { public_key: res.publicKey } };
   });
 
   route("POST", "/events", async ({ body, headers }) => {
@@ -339,6 +340,8 @@ function webhookJson(w: Webhook) {
     description: w.description,
     ordered_by_key: w.orderedByKey,
     rate_limit_per_second: w.rateLimitPerSecond,
+    signature_scheme: w.signatureScheme,
+    ...(w.publicKey ? { public_key: w.publicKey } : {}),
     created_at: iso(w.createdAt),
     updated_at: iso(w.updatedAt),
   };

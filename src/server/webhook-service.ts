@@ -3,13 +3,13 @@ import type { UrlPolicy } from "../core/url-policy.js";
 import { checkWebhookUrl } from "../core/url-policy.js";
 import { parseIpLiteral } from "../core/address-policy.js";
 import { normaliseEventTypes } from "../core/event-types.js";
-import { generateSecret } from "../core/signing.js";
+import { generateSecret, generateSigningKeyPair } from "../core/signing.js";
 import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { shardOf } from "../core/shards.js";
 import { resolveAndCheck } from "../dispatcher/guarded-lookup.js";
 import type { Db } from "../store/db.js";
-import type { SigningSecret, WebhookStatus } from "../store/schema.js";
+import type { SignatureScheme, SigningSecret, WebhookStatus } from "../store/schema.js";
 import * as webhooks from "../store/webhooks.js";
 import { cancelPendingDeliveries } from "../store/deliveries.js";
 import { recordAudit } from "../store/audit.js";
@@ -102,6 +102,22 @@ export function createWebhookService(deps: WebhookServiceDeps) {
     return status;
   }
 
+  function validateScheme(scheme: string): SignatureScheme {
+    if (scheme === "" || scheme === "v1") return "v1";
+    if (scheme === "v1a") return "v1a";
+    throw invalidArgument(`signature_scheme must be "v1" (HMAC-SHA256) or "v1a" (ed25519) (got ${JSON.stringify(scheme)})`);
+  }
+
+  /** A new signing credential: what is stored (to be sealed) and what the caller is shown. */
+  function newCredential(scheme: SignatureScheme): { stored: string; secret: string; publicKey: string | null } {
+    if (scheme === "v1") {
+      const secret = generateSecret();
+      return { stored: secret, secret, publicKey: null };
+    }
+    const pair = generateSigningKeyPair();
+    return { stored: pair.secretKey, secret: "", publicKey: pair.publicKey };
+  }
+
   function validateId(id: string): string {
     if (!/^wh_[0-9A-Za-z]{10,40}$/.test(id)) throw notFound("webhook", JSON.stringify(id));
     return id;
@@ -112,9 +128,10 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       const eventTypes = validateEventTypes(req.eventTypes);
       const description = validateDescription(req.description);
       const rate = validateRateLimit(req.rateLimitPerSecond);
+      const scheme = validateScheme(req.signatureScheme);
       const url = await validateUrl(req.url);
       const id = newId("wh");
-      const secret = generateSecret();
+      const credential = newCredential(scheme);
       const row = await db.transaction().execute(async (trx) => {
         const inserted = await webhooks.insertWebhook(trx, {
           id,
@@ -123,7 +140,9 @@ export function createWebhookService(deps: WebhookServiceDeps) {
           event_types: eventTypes,
           status: "active",
           description,
-          signing_secrets: JSON.stringify([{ secret: deps.secretBox.seal(secret, id), expires_at: null }] satisfies SigningSecret[]),
+          signing_secrets: JSON.stringify([{ secret: deps.secretBox.seal(credential.stored, id), expires_at: null }] satisfies SigningSecret[]),
+          signature_scheme: scheme,
+          public_key: credential.publicKey,
           ordered_by_key: req.orderedByKey,
           rate_limit_per_second: rate,
           shard: shardOf(id, deps.shardCount),
@@ -134,11 +153,11 @@ export function createWebhookService(deps: WebhookServiceDeps) {
           actor: principal.actor,
           action: "webhook.create",
           resourceId: id,
-          details: { url, event_types: eventTypes },
+          details: { url, event_types: eventTypes, signature_scheme: scheme },
         });
         return inserted;
       });
-      return create(CreateWebhookResponseSchema, { webhook: toWebhook(row), secret });
+      return create(CreateWebhookResponseSchema, { webhook: toWebhook(row), secret: credential.secret });
     },
 
     async getWebhook(principal: Principal, req: GetWebhookRequest): Promise<GetWebhookResponse> {
@@ -200,10 +219,10 @@ export function createWebhookService(deps: WebhookServiceDeps) {
 
     async rotateWebhookSecret(principal: Principal, req: RotateWebhookSecretRequest): Promise<RotateWebhookSecretResponse> {
       const id = validateId(req.webhookId);
-      const secret = generateSecret();
-      await db.transaction().execute(async (trx) => {
+      const credential = await db.transaction().execute(async (trx) => {
         const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
         if (!current) throw notFound("webhook", id);
+        const fresh = newCredential(current.signature_scheme);
         const now = Date.now();
         const graceEnd = new Date(now + deps.secretGraceMs).toISOString();
         // The previous secret keeps signing for the grace period, so receivers can roll over without a gap.
@@ -211,7 +230,8 @@ export function createWebhookService(deps: WebhookServiceDeps) {
           .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
           .map((s) => ({ secret: s.secret, expires_at: s.expires_at ?? graceEnd }));
         await webhooks.updateWebhook(trx, id, {
-          signing_secrets: [{ secret: deps.secretBox.seal(secret, id), expires_at: null }, ...previous],
+          signing_secrets: [{ secret: deps.secretBox.seal(fresh.stored, id), expires_at: null }, ...previous],
+          public_key: fresh.publicKey,
         });
         await recordAudit(trx, {
           tenantId: principal.tenantId,
@@ -220,8 +240,9 @@ export function createWebhookService(deps: WebhookServiceDeps) {
           resourceId: id,
           details: { previous_secret_expires_at: graceEnd },
         });
+        return fresh;
       });
-      return create(RotateWebhookSecretResponseSchema, { secret });
+      return create(RotateWebhookSecretResponseSchema, { secret: credential.secret, publicKey: credential.publicKey ?? "" });
     },
   };
 }

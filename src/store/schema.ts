@@ -42,9 +42,14 @@ export interface WebhookTable {
   /** The last seq handed to a delivery of this webhook; bumped under the row lock at ingest. */
   last_seq: Generated<number>;
   shard: number;
+  /** v1: HMAC with whsec_ secrets; v1a: ed25519 with whsk_ keys (sealed) and a published whpk_ key. */
+  signature_scheme: Generated<SignatureScheme>;
+  public_key: string | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }
+
+export type SignatureScheme = "v1" | "v1a";
 
 export interface AuditLogTable {
   id: string;

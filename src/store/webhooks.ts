@@ -51,6 +51,7 @@ export interface WebhookChanges {
   ordered_by_key?: boolean;
   rate_limit_per_second?: number;
   signing_secrets?: SigningSecret[];
+  public_key?: string | null;
 }
 
 export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Promise<Webhook> {

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file webhook/v1/webhook.proto.
  */
 export const file_webhook_v1_webhook: GenFile = /*@__PURE__*/
-  fileDesc("Chh3ZWJob29rL3YxL3dlYmhvb2sucHJvdG8SCndlYmhvb2sudjEi+wEKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSDgoGc3RhdHVzGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDm9yZGVyZWRfYnlfa2V5GAggASgIEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgJIAEoASKEAQoUQ3JlYXRlV2ViaG9va1JlcXVlc3QSCwoDdXJsGAEgASgJEhMKC2V2ZW50X3R5cGVzGAIgAygJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEhYKDm9yZGVyZWRfYnlfa2V5GAQgASgIEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgFIAEoASJNChVDcmVhdGVXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vaxIOCgZzZWNyZXQYAiABKAkiJwoRR2V0V2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCSI6ChJHZXRXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vayI8ChNMaXN0V2ViaG9va3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlYKFExpc3RXZWJob29rc1Jlc3BvbnNlEiUKCHdlYmhvb2tzGAEgAygLMhMud2ViaG9vay52MS5XZWJob29rEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKRAgoUVXBkYXRlV2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCRIQCgN1cmwYAiABKAlIAIgBARITCgtldmVudF90eXBlcxgDIAMoCRITCgZzdGF0dXMYBCABKAlIAYgBARIYCgtkZXNjcmlwdGlvbhgFIAEoCUgCiAEBEhsKDm9yZGVyZWRfYnlfa2V5GAYgASgISAOIAQESIgoVcmF0ZV9saW1pdF9wZXJfc2Vjb25kGAcgASgBSASIAQFCBgoEX3VybEIJCgdfc3RhdHVzQg4KDF9kZXNjcmlwdGlvbkIRCg9fb3JkZXJlZF9ieV9rZXlCGAoWX3JhdGVfbGltaXRfcGVyX3NlY29uZCI9ChVVcGRhdGVXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vayIqChREZWxldGVXZWJob29rUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIhcKFURlbGV0ZVdlYmhvb2tSZXNwb25zZSIwChpSb3RhdGVXZWJob29rU2VjcmV0UmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIi0KG1JvdGF0ZVdlYmhvb2tTZWNyZXRSZXNwb25zZRIOCgZzZWNyZXQYASABKAkymgQKDldlYmhvb2tTZXJ2aWNlElQKDUNyZWF0ZVdlYmhvb2sSIC53ZWJob29rLnYxLkNyZWF0ZVdlYmhvb2tSZXF1ZXN0GiEud2ViaG9vay52MS5DcmVhdGVXZWJob29rUmVzcG9uc2USSwoKR2V0V2ViaG9vaxIdLndlYmhvb2sudjEuR2V0V2ViaG9va1JlcXVlc3QaHi53ZWJob29rLnYxLkdldFdlYmhvb2tSZXNwb25zZRJRCgxMaXN0V2ViaG9va3MSHy53ZWJob29rLnYxLkxpc3RXZWJob29rc1JlcXVlc3QaIC53ZWJob29rLnYxLkxpc3RXZWJob29rc1Jlc3BvbnNlElQKDVVwZGF0ZVdlYmhvb2sSIC53ZWJob29rLnYxLlVwZGF0ZVdlYmhvb2tSZXF1ZXN0GiEud2ViaG9vay52MS5VcGRhdGVXZWJob29rUmVzcG9uc2USVAoNRGVsZXRlV2ViaG9vaxIgLndlYmhvb2sudjEuRGVsZXRlV2ViaG9va1JlcXVlc3QaIS53ZWJob29rLnYxLkRlbGV0ZVdlYmhvb2tSZXNwb25zZRJmChNSb3RhdGVXZWJob29rU2VjcmV0EiYud2ViaG9vay52MS5Sb3RhdGVXZWJob29rU2VjcmV0UmVxdWVzdBonLndlYmhvb2sudjEuUm90YXRlV2ViaG9va1NlY3JldFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("Chh3ZWJob29rL3YxL3dlYmhvb2sucHJvdG8SCndlYmhvb2sudjEiqQIKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSDgoGc3RhdHVzGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDm9yZGVyZWRfYnlfa2V5GAggASgIEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgJIAEoARIYChBzaWduYXR1cmVfc2NoZW1lGAogASgJEhIKCnB1YmxpY19rZXkYCyABKAkingEKFENyZWF0ZVdlYmhvb2tSZXF1ZXN0EgsKA3VybBgBIAEoCRITCgtldmVudF90eXBlcxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIWCg5vcmRlcmVkX2J5X2tleRgEIAEoCBIdChVyYXRlX2xpbWl0X3Blcl9zZWNvbmQYBSABKAESGAoQc2lnbmF0dXJlX3NjaGVtZRgGIAEoCSJNChVDcmVhdGVXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vaxIOCgZzZWNyZXQYAiABKAkiJwoRR2V0V2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCSI6ChJHZXRXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vayI8ChNMaXN0V2ViaG9va3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlYKFExpc3RXZWJob29rc1Jlc3BvbnNlEiUKCHdlYmhvb2tzGAEgAygLMhMud2ViaG9vay52MS5XZWJob29rEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKRAgoUVXBkYXRlV2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCRIQCgN1cmwYAiABKAlIAIgBARITCgtldmVudF90eXBlcxgDIAMoCRITCgZzdGF0dXMYBCABKAlIAYgBARIYCgtkZXNjcmlwdGlvbhgFIAEoCUgCiAEBEhsKDm9yZGVyZWRfYnlfa2V5GAYgASgISAOIAQESIgoVcmF0ZV9saW1pdF9wZXJfc2Vjb25kGAcgASgBSASIAQFCBgoEX3VybEIJCgdfc3RhdHVzQg4KDF9kZXNjcmlwdGlvbkIRCg9fb3JkZXJlZF9ieV9rZXlCGAoWX3JhdGVfbGltaXRfcGVyX3NlY29uZCI9ChVVcGRhdGVXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vayIqChREZWxldGVXZWJob29rUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIhcKFURlbGV0ZVdlYmhvb2tSZXNwb25zZSIwChpSb3RhdGVXZWJob29rU2VjcmV0UmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIkEKG1JvdGF0ZVdlYmhvb2tTZWNyZXRSZXNwb25zZRIOCgZzZWNyZXQYASABKAkSEgoKcHVibGljX2tleRgCIAEoCTKaBAoOV2ViaG9va1NlcnZpY2USVAoNQ3JlYXRlV2ViaG9vaxIgLndlYmhvb2sudjEuQ3JlYXRlV2ViaG9va1JlcXVlc3QaIS53ZWJob29rLnYxLkNyZWF0ZVdlYmhvb2tSZXNwb25zZRJLCgpHZXRXZWJob29rEh0ud2ViaG9vay52MS5HZXRXZWJob29rUmVxdWVzdBoeLndlYmhvb2sudjEuR2V0V2ViaG9va1Jlc3BvbnNlElEKDExpc3RXZWJob29rcxIfLndlYmhvb2sudjEuTGlzdFdlYmhvb2tzUmVxdWVzdBogLndlYmhvb2sudjEuTGlzdFdlYmhvb2tzUmVzcG9uc2USVAoNVXBkYXRlV2ViaG9vaxIgLndlYmhvb2sudjEuVXBkYXRlV2ViaG9va1JlcXVlc3QaIS53ZWJob29rLnYxLlVwZGF0ZVdlYmhvb2tSZXNwb25zZRJUCg1EZWxldGVXZWJob29rEiAud2ViaG9vay52MS5EZWxldGVXZWJob29rUmVxdWVzdBohLndlYmhvb2sudjEuRGVsZXRlV2ViaG9va1Jlc3BvbnNlEmYKE1JvdGF0ZVdlYmhvb2tTZWNyZXQSJi53ZWJob29rLnYxLlJvdGF0ZVdlYmhvb2tTZWNyZXRSZXF1ZXN0Gicud2ViaG9vay52MS5Sb3RhdGVXZWJob29rU2VjcmV0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * A subscription: a URL that receives every event of the listed types, signed.
@@ -70,6 +70,21 @@ export type Webhook = Message<"webhook.v1.Webhook"> & {
    * @generated from field: double rate_limit_per_second = 9;
    */
   rateLimitPerSecond: number;
+
+  /**
+   * "v1" (HMAC-SHA256 with a shared whsec_ secret, the default) or "v1a" (ed25519: receivers verify with
+   * public_key and never hold a secret).
+   *
+   * @generated from field: string signature_scheme = 10;
+   */
+  signatureScheme: string;
+
+  /**
+   * For "v1a": the current public key (whpk_…).
+   *
+   * @generated from field: string public_key = 11;
+   */
+  publicKey: string;
 };
 
 /**
@@ -107,6 +122,13 @@ export type CreateWebhookRequest = Message<"webhook.v1.CreateWebhookRequest"> & 
    * @generated from field: double rate_limit_per_second = 5;
    */
   rateLimitPerSecond: number;
+
+  /**
+   * "v1" (default) or "v1a".
+   *
+   * @generated from field: string signature_scheme = 6;
+   */
+  signatureScheme: string;
 };
 
 /**
@@ -126,7 +148,8 @@ export type CreateWebhookResponse = Message<"webhook.v1.CreateWebhookResponse"> 
   webhook?: Webhook | undefined;
 
   /**
-   * The signing secret (whsec_…); returned here and by RotateWebhookSecret only.
+   * For "v1": the signing secret (whsec_…), returned here and by RotateWebhookSecret only.
+   * For "v1a": empty; the webhook's public_key is what receivers need.
    *
    * @generated from field: string secret = 2;
    */
@@ -340,9 +363,18 @@ export const RotateWebhookSecretRequestSchema: GenMessage<RotateWebhookSecretReq
  */
 export type RotateWebhookSecretResponse = Message<"webhook.v1.RotateWebhookSecretResponse"> & {
   /**
+   * For "v1": the new whsec_ secret. For "v1a": empty.
+   *
    * @generated from field: string secret = 1;
    */
   secret: string;
+
+  /**
+   * For "v1a": the new public key (whpk_…).
+   *
+   * @generated from field: string public_key = 2;
+   */
+  publicKey: string;
 };
 
 /**
