@@ -225,6 +225,8 @@ function webhookFields(w: Webhook | undefined): Array<[string, string]> {
     ["description", orDash(w.description)],
     ["ordered_by_key", String(w.orderedByKey)],
     ["rate_limit_per_second", w.rateLimitPerSecond ? String(w.rateLimitPerSecond) : "none"],
+    ["signature_scheme", w.signatureScheme || "v1"],
+    ...(w.publicKey ? ([["public_key", w.publicKey]] as [string, string][]) : []),
     ["created_at", formatTime(w.createdAt)],
     ["updated_at", formatTime(w.updatedAt)],
   ];
@@ -427,16 +429,26 @@ Examples:
       .requiredOption("--events <list>", "comma-separated event types, e.g. document.created,invoice.* or *", eventTypeList)
       .option("--description <text>", "a note for operators")
       .option("--ordered-by-key", "keep FIFO per ordering key instead of per webhook")
-      .option("--rate-limit <n>", "cap on deliveries per second (0: none)", nonNegativeNumber),
-    async (json, opts: { url: string; events: string[]; description?: string; orderedByKey?: boolean; rateLimit?: number }) => {
+      .option("--rate-limit <n>", "cap on deliveries per second (0: none)", nonNegativeNumber)
+      .addOption(
+        new Option("--signature-scheme <scheme>", "v1: HMAC with a shared secret; v1a: ed25519, receivers verify with the public key")
+          .choices(["v1", "v1a"])
+          .default("v1"),
+      ),
+    async (
+      json,
+      opts: { url: string; events: string[]; description?: string; orderedByKey?: boolean; rateLimit?: number; signatureScheme: string },
+    ) => {
       const res = await conn.clients().webhooks.createWebhook({
         url: opts.url,
         eventTypes: opts.events,
         description: opts.description ?? "",
         orderedByKey: opts.orderedByKey ?? false,
         rateLimitPerSecond: opts.rateLimit ?? 0,
+        signatureScheme: opts.signatureScheme,
       });
       if (json) return emit(CreateWebhookResponseSchema, res);
+      if (!res.secret) return printFields(out, webhookFields(res.webhook));
       printFields(out, [...webhookFields(res.webhook), ["secret", res.secret]]);
       out.write("The signing secret is shown only once; store it now (rotate-secret issues a new one).\n");
     },
@@ -517,6 +529,14 @@ Examples:
     async (json, id: string) => {
       const res = await conn.clients().webhooks.rotateWebhookSecret({ webhookId: id });
       if (json) return emit(RotateWebhookSecretResponseSchema, res);
+      if (res.publicKey) {
+        printFields(out, [
+          ["webhook_id", id],
+          ["public_key", res.publicKey],
+        ]);
+        out.write("Deliveries are signed with the new key and, during the grace period, the previous one.\n");
+        return;
+      }
       printFields(out, [
         ["webhook_id", id],
         ["secret", res.secret],
