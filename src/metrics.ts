@@ -9,6 +9,12 @@ export const eventsIngested = new Counter({
   registers: [registry],
 });
 
+export const authFailures = new Counter({
+  name: "webhookd_auth_failures_total",
+  help: "API calls refused for a missing, malformed, unknown or revoked key, or a tenant mismatch",
+  registers: [registry],
+});
+
 export const deliveriesCreated = new Counter({
   name: "webhookd_deliveries_created_total",
   help: "Deliveries queued at ingest",

@@ -3,7 +3,9 @@ import type { Db } from "../store/db.js";
 import { findActiveKeyByHash } from "../store/api-keys.js";
 import { DEFAULT_TENANT_ID, getTenant } from "../store/tenants.js";
 import { notFound, permissionDenied, rateLimited, unauthenticated } from "./errors.js";
-import { KeyedRateLimiter } from "../core/token-bucket.js";
+import { KeyedRateLimiter, TokenBucket } from "../core/token-bucket.js";
+import { recordAudit } from "../store/audit.js";
+import { authFailures } from "../metrics.js";
 
 /** Who is calling and which tenant the call acts on. */
 export interface Principal {
@@ -52,22 +54,46 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
     return key;
   }
 
+  // Failures are audited, but a flood of them must not become a flood of writes: past this rate they are
+  // only counted in the metrics.
+  const auditBudget = new TokenBucket(20, 100, Date.now());
+  function refuse(reason: string, token: string | undefined, tenantId = DEFAULT_TENANT_ID): never {
+    authFailures.inc();
+    if (auditBudget.take(Date.now()) === 0) {
+      void recordAudit(deps.db, {
+        tenantId,
+        actor: "anonymous",
+        action: "auth.failure",
+        resourceId: "",
+        // A prefix identifies which key was tried without storing a usable secret.
+        details: { reason, ...(token ? { key_prefix: token.slice(0, 8) } : {}) },
+      }).catch(() => undefined);
+    }
+    throw reason === "tenant_mismatch"
+      ? permissionDenied("x-tenant-id may only be set by admin keys")
+      : unauthenticated(
+          reason === "missing"
+            ? "missing Authorization header (expected: Bearer <api key>)"
+            : reason === "malformed"
+              ? "malformed Authorization header (expected: Bearer <api key>)"
+              : "invalid or revoked API key",
+        );
+  }
+
   return {
     forget: () => cache.clear(),
     async authenticate(headers) {
       const header = headers.get("authorization");
-      if (!header) throw unauthenticated("missing Authorization header (expected: Bearer <api key>)");
+      if (!header) refuse("missing", undefined);
       const match = /^Bearer\s+(\S+)$/i.exec(header.trim());
-      if (!match) throw unauthenticated("malformed Authorization header (expected: Bearer <api key>)");
+      if (!match) refuse("malformed", undefined);
       const key = await resolveKey(match[1]!);
-      if (!key) throw unauthenticated("invalid or revoked API key");
+      if (!key) refuse("invalid_key", match[1]);
       const waitMs = limiter?.take(key.id, Date.now()) ?? 0;
       if (waitMs > 0) throw rateLimited(`API key ${key.id} is over its limit of ${deps.rateLimit} requests per second`, waitMs);
       const requested = headers.get("x-tenant-id")?.trim();
       if (!key.admin) {
-        if (requested && requested !== key.tenantId) {
-          throw permissionDenied("x-tenant-id may only be set by admin keys");
-        }
+        if (requested && requested !== key.tenantId) refuse("tenant_mismatch", match[1], key.tenantId);
         return { tenantId: key.tenantId, admin: false, actor: key.id };
       }
       const tenantId = requested || key.tenantId;

@@ -8,7 +8,8 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { AdminService } from "../../gen/webhook/v1/admin_pb.js";
 import { createTestDatabase } from "../support/postgres.js";
-import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
+import { restClient, startTestApp, TEST_ADMIN_KEY, TEST_ENCRYPTION_KEY } from "../support/app.js";
+import { SecretBox } from "../../src/core/secret-box.js";
 
 type Rest = ReturnType<typeof restClient>;
 type App = Awaited<ReturnType<typeof startTestApp>>;
@@ -40,7 +41,7 @@ const asAdmin = { headers: { authorization: `Bearer ${TEST_ADMIN_KEY}` } };
 
 async function counts(): Promise<{ webhooks: number; audit: number; keys: number; tenants: number }> {
   const { rows } = await pool.query(
-    `select (select count(*) from webhooks)::int as webhooks, (select count(*) from audit_log)::int as audit,
+    `select (select count(*) from webhooks)::int as webhooks, (select count(*) from audit_log where action <> 'auth.failure')::int as audit,
             (select count(*) from api_keys)::int as keys, (select count(*) from tenants)::int as tenants`,
   );
   return rows[0];
@@ -249,9 +250,13 @@ describe("webhook lifecycle", () => {
     assert.notEqual(res.body.secret, created.secret);
     const again = await admin("POST", `/webhooks/${created.webhook_id}/rotate-secret`);
     assert.notEqual(again.body.secret, res.body.secret);
-    // Both secrets are kept for signing (the old one until its grace ends), but neither is shown.
+    // Both secrets are kept for signing (the old one until its grace ends), sealed, and neither is shown.
     const { rows } = await pool.query("select signing_secrets from webhooks where id = $1", [created.webhook_id]);
-    const secrets = rows[0].signing_secrets as { secret: string; expires_at: string | null }[];
+    const box = SecretBox.fromEncodedKey(TEST_ENCRYPTION_KEY);
+    const secrets = (rows[0].signing_secrets as { secret: string; expires_at: string | null }[]).map((s) => ({
+      secret: box.open(s.secret, created.webhook_id),
+      expires_at: s.expires_at,
+    }));
     assert.equal(secrets[0]!.secret, again.body.secret);
     assert.equal(secrets[0]!.expires_at, null);
     assert.ok(secrets.some((s) => s.secret === created.secret && s.expires_at !== null));
