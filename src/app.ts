@@ -1,5 +1,6 @@
 import fs from "node:fs/promises";
 import path from "node:path";
+import tls from "node:tls";
 import { generateApiKey } from "./server/auth.js";
 import { SecretBox } from "./core/secret-box.js";
 import type { Config } from "./config.js";
@@ -72,7 +73,14 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     let dispatcher: Dispatcher | undefined;
     let sender: Sender | undefined;
     if (options.roles.includes("dispatcher")) {
-      const ca = config.caFile ? [await fs.readFile(config.caFile, "utf8")] : undefined;
+      // Node's `ca` replaces the trust store: the operator's CAs are added to it, not put in its place.
+      const ca = config.caFile
+        ? [
+            ...tls.rootCertificates,
+            ...(config.nodeExtraCaFile ? [await fs.readFile(config.nodeExtraCaFile, "utf8")] : []),
+            await fs.readFile(config.caFile, "utf8"),
+          ]
+        : undefined;
       sender = createSender({ addressPolicy: { allowedCidrs: config.allowedCidrs }, timeoutMs: config.deliveryTimeoutMs, resolve: options.resolve, ca });
       stops.push(() => sender!.close());
       dispatcher = new Dispatcher({

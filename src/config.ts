@@ -23,6 +23,8 @@ export interface Config {
   secretGraceMs: number;
   /** Extra CA certificates (PEM file) trusted for deliveries, beside the system's. */
   caFile: string | undefined;
+  /** Node's own extra-CA file, part of the default trust store that an explicit CA list replaces. */
+  nodeExtraCaFile: string | undefined;
   /** Stream and consumer names are prefixed with this, so that test runs never collide. */
   natsPrefix: string;
   /** Number of shards the webhooks are hashed into; fixed for the life of a deployment. */
@@ -99,11 +101,16 @@ export function loadConfig(env: Env = process.env): Config {
     }),
     allowHttp: parseWith(env, "WEBHOOKD_ALLOW_HTTP", "false", parseBoolean),
     allowedCidrs: parseWith(env, "WEBHOOKD_ALLOWED_CIDRS", "", parseCidrList),
-    retrySchedule: parseWith(env, "WEBHOOKD_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", parseRetrySchedule),
+    // Set but empty means no retries at all: the first failure is final.
+    retrySchedule:
+      env.WEBHOOKD_RETRY_SCHEDULE?.trim() === ""
+        ? []
+        : parseWith(env, "WEBHOOKD_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", parseRetrySchedule),
     deliveryTimeoutMs: parseWith(env, "WEBHOOKD_DELIVERY_TIMEOUT", "15s", parseDuration),
     eventTtlMs: parseWith(env, "WEBHOOKD_EVENT_TTL", "30d", parseDuration),
     secretGraceMs: parseWith(env, "WEBHOOKD_SECRET_GRACE", "24h", parseDuration),
     caFile: nonEmpty(env, "WEBHOOKD_CA_FILE"),
+    nodeExtraCaFile: nonEmpty(env, "NODE_EXTRA_CA_CERTS"),
     natsPrefix: parseWith(env, "WEBHOOKD_NATS_PREFIX", "WEBHOOK", (raw) => {
       if (!/^[A-Za-z0-9_-]+$/.test(raw)) throw new Error("letters, digits, _ and - only");
       return raw;

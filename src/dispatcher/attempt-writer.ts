@@ -16,7 +16,7 @@ export class AttemptWriter {
   constructor(
     private readonly db: Db,
     private readonly log: Logger,
-    private readonly options: { maxBatch: number; maxDelayMs: number } = { maxBatch: 500, maxDelayMs: 5 },
+    private readonly options: { maxBatch: number; maxDelayMs: number } = { maxBatch: 500, maxDelayMs: 1 },
   ) {}
 
   write(record: AttemptRecord): Promise<void> {

@@ -75,7 +75,7 @@ export function checkHostBeforeConnect(url: URL, policy: AddressPolicy): void {
   const literal = parseIpLiteral(url.hostname);
   if (literal === null) return;
   const verdict = checkAddress(literal, policy);
-  if (!verdict.allowed) throw new BlockedAddressError(url.hostname, literal, verdict.reason);
+  if (!verdict.allowed) throw new BlockedAddressError(literal, literal, verdict.reason);
 }
 
 function requestedFamily(options: dns.LookupOptions): 0 | 4 | 6 {

@@ -1,3 +1,4 @@
+import { StringDecoder } from "node:string_decoder";
 import { Agent, errors as undiciErrors } from "undici";
 import type { AddressPolicy } from "../core/address-policy.js";
 import { buildDeliveryBody, buildDeliveryHeaders } from "../core/signing.js";
@@ -26,7 +27,7 @@ export interface SenderOptions {
   connectionsPerOrigin?: number;
   /** Injected by tests to answer DNS for made-up names. */
   resolve?: (hostname: string) => Promise<{ address: string; family: number }[]>;
-  /** Extra CA certificates to trust (PEM). */
+  /** The whole trust store (PEM), when it differs from Node's default. */
   ca?: string[];
 }
 
@@ -124,7 +125,9 @@ async function readCapped(body: AsyncIterable<Buffer> & { destroy(err?: Error): 
       break;
     }
   }
-  return Buffer.concat(kept).toString("utf8");
+  // Whole characters only (the cut never leaves half of one behind), and no NUL: Postgres text cannot
+  // hold it, and an attempt that cannot be recorded would hold up every attempt batched with it.
+  return new StringDecoder("utf8").write(Buffer.concat(kept)).replace(/\u0000/g, "");
 }
 
 function isBlocked(err: unknown): boolean {
@@ -149,3 +152,4 @@ function describe(err: unknown): string {
   }
   return [...new Set(messages)].join(": ").slice(0, 500) || "request failed";
 }
+

@@ -351,7 +351,7 @@ function eventJson(e: Event) {
   return {
     event_id: e.eventId,
     event_type: e.eventType,
-    payload: e.payload ?? {},
+    ...(e.payload ? { payload: e.payload } : {}),
     ...(e.idempotencyKey ? { idempotency_key: e.idempotencyKey } : {}),
     ...(e.orderingKey ? { ordering_key: e.orderingKey } : {}),
     delivery_count: e.deliveryCount,
