@@ -150,7 +150,11 @@ class Lane {
   private loaded = false;
   /** More pending deliveries exist in Postgres past knownThrough than the lane holds. */
   private truncated = false;
+  /** Jobs dropped for want of room in `ahead`: a load that began before a drop cannot clear `truncated`. */
+  private overflows = 0;
   private loading: Promise<void> | undefined;
+  /** Deliveries that became final while a load was in flight: its snapshot may still list them as pending. */
+  private readonly finalWhileLoading = new Set<string>();
   private readonly busyKeys = new Set<string>();
   private readonly attempts = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
@@ -234,7 +238,10 @@ class Lane {
 
   private holdAhead(job: DeliveryJob): void {
     if (this.ahead.size < this.engine.capacity) this.ahead.set(job.seq, job);
-    else this.truncated = true;
+    else {
+      this.truncated = true;
+      this.overflows++;
+    }
     if (this.loaded && !this.gapTimer) {
       this.gapTimer = setTimeout(() => {
         this.gapTimer = undefined;
@@ -257,15 +264,18 @@ class Lane {
   private load(afterSeq = this.knownThrough): void {
     if (this.loading || this.closed) return;
     const limit = Math.max(1, this.engine.capacity - this.queue.length);
+    const overflowsBefore = this.overflows;
+    this.finalWhileLoading.clear();
     this.loading = this.engine.deps
       .loadPending(this.webhookId, afterSeq, limit)
       .then(({ jobs, lastSeq }) => {
         if (this.closed) return;
         const known = new Set(this.queue.map((j) => j.deliveryId));
-        for (const job of jobs) if (!known.has(job.deliveryId)) this.insertSorted(job);
+        for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
+        this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
         this.knownThrough = Math.max(this.knownThrough, cut ? jobs.at(-1)!.seq : lastSeq);
-        this.truncated = cut;
+        this.truncated = cut || this.overflows !== overflowsBefore;
         this.loaded = true;
         this.absorbAhead();
       })
@@ -335,8 +345,10 @@ class Lane {
     const attempt = this.engine.deps
       .execute(job, webhook)
       .then((outcome) => {
-        if (outcome.final) this.queue = this.queue.filter((j) => j !== job);
-        else {
+        if (outcome.final) {
+          this.queue = this.queue.filter((j) => j !== job);
+          if (this.loading) this.finalWhileLoading.add(job.deliveryId);
+        } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;
         }

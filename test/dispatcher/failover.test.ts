@@ -1,0 +1,314 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { createTestDatabase } from '../support/postgres.js';
+import { NATS_URL, natsPrefix } from '../support/nats.js';
+import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
+import { spawnBin, type Spawned } from '../support/processes.js';
+import { startReceiver, verifyDelivery } from '../support/receiver.js';
+
+/**
+ * Invariants 1–3 and 5 across crashes: a SIGKILLed dispatcher, an API that committed but never published,
+ * a NATS server killed and restarted. Postgres is the record; the feed is only the fast path.
+ */
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+type Receiver = Awaited<ReturnType<typeof startReceiver>>;
+type Rest = ReturnType<typeof restClient>;
+
+interface Hook {
+  id: string;
+  secret: string;
+  path: string;
+  type: string;
+  /** Event ids in publish order. */
+  published: string[];
+}
+
+async function createHooks(rest: Rest, receiver: Receiver, count: number, label: string): Promise<Hook[]> {
+  const hooks: Hook[] = [];
+  for (let i = 0; i < count; i++) {
+    const type = `${label}${i}.created`;
+    const res = await rest('POST', '/webhooks', { url: receiver.url(`/${label}${i}`), event_types: [type] });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    hooks.push({ id: res.body.webhook_id, secret: res.body.secret, path: `/${label}${i}`, type, published: [] });
+  }
+  return hooks;
+}
+
+/** One event per webhook, in one batch; a webhook's events are published strictly one after another. */
+async function publishRound(rest: Rest, hooks: Hook[], round: number): Promise<number> {
+  const started = Date.now();
+  const res = await rest('POST', '/events/batch', { events: hooks.map((h) => ({ event_type: h.type, payload: { round } })) });
+  assert.equal(res.status, 201, `round ${round}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
+  res.body.events.forEach((e: { event_id: string; delivery_count: number }, i: number) => {
+    assert.equal(e.delivery_count, 1);
+    hooks[i]!.published.push(e.event_id);
+  });
+  return Date.now() - started;
+}
+
+/**
+ * Every event reached every webhook; per webhook the order of first receipt is publish order; each
+ * duplicate is a repeat of an event already received (never an event arriving ahead of its
+ * predecessor). Returns the number of duplicates per webhook path.
+ */
+function checkReceived(receiver: Receiver, hooks: Hook[]): Map<string, number> {
+  const duplicates = new Map<string, number>();
+  for (const hook of hooks) {
+    const got = receiver.forPath(hook.path);
+    const firstSeen: string[] = [];
+    const seen = new Map<string, number>();
+    for (const entry of got) {
+      const verified = verifyDelivery(entry, hook.secret);
+      assert.equal(entry.headers['webhook-id'], verified.event_id);
+      const id = verified.event_id;
+      const times = (seen.get(id) ?? 0) + 1;
+      seen.set(id, times);
+      if (times === 1) {
+        // The next new event must be exactly the next one published.
+        assert.equal(id, hook.published[firstSeen.length], `${hook.path}: first receipt #${firstSeen.length} is out of publish order`);
+        firstSeen.push(id);
+      } else {
+        // A repeat may only be of the event most recently first-received (the head that was in flight).
+        assert.equal(id, firstSeen.at(-1), `${hook.path}: ${id} repeated after a later event had been received`);
+      }
+    }
+    assert.deepEqual(firstSeen, hook.published, `${hook.path}: every event received`);
+    for (const [id, times] of seen) assert.ok(times <= 2, `${hook.path}: ${id} arrived ${times} times`);
+    duplicates.set(hook.path, got.length - firstSeen.length);
+  }
+  return duplicates;
+}
+
+async function waitAllSucceeded(client: pg.Client, expected: number, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { rows } = await client.query<{ status: string; n: string }>('select status, count(*) as n from deliveries group by status');
+    const byStatus = Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
+    if (byStatus.succeeded === expected && rows.length === 1) return;
+    if (Date.now() > deadline) throw new Error(`deliveries not all succeeded: ${JSON.stringify(byStatus)} (expected ${expected})`);
+    await sleep(200);
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+describe('failover', () => {
+  let db: Awaited<ReturnType<typeof createTestDatabase>>;
+  let client: pg.Client;
+  const cleanups: (() => Promise<unknown>)[] = [];
+
+  before(async () => {
+    db = await createTestDatabase('failover');
+    client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+  });
+
+  after(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((err) => console.error('cleanup failed', err));
+    await client?.end();
+    await db?.drop();
+  });
+
+  async function resetDatabase(): Promise<void> {
+    // Each scenario starts from empty tables (the schema stays; migrations ran once).
+    await client.query('truncate events, deliveries, delivery_attempts, shard_leases, dispatchers').catch(() => undefined);
+    await client.query("delete from webhooks").catch(() => undefined);
+  }
+
+  test('a dispatcher SIGKILLed mid-stream: its shards are taken over, nothing lost, order kept', async () => {
+    const nats = natsPrefix('failover');
+    cleanups.push(() => nats.cleanup());
+    const receiver = await startReceiver(() => ({ delayMs: 20 }));
+    cleanups.push(() => receiver.close());
+    const env = {
+      DATABASE_URL: db.url,
+      NATS_URL,
+      WEBHOOKD_NATS_PREFIX: nats.prefix,
+      WEBHOOKD_ALLOW_HTTP: 'true',
+      WEBHOOKD_ALLOWED_CIDRS: '127.0.0.0/8',
+      WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY,
+      WEBHOOKD_LEASE_TTL: '3s',
+      WEBHOOKD_LOG_LEVEL: 'info',
+    };
+    const t0 = Date.now();
+    const mark = (what: string) => console.log(`# ${Date.now() - t0} ms: ${what}`);
+    const procs: Spawned[] = [];
+    cleanups.push(async () => {
+      for (const p of procs) await p.kill('SIGKILL');
+    });
+    const api = spawnBin('webhookd', ['api'], { ...env, WEBHOOKD_LISTEN: '127.0.0.1:0' });
+    procs.push(api);
+    const apiUrl = (await api.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]!;
+    mark('api up');
+    const dispatchers = [spawnBin('webhookd', ['dispatcher'], env), spawnBin('webhookd', ['dispatcher'], env)];
+    procs.push(...dispatchers);
+    const ids = [];
+    for (const d of dispatchers) ids.push((await d.waitFor(/"dispatcher":"(dsp_[^"]+)"[^\n]*dispatcher started/))[1]!);
+    mark('dispatchers up');
+    // Both hold shards before the stream starts.
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const { rows } = await client.query<{ owner: string; n: string }>('select owner, count(*) as n from shard_leases where expires_at > now() group by owner');
+      if (rows.length === 2 && rows.reduce((s, r) => s + Number(r.n), 0) === 64) break;
+      if (Date.now() > deadline) throw new Error(`shards not balanced: ${JSON.stringify(rows)}`);
+      await sleep(100);
+    }
+
+    mark('balanced');
+    const rest = restClient(apiUrl, TEST_ADMIN_KEY);
+    const hooks = await createHooks(rest, receiver, 20, 'fo');
+    const { rows: shardRows } = await client.query<{ id: string; shard: number }>('select id, shard from webhooks');
+    const shardOf = new Map(shardRows.map((r) => [r.id, r.shard]));
+
+    const ROUNDS = 60;
+    const victim = dispatchers[0]!;
+    let victimShards = new Set<number>();
+    for (let round = 0; round < ROUNDS; round++) {
+      await publishRound(rest, hooks, round);
+      if (round === 25) {
+        const { rows } = await client.query<{ shard: number }>('select shard from shard_leases where owner = $1', [ids[0]]);
+        victimShards = new Set(rows.map((r) => r.shard));
+        assert.ok(victimShards.size > 0, 'the victim owns shards');
+        await victim.kill('SIGKILL');
+        mark(`killed the dispatcher holding ${victimShards.size} shards`);
+      }
+      await sleep(50);
+    }
+    mark('published');
+    const total = hooks.length * ROUNDS;
+    await receiver.waitFor(() => new Set(receiver.received.map((r) => `${r.path} ${r.headers['webhook-id']}`)).size >= total, 60_000, `${total} distinct deliveries`);
+    mark('received');
+    await waitAllSucceeded(client, total);
+    await sleep(500);
+
+    const duplicates = checkReceived(receiver, hooks);
+    const victimHooks = hooks.filter((h) => victimShards.has(shardOf.get(h.id)!));
+    assert.ok(victimHooks.length > 0, 'some webhooks were on the victim');
+    for (const hook of hooks) {
+      const dup = duplicates.get(hook.path)!;
+      if (victimShards.has(shardOf.get(hook.id)!)) assert.ok(dup <= 1, `${hook.path}: ${dup} duplicates; only the head in flight at the kill may repeat`);
+      else assert.equal(dup, 0, `${hook.path} was on the survivor: no duplicates`);
+    }
+    const { rows: owners } = await client.query<{ owner: string }>('select distinct owner from shard_leases where expires_at > now()');
+    assert.deepEqual(
+      owners.map((r) => r.owner),
+      [ids[1]],
+      'the survivor holds every shard',
+    );
+    console.log(`# sigkill: ${total} events, ${[...duplicates.values()].reduce((a, b) => a + b, 0)} duplicates over ${victimHooks.length} webhooks on the victim`);
+    for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await resetDatabase();
+  });
+
+  test('the API dies between commit and publish: the sweep (outbox relay) delivers everything', async () => {
+    const nats = natsPrefix('outbox');
+    cleanups.push(() => nats.cleanup());
+    const receiver = await startReceiver();
+    cleanups.push(() => receiver.close());
+    const env = { DATABASE_URL: db.url, NATS_URL, WEBHOOKD_NATS_PREFIX: nats.prefix };
+    const { app: api, url } = await startTestApp(env, ['api']);
+    cleanups.push(() => api.stop());
+    let dropped = 0;
+    // Every commit is followed by a "crash" before the publish: the feed never hears of anything.
+    api.feed.publish = async (jobs) => {
+      dropped += jobs.length;
+    };
+    const { app: dispatcher } = await startTestApp(env, ['dispatcher']);
+    cleanups.push(() => dispatcher.stop());
+    const rest = restClient(url, TEST_ADMIN_KEY);
+    const hooks = await createHooks(rest, receiver, 10, 'ob');
+    for (let round = 0; round < 20; round++) await publishRound(rest, hooks, round);
+    assert.equal(dropped, 200);
+    await receiver.waitFor(() => receiver.received.length >= 200, 30_000, '200 deliveries');
+    await waitAllSucceeded(client, 200);
+    await sleep(300);
+    const duplicates = checkReceived(receiver, hooks);
+    assert.equal([...duplicates.values()].reduce((a, b) => a + b, 0), 0, 'no duplicates');
+    await dispatcher.stop();
+    await api.stop();
+    await resetDatabase();
+  });
+
+  test('NATS killed and restarted mid-run: ingest keeps answering 201 and everything is delivered', async () => {
+    const port = await freePort();
+    const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'webhookd-nats-'));
+    cleanups.push(() => fs.rm(storeDir, { recursive: true, force: true }));
+    let server: ChildProcess | undefined;
+    const startNats = async () => {
+      const child = spawn('/usr/sbin/nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+      child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+      const deadline = Date.now() + 10_000;
+      while (!/Server is ready/.test(out)) {
+        if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nats-server did not start:\n${out}`);
+        await sleep(50);
+      }
+      server = child;
+    };
+    const killNats = async () => {
+      const child = server;
+      server = undefined;
+      if (!child || child.exitCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await exited;
+    };
+    cleanups.push(killNats);
+    await startNats();
+
+    const receiver = await startReceiver();
+    cleanups.push(() => receiver.close());
+    const env = { DATABASE_URL: db.url, NATS_URL: `nats://127.0.0.1:${port}`, WEBHOOKD_NATS_PREFIX: 'NATSRESTART' };
+    const { app: api, url } = await startTestApp(env, ['api']);
+    cleanups.push(() => api.stop());
+    const { app: dispatcher } = await startTestApp(env, ['dispatcher']);
+    cleanups.push(() => dispatcher.stop());
+    const rest = restClient(url, TEST_ADMIN_KEY);
+    const hooks = await createHooks(rest, receiver, 10, 'nr');
+
+    let round = 0;
+    for (; round < 10; round++) {
+      await publishRound(rest, hooks, round);
+      await sleep(30);
+    }
+    await receiver.waitFor(() => receiver.received.length >= 100, 20_000, 'the first 100 via NATS');
+
+    await killNats();
+    const slowest: number[] = [];
+    for (; round < 20; round++) {
+      slowest.push(await publishRound(rest, hooks, round));
+      await sleep(30);
+    }
+    assert.ok(Math.max(...slowest) < 3_000, `ingest kept answering while NATS was down (slowest ${Math.max(...slowest)} ms)`);
+    // Postgres is the record: the owner's sweep delivers these without NATS.
+    await receiver.waitFor(() => receiver.received.length >= 200, 30_000, '100 more with NATS down');
+
+    await startNats();
+    for (; round < 30; round++) {
+      await publishRound(rest, hooks, round);
+      await sleep(30);
+    }
+    await receiver.waitFor(() => receiver.received.length >= 300, 30_000, 'all 300 after NATS came back');
+    await waitAllSucceeded(client, 300);
+    await sleep(300);
+    const duplicates = checkReceived(receiver, hooks);
+    assert.equal([...duplicates.values()].reduce((a, b) => a + b, 0), 0, 'no duplicates: no dispatcher crashed');
+    await dispatcher.stop();
+    await api.stop();
+  });
+});

@@ -1,0 +1,501 @@
+import { afterEach, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import pino from 'pino';
+import { LaneEngine, type LaneEngineDeps, type LaneOutcome, type LaneWebhook } from '../../src/dispatcher/lanes.js';
+import type { DeliveryJob } from '../../src/queue/job.js';
+import type { LaneLoad } from '../../src/store/deliveries.js';
+
+/**
+ * LaneEngine is pure logic behind injected functions; here they are answered by an in-memory stand-in
+ * for the delivery table ("the record") so each ordering rule can be driven step by step.
+ */
+
+const log = pino({ level: 'silent' });
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+async function until(predicate: () => boolean, what: string, timeoutMs = 3_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+interface Row {
+  job: DeliveryJob;
+  status: 'pending' | 'succeeded' | 'failed';
+}
+
+interface Call {
+  webhookId: string;
+  seq: number;
+  key: string;
+  attempts: number;
+  at: number;
+  finish(outcome?: LaneOutcome): void;
+}
+
+type Responder = (call: Call) => LaneOutcome | 'hold' | Promise<LaneOutcome>;
+
+class FakeRecord {
+  readonly rows = new Map<string, Row[]>();
+  readonly lastSeq = new Map<string, number>();
+  readonly webhooks = new Map<string, LaneWebhook>();
+  readonly loads: { webhookId: string; afterSeq: number; limit: number; at: number }[] = [];
+  readonly calls: Call[] = [];
+  /** Broken ordering promises seen by execute: two attempts of one (webhook, key) at once. */
+  readonly violations: string[] = [];
+  private readonly open = new Set<string>();
+  inFlight = 0;
+  maxInFlight = 0;
+  /** How long a read of the record takes to answer. */
+  loadDelayMs = 1;
+  responder: Responder = () => ({ final: true });
+  private counter = 0;
+
+  addWebhook(id: string, options: Partial<LaneWebhook> = {}): LaneWebhook {
+    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', ...options };
+    this.webhooks.set(id, webhook);
+    this.rows.set(id, []);
+    this.lastSeq.set(id, 0);
+    return webhook;
+  }
+
+  /** Commits the next delivery of a webhook (gap-free seq) and returns its job, as ingest would. */
+  commit(webhookId: string, orderingKey = ''): DeliveryJob {
+    const seq = this.lastSeq.get(webhookId)! + 1;
+    this.lastSeq.set(webhookId, seq);
+    const now = Date.now();
+    const job: DeliveryJob = {
+      deliveryId: `dlv_${webhookId}_${seq}_${this.counter++}`,
+      webhookId,
+      shard: 0,
+      seq,
+      orderingKey,
+      eventId: `evt_${webhookId}_${seq}`,
+      eventType: 'thing.happened',
+      createdAt: now,
+      payload: JSON.stringify({ seq }),
+      attempts: 0,
+      nextAttemptAt: now,
+      expiresAt: now + 3_600_000,
+    };
+    this.rows.get(webhookId)!.push({ job: { ...job }, status: 'pending' });
+    return job;
+  }
+
+  /** A copy as the feed would hand it (a fresh object each time, like a decoded message). */
+  copy(job: DeliveryJob): DeliveryJob {
+    return { ...job };
+  }
+
+  row(deliveryId: string): Row | undefined {
+    for (const list of this.rows.values()) {
+      const row = list.find((r) => r.job.deliveryId === deliveryId);
+      if (row) return row;
+    }
+    return undefined;
+  }
+
+  sent(webhookId: string): number[] {
+    return this.calls.filter((c) => c.webhookId === webhookId).map((c) => c.seq);
+  }
+
+  deps(overrides: Partial<LaneEngineDeps> = {}): LaneEngineDeps {
+    return {
+      loadPending: async (webhookId, afterSeq, limit): Promise<LaneLoad> => {
+        this.loads.push({ webhookId, afterSeq, limit, at: Date.now() });
+        // Like one SQL statement: the snapshot is taken when the query starts, the answer comes later.
+        const jobs = (this.rows.get(webhookId) ?? [])
+          .filter((r) => r.status === 'pending' && r.job.seq > afterSeq)
+          .sort((a, b) => a.job.seq - b.job.seq)
+          .slice(0, limit)
+          .map((r) => ({ ...r.job }));
+        const lastSeq = this.lastSeq.get(webhookId) ?? 0;
+        await sleep(this.loadDelayMs);
+        return { jobs, lastSeq };
+      },
+      isPending: async (deliveryId) => {
+        await sleep(1);
+        return this.row(deliveryId)?.status === 'pending';
+      },
+      getWebhook: async (id) => {
+        const webhook = this.webhooks.get(id);
+        return webhook && { ...webhook };
+      },
+      execute: (job, webhook) => {
+        this.inFlight++;
+        this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+        const lane = `${job.webhookId}/${webhook.orderedByKey ? job.orderingKey : ''}`;
+        if (this.open.has(lane)) this.violations.push(`${lane} seq ${job.seq} started while another attempt was in flight`);
+        if (this.row(job.deliveryId)?.status !== 'pending') this.violations.push(`${job.deliveryId} attempted while not pending`);
+        const earlier = (this.rows.get(job.webhookId) ?? []).find(
+          (r) => r.status === 'pending' && r.job.seq < job.seq && (!webhook.orderedByKey || r.job.orderingKey === job.orderingKey),
+        );
+        if (earlier) this.violations.push(`${lane} seq ${job.seq} started before seq ${earlier.job.seq} was final`);
+        this.open.add(lane);
+        return new Promise<LaneOutcome>((resolve) => {
+          let done = false;
+          const call: Call = {
+            webhookId: job.webhookId,
+            seq: job.seq,
+            key: webhook.orderedByKey ? job.orderingKey : '',
+            attempts: job.attempts,
+            at: Date.now(),
+            finish: (outcome = { final: true }) => {
+              if (done) return;
+              done = true;
+              this.inFlight--;
+              this.open.delete(lane);
+              // The outcome is "committed" before the lane hears of it, as the attempt writer does.
+              const row = this.row(job.deliveryId)!;
+              if (outcome.final) row.status = 'succeeded';
+              else {
+                row.job.attempts++;
+                row.job.nextAttemptAt = outcome.nextAttemptAt;
+              }
+              resolve(outcome);
+            },
+          };
+          this.calls.push(call);
+          const answer = this.responder(call);
+          if (answer === 'hold') return;
+          void Promise.resolve(answer).then((outcome) => setTimeout(() => call.finish(outcome), 2));
+        });
+      },
+      maxInFlight: 100,
+      log,
+      gapWaitMs: 100,
+      holdRecheckMs: 30,
+      ...overrides,
+    };
+  }
+}
+
+
+describe('LaneEngine', () => {
+  const engines: LaneEngine[] = [];
+  const records: FakeRecord[] = [];
+  const newEngine = (deps: LaneEngineDeps) => {
+    const engine = new LaneEngine(deps);
+    engines.push(engine);
+    return engine;
+  };
+  const newRecord = () => {
+    const record = new FakeRecord();
+    records.push(record);
+    return record;
+  };
+  afterEach(async () => {
+    // Close the lanes first, then let whatever is held finish, so stop() can see nothing in flight.
+    const stopping = engines.splice(0).map((engine) => engine.stop());
+    for (const record of records) for (const call of record.calls) call.finish();
+    await Promise.all(stopping);
+    for (const record of records.splice(0)) assert.deepEqual(record.violations, [], 'the ordering invariant held');
+  });
+
+  test('a job that arrives ahead of its predecessor waits for it (seq 3 before 2)', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_a');
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ gapWaitMs: 10_000 }));
+    const j1 = record.commit('wh_a');
+    const j2 = record.commit('wh_a');
+    const j3 = record.commit('wh_a');
+    // The lane is made by the first job; its load sees all three, so make the lane first and empty.
+    record.rows.get('wh_a')!.splice(0);
+    record.lastSeq.set('wh_a', 0);
+    engine.wake('wh_a', 0);
+    await until(() => record.loads.length === 1, 'the initial load');
+    await sleep(10);
+    // Now commit for real and offer out of order: 1, 3, then 2.
+    for (const j of [j1, j2, j3]) record.rows.get('wh_a')!.push({ job: { ...j }, status: 'pending' });
+    record.lastSeq.set('wh_a', 3);
+    engine.offer(record.copy(j1));
+    await until(() => record.calls.length === 1, 'seq 1 sent');
+    // seq 1 stays in flight while seq 3 overtakes seq 2 on the feed.
+    engine.offer(record.copy(j3));
+    await sleep(80);
+    assert.deepEqual(record.sent('wh_a'), [1], 'seq 3 must not be sent while seq 2 is missing');
+    engine.offer(record.copy(j2));
+    await sleep(30);
+    assert.deepEqual(record.sent('wh_a'), [1], 'nothing overtakes the head in flight');
+    record.calls[0]!.finish();
+    await until(() => record.calls.length === 2, 'seq 2 sent');
+    assert.equal(record.calls[1]!.seq, 2);
+    record.calls[1]!.finish();
+    await until(() => record.calls.length === 3, 'seq 3 sent');
+    assert.equal(record.calls[2]!.seq, 3);
+    record.calls[2]!.finish();
+    await sleep(30);
+    assert.deepEqual(record.sent('wh_a'), [1, 2, 3]);
+    // seq 2 came from the feed before the gap timer, so no read of the record was needed beyond the lane's first.
+    assert.equal(record.loads.length, 1, `loads: ${JSON.stringify(record.loads)}`);
+  });
+
+  test('out of order with nothing in flight: seq 3 never goes before seq 2', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_b');
+    const engine = newEngine(record.deps({ gapWaitMs: 10_000 }));
+    engine.wake('wh_b', 0);
+    await until(() => record.loads.length === 1, 'the initial load');
+    await sleep(10);
+    const j1 = record.commit('wh_b');
+    const j2 = record.commit('wh_b');
+    const j3 = record.commit('wh_b');
+    const j4 = record.commit('wh_b');
+    for (const j of [j3, j1, j4, j2]) engine.offer(record.copy(j));
+    await until(() => record.calls.length === 4, 'all four sent');
+    await sleep(30);
+    assert.deepEqual(record.sent('wh_b'), [1, 2, 3, 4]);
+  });
+
+  test('a gap that the feed never fills is read from the record after gapWaitMs', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_gap');
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ gapWaitMs: 150 }));
+    engine.wake('wh_gap', 0);
+    await until(() => record.loads.length === 1, 'the initial load');
+    await sleep(10);
+    const j1 = record.commit('wh_gap');
+    record.commit('wh_gap'); // seq 2: its feed message is lost
+    const j3 = record.commit('wh_gap');
+    engine.offer(record.copy(j1));
+    await until(() => record.calls.length === 1, 'seq 1 sent');
+    const offeredAt = Date.now();
+    engine.offer(record.copy(j3));
+    // seq 1 stays in flight: only the gap timer can find seq 2.
+    await until(() => record.loads.length === 2, 'the gap read', 2_000);
+    const gapLoad = record.loads[1]!;
+    assert.ok(gapLoad.at - offeredAt >= 140, `gap read after ${gapLoad.at - offeredAt} ms, expected ≥ gapWaitMs`);
+    assert.equal(gapLoad.afterSeq, 1, 'the gap read starts past what the lane already knows');
+    await sleep(20);
+    assert.deepEqual(record.sent('wh_gap'), [1], 'nothing overtakes the head in flight');
+    record.calls[0]!.finish();
+    await until(() => record.calls.length === 2, 'seq 2 sent');
+    record.calls[1]!.finish();
+    await until(() => record.calls.length === 3, 'seq 3 sent');
+    record.calls[2]!.finish();
+    await sleep(20);
+    assert.deepEqual(record.sent('wh_gap'), [1, 2, 3]);
+  });
+
+  test('duplicates from the feed are ignored, in flight and after the delivery is final', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_dup');
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps());
+    engine.wake('wh_dup', 0);
+    await until(() => record.loads.length === 1, 'the initial load');
+    await sleep(10);
+    const j1 = record.commit('wh_dup');
+    const j2 = record.commit('wh_dup');
+    engine.offer(record.copy(j1));
+    engine.offer(record.copy(j1));
+    engine.offer(record.copy(j2));
+    engine.offer(record.copy(j2));
+    await until(() => record.calls.length === 1, 'seq 1 sent');
+    engine.offer(record.copy(j1)); // redelivered while in flight
+    await sleep(30);
+    assert.deepEqual(record.sent('wh_dup'), [1]);
+    record.calls[0]!.finish();
+    await until(() => record.calls.length === 2, 'seq 2 sent');
+    engine.offer(record.copy(j1)); // redelivered after it is final
+    engine.offer(record.copy(j2)); // and the head again
+    record.calls[1]!.finish();
+    await sleep(60);
+    engine.offer(record.copy(j1));
+    engine.offer(record.copy(j2));
+    await sleep(60);
+    assert.deepEqual(record.sent('wh_dup'), [1, 2], 'each delivery attempted once');
+  });
+
+  test('a retry outcome holds the lane until nextAttemptAt, then the head goes again first', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_retry');
+    const retryDelay = 300;
+    let retryAt = 0;
+    record.responder = (call) => {
+      if (call.seq === 1 && call.attempts === 0) {
+        retryAt = Date.now() + retryDelay;
+        return { final: false, nextAttemptAt: retryAt };
+      }
+      return { final: true };
+    };
+    const engine = newEngine(record.deps());
+    const jobs = [1, 2, 3].map(() => record.commit('wh_retry'));
+    for (const j of jobs) engine.offer(record.copy(j));
+    await until(() => record.calls.length === 4, 'every delivery done');
+    await sleep(30);
+    assert.deepEqual(
+      record.calls.map((c) => [c.seq, c.attempts]),
+      [
+        [1, 0],
+        [1, 1],
+        [2, 0],
+        [3, 0],
+      ],
+    );
+    assert.ok(record.calls[1]!.at >= retryAt - 5, `retry ran ${retryAt - record.calls[1]!.at} ms early`);
+    assert.ok(record.calls[2]!.at >= record.calls[1]!.at, 'seq 2 only after seq 1 is final');
+  });
+
+  test('ordered_by_key: different keys go concurrently, one key stays in order', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_keys', { orderedByKey: true });
+    record.addWebhook('wh_fifo', { orderedByKey: false });
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps());
+    const keys = ['a', 'b', 'a', 'b', 'c', 'a'];
+    for (const id of ['wh_keys', 'wh_fifo']) for (const key of keys) engine.offer(record.copy(record.commit(id, key)));
+    await until(() => record.sent('wh_keys').length === 3, 'one head per key');
+    await sleep(40);
+    assert.deepEqual(record.sent('wh_keys'), [1, 2, 5], 'the first of a, b and c at once');
+    assert.deepEqual(record.sent('wh_fifo'), [1], 'a FIFO webhook sends its head only');
+
+    // Drive to completion, finishing whatever is in flight, and check order per key.
+    const finishOpen = () => {
+      for (const call of record.calls) call.finish();
+    };
+    await until(
+      () => {
+        finishOpen();
+        return record.sent('wh_keys').length === 6 && record.sent('wh_fifo').length === 6;
+      },
+      'every delivery done',
+    );
+    finishOpen();
+    const byKey = new Map<string, number[]>();
+    for (const call of record.calls.filter((c) => c.webhookId === 'wh_keys')) {
+      byKey.set(call.key, [...(byKey.get(call.key) ?? []), call.seq]);
+    }
+    assert.deepEqual(Object.fromEntries(byKey), { a: [1, 3, 6], b: [2, 4], c: [5] });
+    assert.deepEqual(record.sent('wh_fifo'), [1, 2, 3, 4, 5, 6]);
+  });
+
+  test('ordered_by_key: a second job of a busy key is not started beside the first', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_k2', { orderedByKey: true });
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps());
+    for (const key of ['a', 'a', 'b']) engine.offer(record.copy(record.commit('wh_k2', key)));
+    await until(() => record.calls.length === 2, 'a1 and b');
+    record.calls.find((c) => c.seq === 3)!.finish(); // b done; a1 still in flight
+    await sleep(60);
+    assert.deepEqual(record.sent('wh_k2'), [1, 3]);
+    record.calls[0]!.finish();
+    await until(() => record.calls.length === 3, 'a2');
+    assert.equal(record.calls[2]!.seq, 2);
+  });
+
+  test('maxInFlight is respected across all lanes, and every lane finishes', async () => {
+    const record = newRecord();
+    const webhooks = Array.from({ length: 12 }, (_, i) => `wh_m${i}`);
+    for (const id of webhooks) record.addWebhook(id);
+    record.responder = () => new Promise((resolve) => setTimeout(() => resolve({ final: true }), 15));
+    const engine = newEngine(record.deps({ maxInFlight: 3 }));
+    for (let n = 0; n < 5; n++) for (const id of webhooks) engine.offer(record.copy(record.commit(id)));
+    await until(() => record.calls.length === 60, 'all 60 deliveries', 10_000);
+    await until(() => engine.activeAttempts === 0, 'nothing in flight');
+    assert.equal(record.maxInFlight, 3);
+    for (const id of webhooks) assert.deepEqual(record.sent(id), [1, 2, 3, 4, 5], id);
+  });
+
+  test('a paused webhook holds everything, then resumes in order', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_p', { status: 'paused' });
+    const engine = newEngine(record.deps({ holdRecheckMs: 30 }));
+    for (let n = 0; n < 5; n++) engine.offer(record.copy(record.commit('wh_p')));
+    await sleep(250);
+    assert.deepEqual(record.sent('wh_p'), [], 'nothing is sent while paused');
+    assert.ok(record.rows.get('wh_p')!.every((r) => r.status === 'pending'), 'nothing is failed while paused');
+    record.webhooks.get('wh_p')!.status = 'active';
+    await until(() => record.sent('wh_p').length === 5, 'all five after resuming');
+    assert.deepEqual(record.sent('wh_p'), [1, 2, 3, 4, 5]);
+  });
+
+  test('a deleted webhook drops its lane without sending', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_del', { status: 'deleted' });
+    const engine = newEngine(record.deps());
+    engine.offer(record.copy(record.commit('wh_del')));
+    await until(() => !engine.has('wh_del'), 'the lane removed');
+    assert.deepEqual(record.sent('wh_del'), []);
+  });
+
+  test('a lane with a small capacity drains a long backlog from the record in order', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_cap');
+    const engine = newEngine(record.deps({ laneCapacity: 4, gapWaitMs: 50 }));
+    // 10 committed before the lane exists (a backlog), 30 more arriving through the feed meanwhile.
+    for (let n = 0; n < 10; n++) record.commit('wh_cap');
+    engine.wake('wh_cap', 0);
+    for (let n = 0; n < 30; n++) {
+      engine.offer(record.copy(record.commit('wh_cap')));
+      if (n % 5 === 0) await sleep(3);
+    }
+    await until(() => record.sent('wh_cap').length >= 40, 'all 40 deliveries', 10_000);
+    await sleep(50);
+    assert.deepEqual(record.sent('wh_cap'), Array.from({ length: 40 }, (_, i) => i + 1));
+  });
+
+  test('a job at or below knownThrough that is pending again (a manual retry) is put back in order', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_again');
+    const engine = newEngine(record.deps());
+    const j1 = record.commit('wh_again');
+    const j2 = record.commit('wh_again');
+    engine.offer(record.copy(j1));
+    engine.offer(record.copy(j2));
+    await until(() => record.sent('wh_again').length === 2, 'both sent');
+    await sleep(20);
+    // An operator puts seq 1 back (requeue): pending again, published again.
+    const row = record.row(j1.deliveryId)!;
+    row.status = 'pending';
+    row.job.attempts = 1;
+    engine.offer({ ...row.job });
+    await until(() => record.sent('wh_again').length === 3, 'seq 1 again');
+    assert.deepEqual(record.sent('wh_again'), [1, 2, 1]);
+  });
+  test('jobs the feed brings while the first load runs, beyond what the lane can hold, are read later', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_over');
+    record.loadDelayMs = 100;
+    const engine = newEngine(record.deps({ laneCapacity: 2, gapWaitMs: 50 }));
+    engine.wake('wh_over', 0); // the load's snapshot is empty
+    await sleep(10);
+    // A burst arrives before the load answers: two fit beside the lane, three are dropped for now.
+    for (let n = 0; n < 5; n++) engine.offer(record.copy(record.commit('wh_over')));
+    // No sweep runs here: the lane alone must find seqs 3..5 in the record.
+    await until(() => record.sent('wh_over').length === 5, 'all five, without a sweep', 3_000);
+    assert.deepEqual(record.sent('wh_over'), [1, 2, 3, 4, 5]);
+  });
+
+  test('a delivery that becomes final while a read of the record is in flight is not sent again', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_race');
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ gapWaitMs: 30 }));
+    engine.wake('wh_race', 0);
+    await until(() => record.loads.length === 1, 'the initial load');
+    await sleep(10);
+    record.loadDelayMs = 300;
+    const j1 = record.commit('wh_race');
+    const j2 = record.commit('wh_race');
+    const j3 = record.commit('wh_race');
+    engine.offer(record.copy(j1));
+    await until(() => record.calls.length === 1, 'seq 1 sent');
+    engine.offer(record.copy(j3)); // ahead of seq 2: the gap timer reads the record (snapshot: 2 and 3 pending)
+    await until(() => record.loads.length === 2, 'the gap read');
+    engine.offer(record.copy(j2)); // seq 2 turns up on the feed after all
+    record.calls[0]!.finish();
+    await until(() => record.calls.length === 2, 'seq 2 sent');
+    record.calls[1]!.finish(); // seq 2 is final before the gap read answers
+    await until(() => record.calls.length === 3, 'seq 3 sent');
+    await sleep(400); // the gap read answers, still listing seq 2 as pending
+    record.calls[2]!.finish();
+    await sleep(100);
+    assert.deepEqual(record.sent('wh_race'), [1, 2, 3], 'seq 2 must not be sent again after seq 3');
+  });
+});
