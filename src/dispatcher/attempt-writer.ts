@@ -52,9 +52,32 @@ export class AttemptWriter {
         return;
       } catch (err) {
         if (this.stopped) throw err;
+        if (isRejectedData(err)) {
+          // Postgres refuses something in the batch itself: retrying it whole would stall every lane.
+          await this.writeOneByOne(batch);
+          return;
+        }
         this.log.error({ err, records: batch.length }, "recording attempts failed; retrying");
         await new Promise((r) => setTimeout(r, backoff));
       }
+    }
+  }
+
+  /**
+   * Isolates the record Postgres refuses. It is written again without the receiver-controlled text; if
+   * even that fails it is dropped, and its delivery stays pending, to be sent again (at least once).
+   */
+  private async writeOneByOne(batch: { record: AttemptRecord; resolve: () => void }[]): Promise<void> {
+    for (const { record, resolve } of batch) {
+      try {
+        await recordAttempts(this.db, [record]);
+      } catch (err) {
+        this.log.error({ err, deliveryId: record.deliveryId }, "attempt record refused; storing it without the response body");
+        await recordAttempts(this.db, [{ ...record, responseBody: null, error: record.error && "attempt error not storable" }]).catch(
+          (again) => this.log.error({ err: again, deliveryId: record.deliveryId }, "attempt record dropped; the delivery stays pending"),
+        );
+      }
+      resolve();
     }
   }
 
@@ -65,4 +88,10 @@ export class AttemptWriter {
     }
     this.stopped = true;
   }
+}
+
+/** SQLSTATE classes 22 (data exception) and 23 (integrity): the data is wrong, not the connection. */
+function isRejectedData(err: unknown): boolean {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === "string" && /^2[23]/.test(code);
 }

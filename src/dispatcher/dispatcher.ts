@@ -121,13 +121,30 @@ export class Dispatcher {
         .then(() => leases.releaseShard(db, this.id, shard))
         .catch((err) => this.log.warn({ err, shard }, "releasing shard failed; its lease will lapse"));
     }
+    for (const [shard, subscription] of this.owned) {
+      // A shard taken while the feed was down runs on the sweep alone until its subscription comes back;
+      // one failure ends the round, so a dead feed never holds up the lease renewals.
+      if (subscription || !this.options.feed.healthy()) continue;
+      const retried = await this.subscribe(shard);
+      if (!retried) break;
+      this.owned.set(shard, retried);
+    }
     const claimed = await leases.claimShards(db, this.id, shardCount, target - this.owned.size, this.leaseTtlMs);
     for (const shard of claimed) this.owned.set(shard, undefined);
     if (claimed.length > 0) {
       this.log.info({ claimed: claimed.length, owned: this.owned.size, live }, "shards claimed");
-      for (const shard of claimed) this.owned.set(shard, await this.options.feed.consume(shard, (job) => this.onJob(job)));
+      for (const shard of claimed) this.owned.set(shard, await this.subscribe(shard));
       // Recovery: whatever the previous owner left is in Postgres.
       await this.sweep(0, claimed);
+    }
+  }
+
+  private async subscribe(shard: number): Promise<FeedSubscription | undefined> {
+    try {
+      return await this.options.feed.consume(shard, (job) => this.onJob(job));
+    } catch (err) {
+      this.log.warn({ err, shard }, "feed subscription failed; the sweep carries this shard until it succeeds");
+      return undefined;
     }
   }
 

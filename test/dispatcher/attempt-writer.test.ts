@@ -1,0 +1,67 @@
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { createTestDatabase } from "../support/postgres.js";
+import { migrate, openStore, type Store } from "../../src/store/db.js";
+import { AttemptWriter } from "../../src/dispatcher/attempt-writer.js";
+import { createLogger } from "../../src/logger.js";
+import { newId } from "../../src/core/ids.js";
+
+let db: Awaited<ReturnType<typeof createTestDatabase>>;
+let store: Store;
+
+before(async () => {
+  db = await createTestDatabase("attempt_writer");
+  store = await openStore({ databaseUrl: db.url, dataDir: "/nonexistent" });
+  await migrate(store.db);
+});
+
+after(async () => {
+  await store?.close();
+  await db?.drop();
+});
+
+async function pendingDelivery(seq: number): Promise<string> {
+  const id = newId("dlv");
+  const now = new Date();
+  await store.db
+    .insertInto("deliveries")
+    .values({
+      id,
+      tenant_id: "default",
+      webhook_id: "wh_00000000000000000000000000",
+      event_id: newId("evt"),
+      seq,
+      shard: 0,
+      ordering_key: "",
+      status: "pending",
+      next_attempt_at: now,
+      expires_at: new Date(now.getTime() + 60_000),
+      created_at: now,
+    })
+    .execute();
+  return id;
+}
+
+test("a record Postgres refuses does not stall the records batched with it", async () => {
+  const writer = new AttemptWriter(store.db, createLogger("silent", "test"), { maxBatch: 10, maxDelayMs: 20 });
+  const ids = await Promise.all([1, 2, 3].map(pendingDelivery));
+  const record = (deliveryId: string, responseBody: string) => ({
+    attemptId: newId("att"),
+    deliveryId,
+    attemptedAt: new Date(),
+    durationMs: 3,
+    responseCode: 200,
+    error: null,
+    responseBody,
+    status: "succeeded" as const,
+    nextAttemptAt: new Date(),
+  });
+  // A NUL byte is not storable text: this one record makes the whole batch's statement fail.
+  await Promise.all([writer.write(record(ids[0]!, "fine")), writer.write(record(ids[1]!, "bad\u0000body")), writer.write(record(ids[2]!, "fine"))]);
+  await writer.stop();
+  const rows = await store.db.selectFrom("deliveries").select(["id", "status"]).where("id", "in", ids).execute();
+  assert.deepEqual(new Set(rows.map((r) => r.status)), new Set(["succeeded"]), "every delivery recorded, the refused one without its body");
+  const bodies = await store.db.selectFrom("delivery_attempts").select(["delivery_id", "response_body"]).where("delivery_id", "in", ids).execute();
+  assert.equal(bodies.length, 3);
+  assert.equal(bodies.find((b) => b.delivery_id === ids[1])!.response_body, null);
+});
