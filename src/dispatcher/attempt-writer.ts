@@ -10,34 +10,44 @@ import type { Db } from "../store/db.js";
 export class AttemptWriter {
   private pending: { record: AttemptRecord; resolve: () => void }[] = [];
   private timer: NodeJS.Timeout | undefined;
-  private flushing: Promise<void> | undefined;
+  /** Writes in flight: a few at once, so a lane waits for one commit, not for a queue of them. */
+  private readonly flushing = new Set<Promise<void>>();
   private stopped = false;
 
   constructor(
     private readonly db: Db,
     private readonly log: Logger,
-    private readonly options: { maxBatch: number; maxDelayMs: number } = { maxBatch: 500, maxDelayMs: 1 },
+    private readonly options: { maxBatch: number; maxDelayMs: number; maxConcurrent?: number } = {
+      maxBatch: 500,
+      maxDelayMs: 1,
+      maxConcurrent: 3,
+    },
   ) {}
 
   write(record: AttemptRecord): Promise<void> {
     return new Promise((resolve) => {
       this.pending.push({ record, resolve });
-      if (this.pending.length >= this.options.maxBatch) this.kick(0);
-      else this.kick(this.options.maxDelayMs);
+      this.kick();
     });
   }
 
-  private kick(delay: number): void {
-    if (this.flushing) return;
-    if (this.timer && delay > 0) return;
+  private kick(): void {
+    if (this.pending.length === 0 || this.flushing.size >= (this.options.maxConcurrent ?? 1)) return;
+    const full = this.pending.length >= this.options.maxBatch;
+    if (this.timer && !full) return;
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.flushing = this.flush().finally(() => {
-        this.flushing = undefined;
-        if (this.pending.length > 0) this.kick(0);
-      });
-    }, delay);
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        const flush: Promise<void> = this.flush().finally(() => {
+          this.flushing.delete(flush);
+          this.kick();
+        });
+        this.flushing.add(flush);
+        this.kick();
+      },
+      full ? 0 : this.options.maxDelayMs,
+    );
   }
 
   private async flush(): Promise<void> {
@@ -82,9 +92,9 @@ export class AttemptWriter {
   }
 
   async stop(): Promise<void> {
-    while (this.flushing || this.pending.length > 0 || this.timer) {
-      if (!this.flushing && this.pending.length > 0) this.kick(0);
-      await (this.flushing ?? new Promise((r) => setTimeout(r, 1)));
+    while (this.pending.length > 0 || this.flushing.size > 0 || this.timer) {
+      this.kick();
+      await (this.flushing.size > 0 ? Promise.race(this.flushing) : new Promise((r) => setTimeout(r, 1)));
     }
     this.stopped = true;
   }
