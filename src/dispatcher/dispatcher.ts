@@ -8,6 +8,8 @@ import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
 import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
+import { disableWebhook } from "../store/webhooks.js";
+import { recordAudit } from "../store/audit.js";
 import { attemptDuration, attemptsMade, deliveryLatency } from "../metrics.js";
 import { AttemptWriter } from "./attempt-writer.js";
 import { LaneEngine, type LaneOutcome, type LaneWebhook } from "./lanes.js";
@@ -50,12 +52,14 @@ export class Dispatcher {
   private stopped = false;
   private readonly leaseTtlMs: number;
   private readonly log: Logger;
+  private readonly webhooks: ReturnType<typeof createWebhookCache>;
 
   constructor(private readonly options: DispatcherOptions) {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
     this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
     this.writer = new AttemptWriter(options.db, this.log);
     const webhooks = createWebhookCache(options.db, options.secretBox);
+    this.webhooks = webhooks;
     this.engine = new LaneEngine({
       loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),
       isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),
@@ -167,6 +171,23 @@ export class Dispatcher {
     }
   }
 
+  private async disableGone(webhookId: string, deliveryId: string): Promise<void> {
+    await this.options.db.transaction().execute(async (trx) => {
+      const tenantId = await disableWebhook(trx, webhookId);
+      if (tenantId) {
+        await recordAudit(trx, {
+          tenantId,
+          actor: "dispatcher",
+          action: "webhook.disable",
+          resourceId: webhookId,
+          details: { reason: "receiver answered 410 Gone", delivery_id: deliveryId },
+        });
+      }
+    });
+    this.webhooks.forget(webhookId);
+    this.log.warn({ webhookId }, "receiver answered 410 Gone: webhook disabled");
+  }
+
   private async execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome> {
     if (job.expiresAt <= Date.now()) {
       await expireDeliveries(this.options.db, [job.deliveryId]);
@@ -184,6 +205,24 @@ export class Dispatcher {
       payload: job.payload,
     });
     const now = new Date();
+    if (result.kind === "response" && result.status === 410) {
+      // The receiver says the endpoint is gone for good (Standard Webhooks): stop sending, keep every
+      // delivery pending for the day someone re-enables the webhook.
+      await this.disableGone(webhook.id, job.deliveryId);
+      await this.writer.write({
+        attemptId: newId("att"),
+        deliveryId: job.deliveryId,
+        attemptedAt,
+        durationMs: result.durationMs,
+        responseCode: 410,
+        error: "HTTP 410: the receiver asked to stop; webhook disabled",
+        responseBody: result.body.slice(0, RESPONSE_BODY_KEEP),
+        status: "pending",
+        nextAttemptAt: now,
+      });
+      attemptsMade.inc({ status: "pending" });
+      return { final: false, nextAttemptAt: now.getTime() };
+    }
     const outcome = decideOutcome({
       result:
         result.kind === "response"

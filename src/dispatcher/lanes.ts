@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { DeliveryJob } from "../queue/job.js";
 import type { LaneLoad } from "../store/deliveries.js";
 import type { SignatureScheme, WebhookStatus } from "../store/schema.js";
+import { TokenBucket } from "../core/token-bucket.js";
 
 /** What a lane needs to know of its webhook, read fresh (cached briefly) before each attempt. */
 export interface LaneWebhook {
@@ -11,6 +12,8 @@ export interface LaneWebhook {
   status: WebhookStatus;
   orderedByKey: boolean;
   signatureScheme: SignatureScheme;
+  /** 0: no limit. */
+  rateLimitPerSecond: number;
 }
 
 /** What became of an attempt, once it is durable in Postgres. */
@@ -161,6 +164,7 @@ class Lane {
   private timerAt = Infinity;
   private gapTimer: NodeJS.Timeout | undefined;
   private pumping = false;
+  private bucket: { rate: number; limiter: TokenBucket } | undefined;
   private pumpAgain = false;
   private closed = false;
   private lastActivity = Date.now();
@@ -332,12 +336,35 @@ class Lane {
       seenKeys.add(key);
       if (!this.busyKeys.has(key)) {
         if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
-        else if (this.engine.acquireSlot(this)) this.start(job, key, webhook);
-        else break;
+        else {
+          const wait = this.rateLimitWait(webhook.rateLimitPerSecond, now);
+          if (wait > 0) {
+            earliest = Math.min(earliest, now + wait);
+            break;
+          }
+          if (this.engine.acquireSlot(this)) this.start(job, key, webhook);
+          else break;
+        }
       }
       if (!webhook.orderedByKey) break;
     }
     if (earliest !== Infinity) this.schedule(earliest);
+  }
+
+  /**
+   * The webhook's own rate limit: one lane per webhook, owned by one process, so a bucket here limits the
+   * webhook across the whole deployment. Spends a token and returns 0, or says how long to wait.
+   */
+  private rateLimitWait(ratePerSecond: number, now: number): number {
+    if (ratePerSecond <= 0) {
+      this.bucket = undefined;
+      return 0;
+    }
+    if (!this.bucket || this.bucket.rate !== ratePerSecond) {
+      // A burst of one second's worth (at least one), so a limit of 0.5/s means one every two seconds.
+      this.bucket = { rate: ratePerSecond, limiter: new TokenBucket(ratePerSecond, Math.max(1, ratePerSecond), now) };
+    }
+    return this.bucket.limiter.take(now);
   }
 
   private start(job: DeliveryJob, key: string, webhook: LaneWebhook): void {

@@ -20,6 +20,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       status: row.status,
       orderedByKey: row.ordered_by_key,
       signatureScheme: row.signature_scheme,
+      rateLimitPerSecond: row.rate_limit_per_second,
       secrets: row.signing_secrets
         .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
         .map((s) => secretBox.open(s.secret, row.id)),
@@ -30,6 +31,10 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
   }
 
   return {
+    /** The next get reads Postgres: for changes this process made itself. */
+    forget(id: string): void {
+      entries.delete(id);
+    },
     get(id: string): Promise<LaneWebhook | undefined> {
       const entry = entries.get(id);
       if (entry && Date.now() - entry.at < ttlMs) return Promise.resolve(entry.webhook);

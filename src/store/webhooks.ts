@@ -68,6 +68,18 @@ export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Prom
     .executeTakeFirstOrThrow();
 }
 
+/** Disables an active or paused webhook on its receiver's word; returns its tenant, or undefined when it was not. */
+export async function disableWebhook(db: Db, id: string): Promise<string | undefined> {
+  const row = await db
+    .updateTable("webhooks")
+    .set({ status: "disabled", updated_at: sql<Date>`now()` })
+    .where("id", "=", id)
+    .where("status", "in", ["active", "paused"])
+    .returning("tenant_id")
+    .executeTakeFirst();
+  return row?.tenant_id;
+}
+
 /** Webhooks as the dispatcher needs them, whatever their status (a deleted one cancels its lane). */
 export function getWebhooksByIds(db: Db, ids: readonly string[]): Promise<Webhook[]> {
   if (ids.length === 0) return Promise.resolve([]);

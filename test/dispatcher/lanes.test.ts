@@ -54,7 +54,7 @@ class FakeRecord {
   private counter = 0;
 
   addWebhook(id: string, options: Partial<LaneWebhook> = {}): LaneWebhook {
-    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', ...options };
+    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', rateLimitPerSecond: 0, ...options };
     this.webhooks.set(id, webhook);
     this.rows.set(id, []);
     this.lastSeq.set(id, 0);
@@ -413,6 +413,20 @@ describe('LaneEngine', () => {
     record.webhooks.get('wh_p')!.status = 'active';
     await until(() => record.sent('wh_p').length === 5, 'all five after resuming');
     assert.deepEqual(record.sent('wh_p'), [1, 2, 3, 4, 5]);
+  });
+
+  test('a webhook rate limit paces its lane: after a one-second burst, the limit to within 10 %', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_rate', { rateLimitPerSecond: 20 });
+    const engine = newEngine(record.deps());
+    const started = Date.now();
+    for (let n = 0; n < 50; n++) engine.offer(record.copy(record.commit('wh_rate')));
+    await until(() => record.sent('wh_rate').length === 50, 'all fifty', 10_000);
+    const elapsed = (Date.now() - started) / 1000;
+    // 20 go at once (the burst), the other 30 at 20/s: 1.5 s.
+    const rate = 30 / elapsed;
+    assert.ok(rate <= 22 && rate >= 18, `paced at ${rate.toFixed(1)}/s for a limit of 20/s`);
+    assert.deepEqual(record.sent('wh_rate'), Array.from({ length: 50 }, (_, i) => i + 1));
   });
 
   test('a deleted webhook drops its lane without sending', async () => {
