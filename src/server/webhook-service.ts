@@ -183,7 +183,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       if (req.rateLimitPerSecond !== undefined) changes.rate_limit_per_second = validateRateLimit(req.rateLimitPerSecond);
       if (req.url !== undefined) changes.url = await validateUrl(req.url);
       const row = await db.transaction().execute(async (trx) => {
-        const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
+        const current = await webhooks.getWebhook(trx, principal.tenantId, id, { forUpdate: true });
         if (!current) throw notFound("webhook", id);
         const updated = Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, changes);
         await recordAudit(trx, {
@@ -201,7 +201,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
     async deleteWebhook(principal: Principal, req: DeleteWebhookRequest): Promise<DeleteWebhookResponse> {
       const id = validateId(req.webhookId);
       await db.transaction().execute(async (trx) => {
-        const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
+        const current = await webhooks.getWebhook(trx, principal.tenantId, id, { forUpdate: true });
         if (!current) throw notFound("webhook", id);
         await webhooks.updateWebhook(trx, id, { status: "deleted" });
         // Nothing will ever be sent to a deleted webhook: its queue ends in a final state now.
@@ -220,7 +220,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
     async rotateWebhookSecret(principal: Principal, req: RotateWebhookSecretRequest): Promise<RotateWebhookSecretResponse> {
       const id = validateId(req.webhookId);
       const credential = await db.transaction().execute(async (trx) => {
-        const current = await webhooks.getWebhookForUpdate(trx, principal.tenantId, id);
+        const current = await webhooks.getWebhook(trx, principal.tenantId, id, { forUpdate: true });
         if (!current) throw notFound("webhook", id);
         const fresh = newCredential(current.signature_scheme);
         const now = Date.now();

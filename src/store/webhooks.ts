@@ -9,26 +9,15 @@ export function insertWebhook(db: Db, webhook: NewWebhook): Promise<Webhook> {
   return db.insertInto("webhooks").values(webhook).returningAll().executeTakeFirstOrThrow();
 }
 
-export function getWebhook(db: Db, tenantId: string, id: string): Promise<Webhook | undefined> {
-  return db
+/** With `forUpdate`, the row stays locked for the rest of the transaction, so concurrent changes apply one after another. */
+export function getWebhook(db: Db, tenantId: string, id: string, options: { forUpdate?: boolean } = {}): Promise<Webhook | undefined> {
+  const query = db
     .selectFrom("webhooks")
     .selectAll()
     .where("tenant_id", "=", tenantId)
     .where("id", "=", id)
-    .where("status", "in", VISIBLE)
-    .executeTakeFirst();
-}
-
-/** Locks the row for the rest of the transaction, so concurrent updates apply one after another. */
-export function getWebhookForUpdate(db: Db, tenantId: string, id: string): Promise<Webhook | undefined> {
-  return db
-    .selectFrom("webhooks")
-    .selectAll()
-    .where("tenant_id", "=", tenantId)
-    .where("id", "=", id)
-    .where("status", "in", VISIBLE)
-    .forUpdate()
-    .executeTakeFirst();
+    .where("status", "in", VISIBLE);
+  return (options.forUpdate ? query.forUpdate() : query).executeTakeFirst();
 }
 
 export function listWebhooks(db: Db, tenantId: string, afterId: string, limit: number): Promise<Webhook[]> {

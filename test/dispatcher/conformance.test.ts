@@ -5,6 +5,7 @@ import { createTestDatabase } from '../support/postgres.js';
 import { NATS_URL, natsPrefix } from '../support/nats.js';
 import { startTestApp, restClient, TEST_ADMIN_KEY } from '../support/app.js';
 import { startReceiver, verifyDelivery } from '../support/receiver.js';
+import { eventually, sleep } from '../support/wait.js';
 
 /**
  * The delivery pipeline's conformance suite: one body, run against both feeds behind the DeliveryFeed
@@ -15,17 +16,6 @@ const WEBHOOKS = 50;
 const EVENTS_PER_WEBHOOK = 100;
 const BATCH = 10;
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function eventually<T>(read: () => Promise<T>, ok: (value: T) => boolean, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(value).slice(0, 500)}`);
-    await sleep(100);
-  }
-}
 
 function connectClient(baseUrl: string) {
   return async (service: string, method: string, body: unknown) => {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { createTestDatabase } from "../support/postgres.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
 import { startReceiver } from "../support/receiver.js";
+import { eventually } from "../support/wait.js";
 
 let db: Awaited<ReturnType<typeof createTestDatabase>>;
 let server: Awaited<ReturnType<typeof startTestApp>>;
@@ -28,15 +29,6 @@ after(async () => {
   await db?.drop();
 });
 
-async function eventually<T>(read: () => Promise<T>, ok: (v: T) => boolean, what: string, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 test("410 Gone disables the webhook, keeps its deliveries pending, and resuming delivers them in order", async () => {
   const created = await api("POST", "/webhooks", { url: receiver.url("/gone"), event_types: ["g.x"] });

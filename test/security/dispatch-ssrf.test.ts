@@ -8,6 +8,7 @@ import { createTestDatabase } from '../support/postgres.js';
 import { startTestApp, restClient, TEST_ADMIN_KEY } from '../support/app.js';
 import { startReceiver, verifyDelivery } from '../support/receiver.js';
 import type { Resolver } from '../../src/dispatcher/guarded-lookup.js';
+import { eventually } from '../support/wait.js';
 
 /**
  * The dispatcher's connect-time SSRF guard, end to end: a real webhookd (API + dispatcher) on a real
@@ -63,17 +64,6 @@ installLoopbackOnlyNet();
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function eventually<T>(read: () => Promise<T>, ok: (value: T) => boolean, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(value).slice(0, 500)}`);
-    await sleep(100);
-  }
-}
 
 const PUBLIC_V4 = '93.184.216.34';
 const PUBLIC_V6 = '2606:2800:220:1:248:1893:25c8:1946';

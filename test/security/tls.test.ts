@@ -14,6 +14,7 @@ import { createTestDatabase } from '../support/postgres.js';
 import { startTestApp, restClient, TEST_ADMIN_KEY } from '../support/app.js';
 import { verifyDelivery, type Received } from '../support/receiver.js';
 import type { Resolver } from '../../src/dispatcher/guarded-lookup.js';
+import { eventually, sleep } from '../support/wait.js';
 
 /**
  * TLS verification of deliveries, end to end: a throwaway PKI made with `openssl`, HTTPS receivers
@@ -23,17 +24,6 @@ import type { Resolver } from '../../src/dispatcher/guarded-lookup.js';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const NAME = 'receiver.test';
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-async function eventually<T>(read: () => Promise<T>, ok: (value: T) => boolean, what: string, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(value).slice(0, 500)}`);
-    await sleep(100);
-  }
-}
 
 /** receiver.test is 127.0.0.1; every other name does not exist. */
 const resolve: Resolver = async (hostname) => {
