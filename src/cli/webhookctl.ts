@@ -226,6 +226,7 @@ function webhookFields(w: Webhook | undefined): Array<[string, string]> {
     ["ordered_by_key", String(w.orderedByKey)],
     ["rate_limit_per_second", w.rateLimitPerSecond ? String(w.rateLimitPerSecond) : "none"],
     ["signature_scheme", w.signatureScheme || "v1"],
+    ["retry_schedule", w.retrySchedule || "server default"],
     ...(w.publicKey ? ([["public_key", w.publicKey]] as [string, string][]) : []),
     ["created_at", formatTime(w.createdAt)],
     ["updated_at", formatTime(w.updatedAt)],
@@ -434,10 +435,19 @@ Examples:
         new Option("--signature-scheme <scheme>", "v1: HMAC with a shared secret; v1a: ed25519, receivers verify with the public key")
           .choices(["v1", "v1a"])
           .default("v1"),
-      ),
+      )
+      .option("--retry-schedule <delays>", 'retry delays for this webhook, e.g. "10s,1m,10m", or "none"'),
     async (
       json,
-      opts: { url: string; events: string[]; description?: string; orderedByKey?: boolean; rateLimit?: number; signatureScheme: string },
+      opts: {
+        url: string;
+        events: string[];
+        description?: string;
+        orderedByKey?: boolean;
+        rateLimit?: number;
+        signatureScheme: string;
+        retrySchedule?: string;
+      },
     ) => {
       const res = await conn.clients().webhooks.createWebhook({
         url: opts.url,
@@ -446,6 +456,7 @@ Examples:
         orderedByKey: opts.orderedByKey ?? false,
         rateLimitPerSecond: opts.rateLimit ?? 0,
         signatureScheme: opts.signatureScheme,
+        retrySchedule: opts.retrySchedule ?? "",
       });
       if (json) return emit(CreateWebhookResponseSchema, res);
       if (!res.secret) return printFields(out, webhookFields(res.webhook));
@@ -488,11 +499,20 @@ Examples:
       .option("--description <text>", "new description")
       .option("--ordered-by-key", "keep FIFO per ordering key")
       .option("--no-ordered-by-key", "keep FIFO per webhook")
-      .option("--rate-limit <n>", "cap on deliveries per second (0: none)", nonNegativeNumber),
+      .option("--rate-limit <n>", "cap on deliveries per second (0: none)", nonNegativeNumber)
+      .option("--retry-schedule <delays>", 'retry delays, e.g. "10s,1m"; "none"; "" for the server default'),
     async (
       json,
       id: string,
-      opts: { url?: string; events?: string[]; status?: string; description?: string; orderedByKey?: boolean; rateLimit?: number },
+      opts: {
+        url?: string;
+        events?: string[];
+        status?: string;
+        description?: string;
+        orderedByKey?: boolean;
+        rateLimit?: number;
+        retrySchedule?: string;
+      },
     ) => {
       const req: MessageInitShape<typeof UpdateWebhookRequestSchema> = { webhookId: id };
       if (opts.url !== undefined) req.url = opts.url;
@@ -501,9 +521,10 @@ Examples:
       if (opts.description !== undefined) req.description = opts.description;
       if (opts.orderedByKey !== undefined) req.orderedByKey = opts.orderedByKey;
       if (opts.rateLimit !== undefined) req.rateLimitPerSecond = opts.rateLimit;
+      if (opts.retrySchedule !== undefined) req.retrySchedule = opts.retrySchedule;
       if (Object.keys(req).length === 1) {
         throw new UsageError(
-          "nothing to update: pass --url, --events, --status, --description, --[no-]ordered-by-key or --rate-limit",
+          "nothing to update: pass --url, --events, --status, --description, --[no-]ordered-by-key, --rate-limit or --retry-schedule",
         );
       }
       const res = await conn.clients().webhooks.updateWebhook(req);

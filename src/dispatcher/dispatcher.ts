@@ -229,7 +229,7 @@ export class Dispatcher {
           ? { kind: "response", status: result.status, retryAfterMs: parseRetryAfter(result.retryAfter, now) }
           : { kind: "error", blocked: result.blocked },
       attemptsMade: job.attempts + 1,
-      schedule: this.options.retrySchedule,
+      schedule: webhook.retrySchedule ?? this.options.retrySchedule,
       now,
       expiresAt: new Date(job.expiresAt),
     });

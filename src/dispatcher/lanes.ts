@@ -14,6 +14,8 @@ export interface LaneWebhook {
   signatureScheme: SignatureScheme;
   /** 0: no limit. */
   rateLimitPerSecond: number;
+  /** Retry delays in ms; null: the server's schedule. */
+  retrySchedule: number[] | null;
 }
 
 /** What became of an attempt, once it is durable in Postgres. */

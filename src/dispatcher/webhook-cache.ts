@@ -21,6 +21,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       orderedByKey: row.ordered_by_key,
       signatureScheme: row.signature_scheme,
       rateLimitPerSecond: row.rate_limit_per_second,
+      retrySchedule: row.retry_schedule,
       secrets: row.signing_secrets
         .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
         .map((s) => secretBox.open(s.secret, row.id)),

@@ -3,6 +3,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ApiKeySchema, AuditEntrySchema, TenantSchema, type ApiKey, type AuditEntry, type Tenant } from "../../gen/webhook/v1/admin_pb.js";
 import { WebhookSchema, type Webhook } from "../../gen/webhook/v1/webhook_pb.js";
 import type * as rows from "../store/schema.js";
+import { formatDuration } from "../core/durations.js";
 
 /** Rows to API messages: the only place that knows both shapes. */
 export function toWebhook(row: rows.Webhook): Webhook {
@@ -18,6 +19,7 @@ export function toWebhook(row: rows.Webhook): Webhook {
     rateLimitPerSecond: row.rate_limit_per_second,
     signatureScheme: row.signature_scheme,
     publicKey: row.public_key ?? "",
+    retrySchedule: row.retry_schedule === null ? "" : row.retry_schedule.length === 0 ? "none" : row.retry_schedule.map(formatDuration).join(","),
   });
 }
 

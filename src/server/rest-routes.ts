@@ -52,7 +52,7 @@ export function createRestRouter(services: Services) {
   route("POST", "/webhooks", async ({ body, headers }) => {
     const principal = await auth.authenticate(headers);
     const b = await body();
-    only(b, ["url", "event_types", "description", "ordered_by_key", "rate_limit_per_second", "signature_scheme"]);
+    only(b, ["url", "event_types", "description", "ordered_by_key", "rate_limit_per_second", "signature_scheme", "retry_schedule"]);
     const res = await services.webhooks.createWebhook(
       principal,
       create(CreateWebhookRequestSchema, {
@@ -62,6 +62,7 @@ export function createRestRouter(services: Services) {
         orderedByKey: bool(b, "ordered_by_key") ?? false,
         rateLimitPerSecond: num(b, "rate_limit_per_second") ?? 0,
         signatureScheme: str(b, "signature_scheme") ?? "",
+        retrySchedule: str(b, "retry_schedule") ?? "",
       }),
     );
     return { status: 201, body: { ...webhookJson(res.webhook!), ...(res.secret ? { secret: res.secret } : {}) } };
@@ -80,7 +81,7 @@ export function createRestRouter(services: Services) {
   route("PUT", "/webhooks/:id", async ({ params, body, headers }) => {
     const principal = await auth.authenticate(headers);
     const b = await body();
-    only(b, ["url", "event_types", "status", "description", "ordered_by_key", "rate_limit_per_second"]);
+    only(b, ["url", "event_types", "status", "description", "ordered_by_key", "rate_limit_per_second", "retry_schedule"]);
     const eventTypes = strList(b, "event_types");
     if (eventTypes && eventTypes.length === 0) throw invalidArgument("event_types must not be empty");
     const res = await services.webhooks.updateWebhook(
@@ -93,6 +94,7 @@ export function createRestRouter(services: Services) {
         description: str(b, "description"),
         orderedByKey: bool(b, "ordered_by_key"),
         rateLimitPerSecond: num(b, "rate_limit_per_second"),
+        retrySchedule: str(b, "retry_schedule"),
       }),
     );
     return { status: 200, body: { status: "updated", webhook: webhookJson(res.webhook!) } };
@@ -341,6 +343,7 @@ function webhookJson(w: Webhook) {
     ordered_by_key: w.orderedByKey,
     rate_limit_per_second: w.rateLimitPerSecond,
     signature_scheme: w.signatureScheme,
+    ...(w.retrySchedule ? { retry_schedule: w.retrySchedule } : {}),
     ...(w.publicKey ? { public_key: w.publicKey } : {}),
     created_at: iso(w.createdAt),
     updated_at: iso(w.updatedAt),

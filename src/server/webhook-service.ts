@@ -4,6 +4,7 @@ import { checkWebhookUrl } from "../core/url-policy.js";
 import { parseIpLiteral } from "../core/address-policy.js";
 import { normaliseEventTypes } from "../core/event-types.js";
 import { generateSecret, generateSigningKeyPair } from "../core/signing.js";
+import { formatDuration, parseRetrySchedule } from "../core/durations.js";
 import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { shardOf } from "../core/shards.js";
@@ -40,6 +41,8 @@ import { pageOf, readPage } from "./paging.js";
 
 export const MAX_DESCRIPTION_LENGTH = 1000;
 export const MAX_RATE_LIMIT = 10_000;
+export const MAX_RETRIES = 30;
+const MAX_RETRY_DELAY_MS = 7 * 24 * 3600 * 1000;
 const DNS_CHECK_TIMEOUT_MS = 2_000;
 
 export interface WebhookServiceDeps {
@@ -118,6 +121,22 @@ export function createWebhookService(deps: WebhookServiceDeps) {
     return { stored: pair.secretKey, secret: "", publicKey: pair.publicKey };
   }
 
+  /** "" is the server's default (null), "none" no retries at all. */
+  function validateRetrySchedule(raw: string): number[] | null {
+    if (raw.trim() === "") return null;
+    if (raw.trim() === "none") return [];
+    let schedule: number[];
+    try {
+      schedule = parseRetrySchedule(raw);
+    } catch (err) {
+      throw invalidArgument(`retry_schedule: ${(err as Error).message}`);
+    }
+    if (schedule.length > MAX_RETRIES) throw invalidArgument(`retry_schedule has ${schedule.length} retries; the limit is ${MAX_RETRIES}`);
+    const tooLong = schedule.find((ms) => ms > MAX_RETRY_DELAY_MS || ms < 1);
+    if (tooLong !== undefined) throw invalidArgument(`retry_schedule delays must be between 1ms and 7d (got ${formatDuration(tooLong)})`);
+    return schedule;
+  }
+
   function validateId(id: string): string {
     if (!/^wh_[0-9A-Za-z]{10,40}$/.test(id)) throw notFound("webhook", JSON.stringify(id));
     return id;
@@ -129,6 +148,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       const description = validateDescription(req.description);
       const rate = validateRateLimit(req.rateLimitPerSecond);
       const scheme = validateScheme(req.signatureScheme);
+      const retrySchedule = validateRetrySchedule(req.retrySchedule);
       const url = await validateUrl(req.url);
       const id = newId("wh");
       const credential = newCredential(scheme);
@@ -143,6 +163,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
           signing_secrets: JSON.stringify([{ secret: deps.secretBox.seal(credential.stored, id), expires_at: null }] satisfies SigningSecret[]),
           signature_scheme: scheme,
           public_key: credential.publicKey,
+          retry_schedule: retrySchedule,
           ordered_by_key: req.orderedByKey,
           rate_limit_per_second: rate,
           shard: shardOf(id, deps.shardCount),
@@ -181,6 +202,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       if (req.description !== undefined) changes.description = validateDescription(req.description);
       if (req.orderedByKey !== undefined) changes.ordered_by_key = req.orderedByKey;
       if (req.rateLimitPerSecond !== undefined) changes.rate_limit_per_second = validateRateLimit(req.rateLimitPerSecond);
+      if (req.retrySchedule !== undefined) changes.retry_schedule = validateRetrySchedule(req.retrySchedule);
       if (req.url !== undefined) changes.url = await validateUrl(req.url);
       const row = await db.transaction().execute(async (trx) => {
         const current = await webhooks.getWebhook(trx, principal.tenantId, id, { forUpdate: true });

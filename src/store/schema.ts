@@ -45,6 +45,8 @@ export interface WebhookTable {
   /** v1: HMAC with whsec_ secrets; v1a: ed25519 with whsk_ keys (sealed) and a published whpk_ key. */
   signature_scheme: Generated<SignatureScheme>;
   public_key: string | null;
+  /** Retry delays in ms for this webhook; null: the server's schedule. */
+  retry_schedule: number[] | null;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }

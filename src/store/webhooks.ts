@@ -41,6 +41,7 @@ export interface WebhookChanges {
   rate_limit_per_second?: number;
   signing_secrets?: SigningSecret[];
   public_key?: string | null;
+  retry_schedule?: number[] | null;
 }
 
 export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Promise<Webhook> {

@@ -54,7 +54,7 @@ class FakeRecord {
   private counter = 0;
 
   addWebhook(id: string, options: Partial<LaneWebhook> = {}): LaneWebhook {
-    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', rateLimitPerSecond: 0, ...options };
+    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', rateLimitPerSecond: 0, retrySchedule: null, ...options };
     this.webhooks.set(id, webhook);
     this.rows.set(id, []);
     this.lastSeq.set(id, 0);

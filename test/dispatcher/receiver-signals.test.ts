@@ -70,3 +70,29 @@ test("503 with Retry-After retries after the receiver's delay, not the schedule'
   assert.ok(gap >= 900 && gap < 5_000, `retried after ${gap} ms for Retry-After: 1`);
   assert.equal(first!.headers["webhook-id"], second!.headers["webhook-id"], "the same webhook-id on every attempt");
 });
+
+test("a webhook's own retry schedule replaces the server's, and 'none' fails at the first error", async () => {
+  const quick = await api("POST", "/webhooks", { url: receiver.url("/down-quick"), event_types: ["q.x"], retry_schedule: "200ms,300ms" });
+  assert.equal(quick.status, 201);
+  assert.equal(quick.body.retry_schedule, "200ms,300ms");
+  const none = await api("POST", "/webhooks", { url: receiver.url("/down-none"), event_types: ["n.x"], retry_schedule: "none" });
+  assert.equal(none.body.retry_schedule, "none");
+  receiver.setBehaviour((req) => (req.path.startsWith("/down-") ? { status: 500 } : undefined));
+  await api("POST", "/events", { event_type: "q.x", payload: {} });
+  await api("POST", "/events", { event_type: "n.x", payload: {} });
+
+  const [quickDelivery] = (
+    await eventually(() => api("GET", `/webhooks/${quick.body.webhook_id}/deliveries`), (r) => r.body.deliveries[0]?.status === "failed", "the quick schedule to run out")
+  ).body.deliveries;
+  assert.equal(quickDelivery.attempts, 3, "one attempt and the two retries of the webhook's schedule");
+  const [noneDelivery] = (
+    await eventually(() => api("GET", `/webhooks/${none.body.webhook_id}/deliveries`), (r) => r.body.deliveries[0]?.status === "failed", "the first failure to be final")
+  ).body.deliveries;
+  assert.equal(noneDelivery.attempts, 1);
+
+  const bad = await api("POST", "/webhooks", { url: receiver.url("/x"), event_types: ["q.x"], retry_schedule: "5x" });
+  assert.equal(bad.status, 400);
+  assert.match(bad.body.error.message, /retry_schedule/);
+  const reset = await api("PUT", `/webhooks/${quick.body.webhook_id}`, { retry_schedule: "" });
+  assert.equal(reset.body.webhook.retry_schedule, undefined, "back to the server's schedule");
+});

@@ -2,12 +2,14 @@ import type { Migration, MigrationProvider } from "kysely";
 import * as foundation from "./2026-11-28-001-foundation.js";
 import * as delivery from "./2026-11-28-002-delivery.js";
 import * as signatureScheme from "./2026-11-29-003-signature-scheme.js";
+import * as retrySchedule from "./2026-11-29-004-retry-schedule.js";
 
 /** Listed explicitly: a folder-reading provider breaks under bundlers and tsx alike. */
 const migrations: Record<string, Migration> = {
   "2026-11-28-001-foundation": foundation,
   "2026-11-28-002-delivery": delivery,
   "2026-11-29-003-signature-scheme": signatureScheme,
+  "2026-11-29-004-retry-schedule": retrySchedule,
 };
 
 export const migrationProvider: MigrationProvider = {
