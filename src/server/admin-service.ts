@@ -3,6 +3,7 @@ import { newId } from "../core/ids.js";
 import type { Db } from "../store/db.js";
 import { isUniqueViolation } from "../store/db.js";
 import * as tenants from "../store/tenants.js";
+import { DEFAULT_TENANT_ID } from "../store/tenants.js";
 import * as apiKeys from "../store/api-keys.js";
 import { listAudit, recordAudit } from "../store/audit.js";
 import {
@@ -36,7 +37,8 @@ export function createAdminService(deps: { db: Db; onKeyRevoked: () => void }) {
 
   async function tenantFor(principal: Principal, tenantId: string): Promise<string> {
     if (!tenantId) return principal.tenantId;
-    if (!(await tenants.getTenant(db, tenantId))) throw notFound("tenant", tenantId);
+    const valid = tenantId === DEFAULT_TENANT_ID || /^ten_[0-9a-z]{26}$/.test(tenantId);
+    if (!valid || !(await tenants.getTenant(db, tenantId))) throw notFound("tenant", JSON.stringify(tenantId));
     return tenantId;
   }
 

@@ -28,12 +28,25 @@ const REST: Partial<Record<Code, { status: number; code: string }>> = {
   [Code.DeadlineExceeded]: { status: 504, code: "deadline_exceeded" },
 };
 
+/**
+ * Errors as the API reports them. Postgres data exceptions (SQLSTATE class 22: text it cannot store, a
+ * number out of range) mean the input was bad, whatever check missed it: invalid_argument, not internal.
+ */
+export function toConnectError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  const code = (err as { code?: unknown })?.code;
+  if (typeof code === "string" && code.startsWith("22")) {
+    return new ConnectError(`the request holds a value the database cannot store (${(err as Error).message})`, Code.InvalidArgument);
+  }
+  return ConnectError.from(err);
+}
+
 export function restError(err: unknown): {
   status: number;
   body: { error: { code: string; message: string } };
   headers: Record<string, string>;
 } {
-  const connectErr = ConnectError.from(err);
+  const connectErr = toConnectError(err);
   const mapped = REST[connectErr.code] ?? { status: 500, code: "internal" };
   const message = mapped.status === 500 ? "internal error" : connectErr.rawMessage;
   const retryAfter = connectErr.metadata.get("retry-after");

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { newId } from "../core/ids.js";
+import { exceedsDepth, isStorableText, MAX_JSON_DEPTH } from "../core/input-limits.js";
 import { matchesEventType, patternsMatching, validateEventType } from "../core/event-types.js";
 import type { DeliveryFeed } from "../queue/feed.js";
 import type { DeliveryJob } from "../queue/job.js";
@@ -62,9 +63,11 @@ export function createEventService(deps: EventServiceDeps) {
     for (const [name, value] of [["idempotency_key", input.idempotencyKey], ["ordering_key", input.orderingKey]] as const) {
       // Control characters (NUL above all) are not storable text and are never a sensible key.
       if (/[\u0000-\u001f\u007f]/.test(value)) throw invalidArgument(`${where}${name} must not contain control characters`);
+      if (!isStorableText(value)) throw invalidArgument(`${where}${name} is not well-formed Unicode (a lone surrogate)`);
     }
     if (input.idempotencyKey.length > MAX_KEY_LENGTH) throw invalidArgument(`${where}idempotency_key is longer than ${MAX_KEY_LENGTH} characters`);
     if (input.orderingKey.length > MAX_KEY_LENGTH) throw invalidArgument(`${where}ordering_key is longer than ${MAX_KEY_LENGTH} characters`);
+    if (exceedsDepth(input.payload, MAX_JSON_DEPTH)) throw invalidArgument(`${where}payload nests deeper than ${MAX_JSON_DEPTH} levels`);
     const payloadJson = JSON.stringify(input.payload ?? {});
     const size = Buffer.byteLength(payloadJson);
     if (size > MAX_PAYLOAD_BYTES) {
@@ -208,6 +211,8 @@ export function createEventService(deps: EventServiceDeps) {
     },
 
     async listEvents(principal: Principal, req: ListEventsRequest): Promise<ListEventsResponse> {
+      const typeError = req.eventType ? validateEventType(req.eventType) : null;
+      if (typeError) throw invalidArgument(`event_type: ${typeError}`);
       const page = readPage(req);
       const rows = await events.listEvents(db, principal.tenantId, req.eventType, page.afterId, page.limit);
       const { items, nextPageToken } = pageOf(rows, page);

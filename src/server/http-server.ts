@@ -7,6 +7,7 @@ import type { Services } from "./services.js";
 import { connectRoutes } from "./connect-routes.js";
 import { createRestRouter, MAX_REST_BODY_BYTES } from "./rest-routes.js";
 import { registry } from "../metrics.js";
+import { toConnectError } from "./errors.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -30,6 +31,15 @@ export function createApiHandler(options: ApiServerOptions) {
   const rest = createRestRouter(options.services);
   const connect = connectNodeAdapter({
     routes: connectRoutes(options.services),
+    interceptors: [
+      (next) => async (req) => {
+        try {
+          return await next(req);
+        } catch (err) {
+          throw toConnectError(err);
+        }
+      },
+    ],
     // Batches of maximal events fit; a larger body is refused before it is read whole.
     readMaxBytes: 100 * MAX_REST_BODY_BYTES,
   });

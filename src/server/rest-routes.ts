@@ -23,6 +23,7 @@ import {
 import type { Services } from "./services.js";
 import { invalidArgument, notFound, restError } from "./errors.js";
 import { MAX_BATCH, MAX_PAYLOAD_BYTES } from "./event-service.js";
+import { exceedsDepth, MAX_JSON_DEPTH } from "../core/input-limits.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -197,7 +198,7 @@ export function createRestRouter(services: Services) {
         if (matched.length === 0) throw notFound("route", `${req.method} ${url.pathname}`);
         reply = { status: 405, body: { error: { code: "method_not_allowed", message: `${req.method} is not allowed on ${url.pathname}; use ${matched.map((r) => r.method).join(", ")}` } } };
       } else {
-        const params = found.pattern.exec(url.pathname)!.slice(1).map(decodeURIComponent);
+        const params = found.pattern.exec(url.pathname)!.slice(1).map(decodePathSegment);
         reply = await found.handler({ params, query: url.searchParams, headers, body: () => readJson(req, found.maxBody ?? MAX_REST_BODY_BYTES) });
       }
     } catch (err) {
@@ -222,6 +223,14 @@ class HttpError extends Error {
     message: string,
   ) {
     super(message);
+  }
+}
+
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw invalidArgument(`malformed percent-encoding in the path: ${JSON.stringify(segment.slice(0, 100))}`);
   }
 }
 
@@ -306,6 +315,7 @@ function eventInput(b: Record<string, unknown>, where: string) {
   only(b, ["event_type", "payload", "idempotency_key", "ordering_key"]);
   const payload = b.payload ?? {};
   if (!isObject(payload)) throw invalidArgument(`${where}payload must be a JSON object`);
+  if (exceedsDepth(payload, MAX_JSON_DEPTH)) throw invalidArgument(`${where}payload nests deeper than ${MAX_JSON_DEPTH} levels`);
   const size = Buffer.byteLength(JSON.stringify(payload));
   if (size > MAX_PAYLOAD_BYTES) {
     throw new HttpError(413, "payload_too_large", `${where}payload is ${size} bytes; the limit is ${MAX_PAYLOAD_BYTES} bytes (256 KB)`);

@@ -7,6 +7,7 @@ import { generateSecret, generateSigningKeyPair } from "../core/signing.js";
 import { formatDuration, parseRetrySchedule } from "../core/durations.js";
 import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
+import { isStorableText } from "../core/input-limits.js";
 import { shardOf } from "../core/shards.js";
 import { resolveAndCheck } from "../dispatcher/guarded-lookup.js";
 import type { Db } from "../store/db.js";
@@ -88,6 +89,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
     if (description.length > MAX_DESCRIPTION_LENGTH) {
       throw invalidArgument(`description is longer than ${MAX_DESCRIPTION_LENGTH} characters`);
     }
+    if (!isStorableText(description)) throw invalidArgument("description holds a NUL character or a lone surrogate");
     return description;
   }
 
