@@ -1,13 +1,18 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import { cors } from "@connectrpc/connect";
+import { Code, ConnectError, cors } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { Services } from "./services.js";
 import { connectRoutes } from "./connect-routes.js";
 import { createRestRouter, MAX_REST_BODY_BYTES } from "./rest-routes.js";
 import { registry } from "../metrics.js";
 import { toConnectError } from "./errors.js";
+import { fromBinary, type DescMessage } from "@bufbuild/protobuf";
+import { AdminService } from "../../gen/webhook/v1/admin_pb.js";
+import { DeliveryService } from "../../gen/webhook/v1/delivery_pb.js";
+import { EventService } from "../../gen/webhook/v1/event_pb.js";
+import { WebhookService } from "../../gen/webhook/v1/webhook_pb.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -17,6 +22,8 @@ export interface ApiServerOptions {
   /** For /readyz: each check resolves true when its dependency answers. */
   readiness: Record<string, () => Promise<boolean>>;
 }
+
+const READ_MAX_BYTES = 100 * MAX_REST_BODY_BYTES;
 
 const CORS_HEADERS = {
   "access-control-allow-origin": "*",
@@ -36,12 +43,18 @@ export function createApiHandler(options: ApiServerOptions) {
         try {
           return await next(req);
         } catch (err) {
-          throw toConnectError(err);
+          const mapped = toConnectError(err);
+          if (!(err instanceof ConnectError) && mapped.code === Code.Unknown) {
+            // An unexpected failure: logged in full here, never described to the caller.
+            console.error(err);
+            throw new ConnectError("internal error", Code.Internal);
+          }
+          throw mapped;
         }
       },
     ],
     // Batches of maximal events fit; a larger body is refused before it is read whole.
-    readMaxBytes: 100 * MAX_REST_BODY_BYTES,
+    readMaxBytes: READ_MAX_BYTES,
   });
 
   return async function handle(req: Request, res: Response): Promise<void> {
@@ -67,12 +80,54 @@ export function createApiHandler(options: ApiServerOptions) {
         return;
       }
       if (await rest(req, res)) return;
+      if (!(await checkBinaryUnaryBody(req, res))) return;
       (connect as (req: Request, res: Response) => void)(req, res);
     } catch (err) {
       console.error(err);
       if (!res.headersSent) json(res, 500, { error: { code: "internal", message: "internal error" } });
     }
   };
+}
+
+/** Request message types of the unary RPCs, by path. */
+const UNARY_INPUTS = new Map<string, DescMessage>(
+  [WebhookService, EventService, DeliveryService, AdminService].flatMap((service) =>
+    service.methods.filter((m) => m.methodKind === "unary").map((m) => [`/${service.typeName}/${m.name}`, m.input] as const),
+  ),
+);
+
+/**
+ * connect-es answers a binary request body that does not parse with `internal` (HTTP 500), the gRPC
+ * convention; for a Connect unary call that is the client's mistake, so it is checked here first and
+ * answered invalid_argument. The body, read once, is handed on to the Connect handler.
+ */
+async function checkBinaryUnaryBody(req: Request, res: Response): Promise<boolean> {
+  const input = req.method === "POST" ? UNARY_INPUTS.get((req.url ?? "").split("?")[0]!) : undefined;
+  const type = String(req.headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase();
+  if (!input || type !== "application/proto" || req.headers["content-encoding"]) return true;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > READ_MAX_BYTES) {
+      json(res, 413, { code: "resource_exhausted", message: `request body is larger than ${READ_MAX_BYTES} bytes` });
+      return false;
+    }
+    chunks.push(chunk);
+  }
+  const body = Buffer.concat(chunks);
+  try {
+    fromBinary(input, body);
+  } catch (err) {
+    json(res, 400, { code: "invalid_argument", message: `request body is not a valid ${input.typeName}: ${(err as Error).message}` });
+    return false;
+  }
+  Object.defineProperty(req, Symbol.asyncIterator, {
+    value: async function* () {
+      yield body;
+    },
+  });
+  return true;
 }
 
 function json(res: Response, status: number, body: unknown): void {
