@@ -56,3 +56,19 @@ test("management mutations are audited with who did them", async () => {
     assert.ok(actions.includes(action), `${action} missing from ${actions.join(", ")}`);
   }
 });
+
+test("over-limit requests are clear 4xx answers: headers, page size, URL length, event types", async () => {
+  const api = restClient(server.url, TEST_ADMIN_KEY);
+  const huge = await fetch(`${server.url}/webhooks`, { headers: { authorization: `Bearer ${TEST_ADMIN_KEY}`, "x-padding": "a".repeat(20_000) } });
+  assert.equal(huge.status, 431, "request headers over 16 KB");
+  const page = await api("GET", "/webhooks?page_size=101");
+  assert.equal(page.status, 400);
+  assert.match(page.body.error.message, /page_size/);
+  const longUrl = await api("POST", "/webhooks", { url: `https://93.184.216.34/${"a".repeat(2100)}`, event_types: ["a.b"] });
+  assert.equal(longUrl.status, 400);
+  assert.match(longUrl.body.error.message, /2048|long/);
+  const manyTypes = await api("POST", "/webhooks", { url: "https://93.184.216.34/x", event_types: Array.from({ length: 51 }, (_, i) => `t${i}.x`) });
+  assert.equal(manyTypes.status, 400);
+  const bigBody = await api("POST", "/events", JSON.stringify({ event_type: "a.b", payload: { x: "y".repeat(400_000) } }));
+  assert.equal(bigBody.status, 413);
+});
