@@ -6,6 +6,7 @@ import { decideOutcome, deliveryStatusAfter, parseRetryAfter } from "../core/ret
 import type { DeliveryFeed, FeedSubscription } from "../queue/feed.js";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
+import type { DeliveryStatus } from "../store/schema.js";
 import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
 import { disableWebhook } from "../store/webhooks.js";
@@ -13,7 +14,7 @@ import { recordAudit } from "../store/audit.js";
 import { attemptDuration, attemptsMade, deliveryLatency } from "../metrics.js";
 import { AttemptWriter } from "./attempt-writer.js";
 import { LaneEngine, type LaneOutcome, type LaneWebhook } from "./lanes.js";
-import type { Sender } from "./sender.js";
+import type { SendResult, Sender } from "./sender.js";
 import { RESPONSE_BODY_KEEP } from "./sender.js";
 import { createWebhookCache } from "./webhook-cache.js";
 
@@ -58,12 +59,11 @@ export class Dispatcher {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
     this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
     this.writer = new AttemptWriter(options.db, this.log);
-    const webhooks = createWebhookCache(options.db, options.secretBox);
-    this.webhooks = webhooks;
+    this.webhooks = createWebhookCache(options.db, options.secretBox);
     this.engine = new LaneEngine({
       loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),
       isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),
-      getWebhook: (id) => webhooks.get(id),
+      getWebhook: (id) => this.webhooks.get(id),
       execute: (job, webhook) => this.execute(job, webhook),
       maxInFlight: options.maxInFlight,
       log: this.log,
@@ -205,23 +205,37 @@ export class Dispatcher {
       payload: job.payload,
     });
     const now = new Date();
+    const after = await this.decide(job, webhook, result, now, attemptedAt);
+    await this.writer.write({
+      attemptId: newId("att"),
+      deliveryId: job.deliveryId,
+      attemptedAt,
+      durationMs: result.durationMs,
+      responseCode: result.kind === "response" ? result.status : null,
+      error: after.error,
+      responseBody: result.kind === "response" ? result.body.slice(0, RESPONSE_BODY_KEEP) : null,
+      status: after.status,
+      nextAttemptAt: after.nextAttemptAt,
+    });
+    attemptsMade.inc({ status: after.status });
+    attemptDuration.observe(result.durationMs / 1000);
+    if (after.status === "succeeded") deliveryLatency.observe((Date.now() - job.createdAt) / 1000);
+    return after.status === "pending" ? { final: false, nextAttemptAt: after.nextAttemptAt.getTime() } : { final: true };
+  }
+
+  /** What the attempt leaves the delivery in: the retry policy's word, unless the receiver said 410. */
+  private async decide(
+    job: DeliveryJob,
+    webhook: LaneWebhook,
+    result: SendResult,
+    now: Date,
+    attemptedAt: Date,
+  ): Promise<{ status: DeliveryStatus; nextAttemptAt: Date; error: string | null }> {
     if (result.kind === "response" && result.status === 410) {
       // The receiver says the endpoint is gone for good (Standard Webhooks): stop sending, keep every
       // delivery pending for the day someone re-enables the webhook.
       await this.disableGone(webhook.id, job.deliveryId);
-      await this.writer.write({
-        attemptId: newId("att"),
-        deliveryId: job.deliveryId,
-        attemptedAt,
-        durationMs: result.durationMs,
-        responseCode: 410,
-        error: "HTTP 410: the receiver asked to stop; webhook disabled",
-        responseBody: result.body.slice(0, RESPONSE_BODY_KEEP),
-        status: "pending",
-        nextAttemptAt: now,
-      });
-      attemptsMade.inc({ status: "pending" });
-      return { final: false, nextAttemptAt: now.getTime() };
+      return { status: "pending", nextAttemptAt: now, error: "HTTP 410: the receiver asked to stop; webhook disabled" };
     }
     const outcome = decideOutcome({
       result:
@@ -233,21 +247,10 @@ export class Dispatcher {
       now,
       expiresAt: new Date(job.expiresAt),
     });
-    const status = deliveryStatusAfter(outcome);
-    await this.writer.write({
-      attemptId: newId("att"),
-      deliveryId: job.deliveryId,
-      attemptedAt,
-      durationMs: result.durationMs,
-      responseCode: result.kind === "response" ? result.status : null,
-      error: result.kind === "error" ? result.error : result.status >= 300 ? `HTTP ${result.status}` : null,
-      responseBody: result.kind === "response" ? result.body.slice(0, RESPONSE_BODY_KEEP) : null,
-      status,
+    return {
+      status: deliveryStatusAfter(outcome),
       nextAttemptAt: outcome.kind === "retry" ? outcome.at : attemptedAt,
-    });
-    attemptsMade.inc({ status });
-    attemptDuration.observe(result.durationMs / 1000);
-    if (status === "succeeded") deliveryLatency.observe((Date.now() - job.createdAt) / 1000);
-    return outcome.kind === "retry" ? { final: false, nextAttemptAt: outcome.at.getTime() } : { final: true };
+      error: result.kind === "error" ? result.error : result.status >= 300 ? `HTTP ${result.status}` : null,
+    };
   }
 }
