@@ -10,6 +10,21 @@ export function rateLimited(message: string, waitMs: number): ConnectError {
   const seconds = Math.max(1, Math.ceil(waitMs / 1000));
   return new ConnectError(`${message}; retry after ${seconds} s`, Code.ResourceExhausted, { "retry-after": String(seconds) });
 }
+/**
+ * invalid_argument over RPC (the contract's code), 413 over REST. Told apart by a field, because
+ * ConnectError's own `instanceof` answers true for every ConnectError, subclasses included.
+ */
+export class PayloadTooLargeError extends ConnectError {
+  readonly payloadTooLarge = true;
+  constructor(message: string) {
+    super(message, Code.InvalidArgument);
+  }
+}
+
+function isPayloadTooLarge(err: ConnectError): boolean {
+  return (err as Partial<PayloadTooLargeError>).payloadTooLarge === true;
+}
+
 export const failedPrecondition = (message: string) => new ConnectError(message, Code.FailedPrecondition);
 
 /** The one mapping from Connect codes to REST statuses and error codes. */
@@ -47,7 +62,8 @@ export function restError(err: unknown): {
   headers: Record<string, string>;
 } {
   const connectErr = toConnectError(err);
-  const mapped = REST[connectErr.code] ?? { status: 500, code: "internal" };
+  const mapped =
+    isPayloadTooLarge(connectErr) ? { status: 413, code: "payload_too_large" } : (REST[connectErr.code] ?? { status: 500, code: "internal" });
   const message = mapped.status === 500 ? "internal error" : connectErr.rawMessage;
   const retryAfter = connectErr.metadata.get("retry-after");
   return { status: mapped.status, body: { error: { code: mapped.code, message } }, headers: retryAfter ? { "retry-after": retryAfter } : {} };

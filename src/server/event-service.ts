@@ -30,7 +30,7 @@ import {
   type PublishEventsResponse,
 } from "../../gen/webhook/v1/event_pb.js";
 import type { Principal } from "./auth.js";
-import { invalidArgument, notFound } from "./errors.js";
+import { PayloadTooLargeError, invalidArgument, notFound } from "./errors.js";
 import { pageOf, readPage } from "./paging.js";
 import { GroupCommit } from "./group-commit.js";
 
@@ -71,7 +71,7 @@ export function createEventService(deps: EventServiceDeps) {
     const payloadJson = JSON.stringify(input.payload ?? {});
     const size = Buffer.byteLength(payloadJson);
     if (size > MAX_PAYLOAD_BYTES) {
-      throw invalidArgument(`${where}payload is ${size} bytes; the limit is ${MAX_PAYLOAD_BYTES} bytes (256 KB)`);
+      throw new PayloadTooLargeError(`${where}payload is ${size} bytes; the limit is ${MAX_PAYLOAD_BYTES} bytes (256 KB)`);
     }
     return {
       eventType: input.eventType,

@@ -23,7 +23,6 @@ import {
 import type { Services } from "./services.js";
 import { invalidArgument, notFound, restError } from "./errors.js";
 import { MAX_BATCH, MAX_PAYLOAD_BYTES } from "./event-service.js";
-import { exceedsDepth, MAX_JSON_DEPTH } from "../core/input-limits.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
@@ -314,12 +313,8 @@ function num(body: Record<string, unknown>, name: string): number | undefined {
 function eventInput(b: Record<string, unknown>, where: string) {
   only(b, ["event_type", "payload", "idempotency_key", "ordering_key"]);
   const payload = b.payload ?? {};
+  // Depth and size are the event service's to check (413 comes back through restError).
   if (!isObject(payload)) throw invalidArgument(`${where}payload must be a JSON object`);
-  if (exceedsDepth(payload, MAX_JSON_DEPTH)) throw invalidArgument(`${where}payload nests deeper than ${MAX_JSON_DEPTH} levels`);
-  const size = Buffer.byteLength(JSON.stringify(payload));
-  if (size > MAX_PAYLOAD_BYTES) {
-    throw new HttpError(413, "payload_too_large", `${where}payload is ${size} bytes; the limit is ${MAX_PAYLOAD_BYTES} bytes (256 KB)`);
-  }
   return {
     eventType: str(b, "event_type", true),
     payload: payload as JsonObject,
