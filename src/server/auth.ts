@@ -1,4 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import type { ConnectError } from "@connectrpc/connect";
 import type { Db } from "../store/db.js";
 import { findActiveKeyByHash } from "../store/api-keys.js";
 import { DEFAULT_TENANT_ID, getTenant } from "../store/tenants.js";
@@ -32,6 +33,15 @@ export interface Authenticator {
 
 const CACHE_MS = 5_000;
 
+type Refusal = "missing" | "malformed" | "invalid_key" | "tenant_mismatch";
+
+const REFUSAL_ERRORS: Record<Refusal, () => ConnectError> = {
+  missing: () => unauthenticated("missing Authorization header (expected: Bearer <api key>)"),
+  malformed: () => unauthenticated("malformed Authorization header (expected: Bearer <api key>)"),
+  invalid_key: () => unauthenticated("invalid or revoked API key"),
+  tenant_mismatch: () => permissionDenied("x-tenant-id may only be set by admin keys"),
+};
+
 export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | undefined; rateLimit: number }): Authenticator {
   // Per key, in this process: N API processes allow up to N times the rate, which bounds abuse all the same.
   const limiter = deps.rateLimit > 0 ? new KeyedRateLimiter(deps.rateLimit, deps.rateLimit * 2) : undefined;
@@ -57,7 +67,7 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
   // Failures are audited, but a flood of them must not become a flood of writes: past this rate they are
   // only counted in the metrics.
   const auditBudget = new TokenBucket(20, 100, Date.now());
-  function refuse(reason: string, token: string | undefined, tenantId = DEFAULT_TENANT_ID): never {
+  function refuse(reason: Refusal, token: string | undefined, tenantId = DEFAULT_TENANT_ID): never {
     authFailures.inc();
     if (auditBudget.take(Date.now()) === 0) {
       void recordAudit(deps.db, {
@@ -69,15 +79,7 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
         details: { reason, ...(token ? { key_prefix: token.slice(0, 8) } : {}) },
       }).catch(() => undefined);
     }
-    throw reason === "tenant_mismatch"
-      ? permissionDenied("x-tenant-id may only be set by admin keys")
-      : unauthenticated(
-          reason === "missing"
-            ? "missing Authorization header (expected: Bearer <api key>)"
-            : reason === "malformed"
-              ? "malformed Authorization header (expected: Bearer <api key>)"
-              : "invalid or revoked API key",
-        );
+    throw REFUSAL_ERRORS[reason]();
   }
 
   return {
