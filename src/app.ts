@@ -156,28 +156,26 @@ async function openSecretBox(config: Config, embedded: boolean): Promise<SecretB
       "WEBHOOKD_ENCRYPTION_KEY is not set: with DATABASE_URL every webhookd process needs the same key to seal and open signing secrets (make one with `openssl rand -base64 32`)",
     );
   }
-  const file = path.join(config.dataDir, "encryption-key");
-  try {
-    return SecretBox.fromEncodedKey(await fs.readFile(file, "utf8"));
-  } catch (err) {
-    if ((err as { code?: string }).code !== "ENOENT") throw err;
-  }
-  const key = SecretBox.generateEncodedKey();
-  await fs.mkdir(config.dataDir, { recursive: true });
-  await fs.writeFile(file, `${key}\n`, { mode: 0o600, flag: "wx" });
-  return SecretBox.fromEncodedKey(key);
+  const { value } = await keyFile(config.dataDir, "encryption-key", SecretBox.generateEncodedKey);
+  return SecretBox.fromEncodedKey(value);
 }
 
-/** The embedded mode's admin key: made on first start, kept in the data dir (mode 600). */
+/** The embedded mode's admin key: made on first start and printed then, kept in the data dir. */
 async function embeddedAdminKey(dataDir: string): Promise<{ adminKey: string; generatedAdminKey: string | undefined }> {
-  const file = path.join(dataDir, "admin-key");
+  const { value, created } = await keyFile(dataDir, "admin-key", generateApiKey);
+  return { adminKey: value, generatedAdminKey: created ? value : undefined };
+}
+
+/** A key kept in a file of the data dir (mode 600), made by `generate` when the file is not there yet. */
+async function keyFile(dataDir: string, name: string, generate: () => string): Promise<{ value: string; created: boolean }> {
+  const file = path.join(dataDir, name);
   try {
-    return { adminKey: (await fs.readFile(file, "utf8")).trim(), generatedAdminKey: undefined };
+    return { value: (await fs.readFile(file, "utf8")).trim(), created: false };
   } catch (err) {
     if ((err as { code?: string }).code !== "ENOENT") throw err;
   }
-  const key = generateApiKey();
+  const value = generate();
   await fs.mkdir(dataDir, { recursive: true });
-  await fs.writeFile(file, `${key}\n`, { mode: 0o600, flag: "wx" });
-  return { adminKey: key, generatedAdminKey: key };
+  await fs.writeFile(file, `${value}\n`, { mode: 0o600, flag: "wx" });
+  return { value, created: true };
 }
