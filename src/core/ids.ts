@@ -9,7 +9,7 @@ import { randomFillSync } from 'node:crypto';
  * page by id (keyset pagination) instead of by (created_at, id).
  */
 
-export const ID_KINDS = ['wh', 'evt', 'dlv', 'ten', 'key', 'att', 'aud'] as const;
+export const ID_KINDS = ['wh', 'evt', 'dlv', 'ten', 'key', 'att', 'aud', 'rpl'] as const;
 export type IdKind = (typeof ID_KINDS)[number];
 
 const ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
@@ -51,6 +51,17 @@ export function encodeId(kind: IdKind, timeMs: number, random: Uint8Array): stri
   if (random.length !== 10) throw new RangeError('id randomness must be 10 bytes');
   const buf = Buffer.from(random.buffer, random.byteOffset, random.byteLength);
   return `${kind}_${encodeBase32(timeMs, TIME_CHARS)}${encodeBase32(readUint40(buf, 0), 8)}${encodeBase32(readUint40(buf, 5), 8)}`;
+}
+
+/**
+ * The smallest id of `kind` minted at `timeMs`: every id minted from that millisecond on sorts at or
+ * after it, so ranges of ids are ranges of time (the store partitions by them).
+ */
+export function idFloor(kind: IdKind, timeMs: number): string {
+  if (!Number.isSafeInteger(timeMs) || timeMs < 0 || timeMs > MAX_TIME) {
+    throw new RangeError(`id timestamp out of range: ${timeMs}`);
+  }
+  return `${kind}_${encodeBase32(timeMs, TIME_CHARS)}`;
 }
 
 /** A new id of the given kind, e.g. `evt_01j9z3k8x2m4q6r8t0v2w4y6a8`. */

@@ -5,6 +5,7 @@ import { Kysely, Migrator, PostgresDialect } from "kysely";
 import pg from "pg";
 import { migrationProvider } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
+import { ensurePartitions } from "./partitions.js";
 import type { Database } from "./schema.js";
 
 export type Db = Kysely<Database>;
@@ -48,6 +49,8 @@ export async function migrate(db: Db): Promise<string[]> {
     const name = failed ? ` (${failed.migrationName})` : "";
     throw new Error(`database migration failed${name}: ${(error as Error).message ?? String(error)}`);
   }
+  // Every start makes the coming days' partitions, so a deployment without a dispatcher still has them.
+  await ensurePartitions(db, Date.now());
   return (results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
 }
 

@@ -5,15 +5,33 @@ import type { Event } from "./schema.js";
 export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<Event[]> {
   if (keys.length === 0) return Promise.resolve([]);
   return db
-    .selectFrom("events")
-    .selectAll()
-    .where("tenant_id", "=", tenantId)
-    .where("idempotency_key", "in", keys)
+    .selectFrom("idempotency_keys as k")
+    .innerJoin("events as e", "e.id", "k.event_id")
+    .selectAll("e")
+    .where("k.tenant_id", "=", tenantId)
+    .where("k.key", "in", keys)
     .execute();
 }
 
+/** Inserts the events and claims their idempotency keys; a key claimed meanwhile is a unique violation. */
 export async function insertEvents(db: Db, events: Event[]): Promise<void> {
-  if (events.length > 0) await db.insertInto("events").values(events).execute();
+  if (events.length === 0) return;
+  const keyed = events.filter((e) => e.idempotency_key !== null);
+  if (keyed.length > 0) {
+    await db
+      .insertInto("idempotency_keys")
+      .values(keyed.map((e) => ({ tenant_id: e.tenant_id, key: e.idempotency_key!, event_id: e.id, created_at: e.created_at })))
+      .execute();
+  }
+  await db.insertInto("events").values(events).execute();
+}
+
+/** Forgets idempotency keys claimed before `before`; returns how many. */
+export async function forgetIdempotencyKeys(db: Db, before: Date, limit = 10_000): Promise<number> {
+  const result = await sql`
+    delete from idempotency_keys where ctid = any(array(
+      select ctid from idempotency_keys where created_at < ${before} limit ${limit}))`.execute(db);
+  return Number(result.numAffectedRows ?? 0);
 }
 
 export function getEvent(db: Db, tenantId: string, id: string): Promise<Event | undefined> {
