@@ -36,7 +36,14 @@ export interface StartOptions {
   logger?: Logger;
   /** Tests answer DNS for made-up names with this. */
   resolve?: Resolver;
-  dispatcherTimings?: { leaseTtlMs?: number; leaseIntervalMs?: number; sweepIntervalMs?: number; sweepGraceMs?: number };
+  dispatcherTimings?: {
+    leaseTtlMs?: number;
+    leaseIntervalMs?: number;
+    sweepIntervalMs?: number;
+    sweepGraceMs?: number;
+    housekeepingIntervalMs?: number;
+    housekeepingClock?: () => number;
+  };
 }
 
 export class StartupError extends Error {}
@@ -93,6 +100,13 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         maxInFlight: config.maxInFlight,
         secretBox,
         leaseTtlMs: config.leaseTtlMs,
+        circuitPolicy: {
+          failureThreshold: config.circuitFailures,
+          cooldownMs: config.circuitCooldownMs,
+          maxCooldownMs: Math.max(config.circuitCooldownMs, 10 * 60 * 1000),
+        },
+        autoDisableAfterMs: config.autoDisableAfterMs,
+        eventTtlMs: config.eventTtlMs,
         leaseIntervalMs: Math.max(100, Math.round(config.leaseTtlMs / 5)),
         ...options.dispatcherTimings,
       });
@@ -108,6 +122,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         urlPolicy: { allowedCidrs: config.allowedCidrs, allowHttp: config.allowHttp, maxLength: 2048 },
         shardCount: config.shardCount,
         eventTtlMs: config.eventTtlMs,
+        replayRate: config.replayRate,
         secretGraceMs: config.secretGraceMs,
         secretBox,
         apiRateLimit: config.apiRateLimit,

@@ -32,6 +32,14 @@ export interface Config {
   maxInFlight: number;
   /** A dispatcher silent this long loses its shards to the others. */
   leaseTtlMs: number;
+  /** Failures in a row that open an endpoint's circuit; 0 turns the breaker off. */
+  circuitFailures: number;
+  /** How long an opened circuit first waits before its probe; doubles per failed probe, up to 10 min or this. */
+  circuitCooldownMs: number;
+  /** An endpoint failing every attempt this long is disabled; 0: never. */
+  autoDisableAfterMs: number;
+  /** Default pace of a replay, deliveries per second. */
+  replayRate: number;
   logLevel: string;
 }
 
@@ -70,6 +78,12 @@ function parseBoolean(raw: string): boolean {
 function parsePositiveInt(raw: string): number {
   const value = Number(raw);
   if (!Number.isInteger(value) || value <= 0) throw new Error("expected a positive whole number");
+  return value;
+}
+
+function parseCount(raw: string): number {
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) throw new Error("expected a whole number, 0 or more");
   return value;
 }
 
@@ -118,6 +132,14 @@ export function loadConfig(env: Env = process.env): Config {
     shardCount: parseWith(env, "WEBHOOKD_SHARDS", "64", parsePositiveInt),
     maxInFlight: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT", "512", parsePositiveInt),
     leaseTtlMs: parseWith(env, "WEBHOOKD_LEASE_TTL", "10s", parseDuration),
+    circuitFailures: parseWith(env, "WEBHOOKD_CIRCUIT_FAILURES", "5", parseCount),
+    circuitCooldownMs: parseWith(env, "WEBHOOKD_CIRCUIT_COOLDOWN", "30s", parseDuration),
+    autoDisableAfterMs: parseWith(env, "WEBHOOKD_AUTO_DISABLE_AFTER", "5d", (raw) => (raw === "0" ? 0 : parseDuration(raw))),
+    replayRate: parseWith(env, "WEBHOOKD_REPLAY_RATE", "20", (raw) => {
+      const value = Number(raw);
+      if (!Number.isFinite(value) || value <= 0 || value > 10_000) throw new Error("expected deliveries per second, more than 0 and at most 10000");
+      return value;
+    }),
     logLevel: nonEmpty(env, "WEBHOOKD_LOG_LEVEL") ?? "info",
   };
 }

@@ -10,7 +10,7 @@
  */
 import { readFileSync } from "node:fs";
 import type { DescMessage, JsonObject, MessageInitShape, MessageShape } from "@bufbuild/protobuf";
-import { toJson } from "@bufbuild/protobuf";
+import { create, toJson } from "@bufbuild/protobuf";
 import type { Client, Interceptor } from "@connectrpc/connect";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
@@ -50,12 +50,17 @@ import {
   UpdateWebhookResponseSchema,
   WebhookService,
 } from "../../gen/webhook/v1/webhook_pb.js";
+import type { Replay } from "../../gen/webhook/v1/webhook_pb.js";
+import { GetReplayResponseSchema, ReplayWebhookResponseSchema } from "../../gen/webhook/v1/webhook_pb.js";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { parsePointInTime, renderReplayProgress } from "./progress.js";
 import type { TextSink } from "./output.js";
 import { formatTime, orDash, printFields, printJson, printTable } from "./output.js";
 
 export interface CliIO {
   stdout: TextSink;
-  stderr: TextSink;
+  /** A terminal (isTTY) gets a progress bar redrawn in place; anything else gets plain lines. */
+  stderr: TextSink & { isTTY?: boolean };
   env: Record<string, string | undefined>;
 }
 
@@ -173,6 +178,14 @@ function nonNegativeNumber(value: string): number {
   return n;
 }
 
+function positiveNumber(value: string): number {
+  const n = Number(value);
+  if (value.trim() === "" || !Number.isFinite(n) || n <= 0) {
+    throw new InvalidArgumentError("expected a number > 0.");
+  }
+  return n;
+}
+
 function eventTypeList(value: string): string[] {
   const list = value
     .split(",")
@@ -215,6 +228,14 @@ function errorMessage(err: unknown): string {
 // ---------------------------------------------------------------------------------------------------------
 // Human-readable rendering
 
+function circuitSummary(w: Webhook): string {
+  const h = w.health;
+  if (!h || !h.circuitState) return "closed";
+  const failures = h.consecutiveFailures ? ` (${h.consecutiveFailures} failures in a row)` : "";
+  if (h.circuitState === "open") return `open until ${formatTime(h.circuitOpenUntil)}${failures}`;
+  return `${h.circuitState}${failures}`;
+}
+
 function webhookFields(w: Webhook | undefined): Array<[string, string]> {
   if (!w) return [];
   return [
@@ -228,6 +249,9 @@ function webhookFields(w: Webhook | undefined): Array<[string, string]> {
     ["signature_scheme", w.signatureScheme || "v1"],
     ["retry_schedule", w.retrySchedule || "server default"],
     ...(w.publicKey ? ([["public_key", w.publicKey]] as [string, string][]) : []),
+    ["circuit", circuitSummary(w)],
+    ["failing_since", formatTime(w.health?.failingSince)],
+    ...(w.health?.throttleMs ? ([["throttled_to", `one attempt per ${w.health.throttleMs} ms (after 429s)`]] as [string, string][]) : []),
     ["created_at", formatTime(w.createdAt)],
     ["updated_at", formatTime(w.updatedAt)],
   ];
@@ -272,6 +296,23 @@ function apiKeyFields(k: ApiKey | undefined): Array<[string, string]> {
     ["admin", String(k.admin)],
     ["created_at", formatTime(k.createdAt)],
     ["revoked_at", formatTime(k.revokedAt)],
+  ];
+}
+
+function replayFields(r: Replay | undefined): Array<[string, string]> {
+  if (!r) return [];
+  return [
+    ["replay_id", r.replayId],
+    ["webhook_id", r.webhookId],
+    ["scope", r.scope],
+    ["since", formatTime(r.since)],
+    ["until", formatTime(r.until)],
+    ["rate_per_second", String(r.ratePerSecond)],
+    ["total", String(r.total)],
+    ["pending", String(r.pending)],
+    ["succeeded", String(r.succeeded)],
+    ["failed", String(r.failed)],
+    ["created_at", formatTime(r.createdAt)],
   ];
 }
 
@@ -563,6 +604,75 @@ Examples:
         ["secret", res.secret],
       ]);
       out.write("The new signing secret is shown only once; store it now.\n");
+    },
+  );
+
+  /** Polls the replay until nothing of it is pending, drawing its progress on stderr. */
+  const followReplay = async (replay: Replay): Promise<Replay> => {
+    const started = Date.now();
+    const tty = io.stderr.isTTY === true;
+    let current = replay;
+    let lastLine = 0;
+    for (;;) {
+      const line = renderReplayProgress(current, Date.now() - started);
+      if (tty) io.stderr.write(`\r${line}\x1b[K`);
+      else if (current.pending === 0 || Date.now() - lastLine >= 2_000) {
+        io.stderr.write(`${line}\n`);
+        lastLine = Date.now();
+      }
+      if (current.pending === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      current = (await conn.clients().webhooks.getReplay({ webhookId: replay.webhookId, replayId: replay.replayId })).replay!;
+    }
+    if (tty) io.stderr.write("\n");
+    return current;
+  };
+
+  leaf(
+    webhooks
+      .command("replay")
+      .description("send a webhook's failed deliveries (or all) of a time range again, in order, paced; shows progress")
+      .argument("<id>", "webhook id (wh_…)")
+      .requiredOption("--since <time>", "from this time: RFC 3339 (2026-11-29T08:00:00Z) or a duration ago (2h, 3d)")
+      .option("--until <time>", "up to this time (default: now)")
+      .addOption(new Option("--scope <scope>", "failed: failed and expired deliveries; all: every final delivery").choices(["failed", "all"]).default("failed"))
+      .option("--rate <n>", "deliveries per second (default: the server's WEBHOOKD_REPLAY_RATE)", positiveNumber)
+      .option("--detach", "start the replay and return without following its progress"),
+    async (json, id: string, opts: { since: string; until?: string; scope: string; rate?: number; detach?: boolean }) => {
+      const now = Date.now();
+      let since: Date;
+      let until: Date | undefined;
+      try {
+        since = parsePointInTime(opts.since, now);
+        until = opts.until === undefined ? undefined : parsePointInTime(opts.until, now);
+      } catch (err) {
+        throw new UsageError(`--since/--until: ${errorMessage(err)}`);
+      }
+      const res = await conn.clients().webhooks.replayWebhook({
+        webhookId: id,
+        since: timestampFromDate(since),
+        until: until && timestampFromDate(until),
+        scope: opts.scope,
+        ratePerSecond: opts.rate ?? 0,
+      });
+      let replay = res.replay!;
+      if (!json) io.stderr.write(`Replay ${replay.replayId}: ${replay.total} deliveries put back in order at ${replay.ratePerSecond}/s.\n`);
+      if (!opts.detach && replay.total > 0) replay = await followReplay(replay);
+      if (json) return emit(ReplayWebhookResponseSchema, create(ReplayWebhookResponseSchema, { replay }));
+      printFields(out, replayFields(replay));
+    },
+  );
+
+  leaf(
+    webhooks
+      .command("replay-status")
+      .description("show a replay and its progress")
+      .argument("<id>", "webhook id (wh_…)")
+      .argument("<replay_id>", "replay id (rpl_…)"),
+    async (json, id: string, replayId: string) => {
+      const res = await conn.clients().webhooks.getReplay({ webhookId: id, replayId });
+      if (json) return emit(GetReplayResponseSchema, res);
+      printFields(out, replayFields(res.replay));
     },
   );
 

@@ -9,7 +9,9 @@ import type { Db } from "../store/db.js";
 import type { DeliveryStatus } from "../store/schema.js";
 import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
-import { disableWebhook } from "../store/webhooks.js";
+import { disableWebhook, saveEndpointHealth } from "../store/webhooks.js";
+import type { AttemptSignal, CircuitPolicy, EndpointHealth } from "../core/endpoint-gate.js";
+import { runHousekeeping } from "./housekeeping.js";
 import { recordAudit } from "../store/audit.js";
 import { attemptDuration, attemptsMade, deliveryLatency } from "../metrics.js";
 import { AttemptWriter } from "./attempt-writer.js";
@@ -27,6 +29,14 @@ export interface DispatcherOptions {
   retrySchedule: number[];
   maxInFlight: number;
   secretBox: SecretBox;
+  circuitPolicy: CircuitPolicy;
+  /** An endpoint that has failed every attempt for this long is disabled; 0: never. */
+  autoDisableAfterMs: number;
+  eventTtlMs: number;
+  /** How often the owner of shard 0 runs retention housekeeping. */
+  housekeepingIntervalMs?: number;
+  /** The clock housekeeping reads; tests move it forward to see partitions go. */
+  housekeepingClock?: () => number;
   /** A lease not renewed for this long may be taken by another process. */
   leaseTtlMs?: number;
   /** How often leases are renewed and rebalanced. */
@@ -54,6 +64,10 @@ export class Dispatcher {
   private readonly leaseTtlMs: number;
   private readonly log: Logger;
   private readonly webhooks: ReturnType<typeof createWebhookCache>;
+  /** Health saves per webhook, chained so they land in the order the lane made them. */
+  private readonly healthSaves = new Map<string, Promise<void>>();
+  private housekeeping: Promise<void> | undefined;
+  private nextHousekeepingAt = 0;
 
   constructor(private readonly options: DispatcherOptions) {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
@@ -65,6 +79,8 @@ export class Dispatcher {
       isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),
       getWebhook: (id) => this.webhooks.get(id),
       execute: (job, webhook) => this.execute(job, webhook),
+      saveHealth: (webhookId, health) => this.saveHealth(webhookId, health),
+      circuitPolicy: options.circuitPolicy,
       maxInFlight: options.maxInFlight,
       log: this.log,
     });
@@ -91,6 +107,7 @@ export class Dispatcher {
     await Promise.all([...this.owned.values()].map((s) => s?.stop()));
     await this.engine.stop();
     await this.writer.stop();
+    await Promise.all([...this.healthSaves.values(), this.housekeeping]);
     await leases.removeDispatcher(this.options.db, this.id).catch((err) => this.log.warn({ err }, "could not hand back leases"));
     this.owned.clear();
   }
@@ -141,6 +158,43 @@ export class Dispatcher {
       // Recovery: whatever the previous owner left is in Postgres.
       await this.sweep(0, claimed);
     }
+    if (this.owned.has(0)) this.startHousekeeping();
+  }
+
+  /** Off the lease tick: DDL may wait on locks, and lease renewals must not wait with it. */
+  private startHousekeeping(): void {
+    const clock = this.options.housekeepingClock ?? Date.now;
+    if (this.housekeeping || Date.now() < this.nextHousekeepingAt) return;
+    this.nextHousekeepingAt = Date.now() + (this.options.housekeepingIntervalMs ?? 60 * 60 * 1000);
+    this.housekeeping = runHousekeeping(this.options.db, clock(), this.options.eventTtlMs)
+      .then((report) => {
+        if (report.partitionsFailed.length > 0) this.log.error({ failed: report.partitionsFailed }, "partitions could not be created; their rows go to the default partition");
+        this.log.info({ ...report, partitionsFailed: report.partitionsFailed.length }, "housekeeping done");
+      })
+      .catch((err) => this.log.warn({ err }, "housekeeping failed; trying again next round"))
+      .finally(() => {
+        this.housekeeping = undefined;
+      });
+  }
+
+  private saveHealth(webhookId: string, health: EndpointHealth): void {
+    const previous = this.healthSaves.get(webhookId) ?? Promise.resolve();
+    const next = previous
+      .then(async () => {
+        await saveEndpointHealth(this.options.db, webhookId, health);
+        const limit = this.options.autoDisableAfterMs;
+        if (limit > 0 && health.failingSince !== null && Date.now() - health.failingSince >= limit) {
+          await this.disable(webhookId, {
+            reason: `every attempt has failed since ${new Date(health.failingSince).toISOString()}`,
+            failing_since: new Date(health.failingSince).toISOString(),
+          });
+        }
+      })
+      .catch((err) => this.log.warn({ err, webhookId }, "could not save endpoint health; the next change saves it"))
+      .finally(() => {
+        if (this.healthSaves.get(webhookId) === next) this.healthSaves.delete(webhookId);
+      });
+    this.healthSaves.set(webhookId, next);
   }
 
   private async subscribe(shard: number): Promise<FeedSubscription | undefined> {
@@ -166,33 +220,29 @@ export class Dispatcher {
   private async sweep(graceMs: number, shards = this.shards): Promise<void> {
     const dueBy = new Date(Date.now() - graceMs);
     const due = await findWebhooksWithDueDeliveries(this.options.db, shards, dueBy, 10_000);
-    for (const { webhook_id, shard } of due) {
-      if (this.owned.has(shard)) this.engine.wake(webhook_id, shard);
+    for (const { webhook_id, shard, first_seq } of due) {
+      if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq);
     }
   }
 
-  private async disableGone(webhookId: string, deliveryId: string): Promise<void> {
-    await this.options.db.transaction().execute(async (trx) => {
+  /** Stops sending to the webhook, keeping its deliveries pending for the day it is enabled again. */
+  private async disable(webhookId: string, details: { reason: string } & Record<string, unknown>): Promise<void> {
+    const disabled = await this.options.db.transaction().execute(async (trx) => {
       const tenantId = await disableWebhook(trx, webhookId);
       if (tenantId) {
-        await recordAudit(trx, {
-          tenantId,
-          actor: "dispatcher",
-          action: "webhook.disable",
-          resourceId: webhookId,
-          details: { reason: "receiver answered 410 Gone", delivery_id: deliveryId },
-        });
+        await recordAudit(trx, { tenantId, actor: "dispatcher", action: "webhook.disable", resourceId: webhookId, details });
       }
+      return tenantId !== undefined;
     });
     this.webhooks.forget(webhookId);
-    this.log.warn({ webhookId }, "receiver answered 410 Gone: webhook disabled");
+    if (disabled) this.log.warn({ webhookId, reason: details.reason }, "webhook disabled");
   }
 
   private async execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome> {
     if (job.expiresAt <= Date.now()) {
       await expireDeliveries(this.options.db, [job.deliveryId]);
       attemptsMade.inc({ status: "expired" });
-      return { final: true };
+      return { final: true, signal: "neutral" };
     }
     const attemptedAt = new Date();
     const result = await this.options.sender.send({
@@ -220,7 +270,8 @@ export class Dispatcher {
     attemptsMade.inc({ status: after.status });
     attemptDuration.observe(result.durationMs / 1000);
     if (after.status === "succeeded") deliveryLatency.observe((Date.now() - job.createdAt) / 1000);
-    return after.status === "pending" ? { final: false, nextAttemptAt: after.nextAttemptAt.getTime() } : { final: true };
+    const signal = signalOf(result);
+    return after.status === "pending" ? { final: false, nextAttemptAt: after.nextAttemptAt.getTime(), signal } : { final: true, signal };
   }
 
   /** What the attempt leaves the delivery in: the retry policy's word, unless the receiver said 410. */
@@ -234,7 +285,7 @@ export class Dispatcher {
     if (result.kind === "response" && result.status === 410) {
       // The receiver says the endpoint is gone for good (Standard Webhooks): stop sending, keep every
       // delivery pending for the day someone re-enables the webhook.
-      await this.disableGone(webhook.id, job.deliveryId);
+      await this.disable(webhook.id, { reason: "receiver answered 410 Gone", delivery_id: job.deliveryId });
       return { status: "pending", nextAttemptAt: now, error: "HTTP 410: the receiver asked to stop; webhook disabled" };
     }
     const outcome = decideOutcome({
@@ -253,4 +304,12 @@ export class Dispatcher {
       error: result.kind === "error" ? result.error : result.status >= 300 ? `HTTP ${result.status}` : null,
     };
   }
+}
+
+/** What an attempt says of the endpoint's health. A refused address or a 410 says nothing of it. */
+function signalOf(result: SendResult): AttemptSignal {
+  if (result.kind === "error") return result.blocked ? "neutral" : "failure";
+  if (result.status >= 200 && result.status <= 299) return "success";
+  if (result.status === 429) return "throttled";
+  return result.status === 410 ? "neutral" : "failure";
 }

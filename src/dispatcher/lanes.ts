@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { DeliveryJob } from "../queue/job.js";
 import type { LaneLoad } from "../store/deliveries.js";
 import type { SignatureScheme, WebhookStatus } from "../store/schema.js";
-import { TokenBucket } from "../core/token-bucket.js";
+import { EndpointGate, type AttemptSignal, type CircuitPolicy, type EndpointHealth } from "../core/endpoint-gate.js";
 
 /** What a lane needs to know of its webhook, read fresh (cached briefly) before each attempt. */
 export interface LaneWebhook {
@@ -16,10 +16,12 @@ export interface LaneWebhook {
   rateLimitPerSecond: number;
   /** Retry delays in ms; null: the server's schedule. */
   retrySchedule: number[] | null;
+  /** As last saved; the lane's gate starts from it. */
+  health: EndpointHealth;
 }
 
-/** What became of an attempt, once it is durable in Postgres. */
-export type LaneOutcome = { final: true } | { final: false; nextAttemptAt: number };
+/** What became of an attempt, once it is durable in Postgres, and what it says of the endpoint. */
+export type LaneOutcome = ({ final: true } | { final: false; nextAttemptAt: number }) & { signal: AttemptSignal };
 
 export interface LaneEngineDeps {
   loadPending(webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad>;
@@ -27,6 +29,9 @@ export interface LaneEngineDeps {
   getWebhook(webhookId: string): Promise<LaneWebhook | undefined>;
   /** Sends the job and records the outcome; resolves only once the outcome is committed. */
   execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome>;
+  /** The endpoint's health changed; called in order per webhook. */
+  saveHealth(webhookId: string, health: EndpointHealth): void;
+  circuitPolicy: CircuitPolicy;
   maxInFlight: number;
   log: Logger;
   /** Jobs a lane keeps in memory; the rest stay in Postgres until the lane drains. */
@@ -71,9 +76,9 @@ export class LaneEngine {
     this.laneFor(job.webhookId, job.shard).offer(job);
   }
 
-  /** From the sweep: the webhook has due work in Postgres; make sure a lane is on it. */
-  wake(webhookId: string, shard: number): void {
-    this.laneFor(webhookId, shard).poke();
+  /** From the sweep: the webhook has due work in Postgres, from `firstDueSeq` on; make sure a lane is on it. */
+  wake(webhookId: string, shard: number, firstDueSeq?: number): void {
+    this.laneFor(webhookId, shard).poke(firstDueSeq);
   }
 
   has(webhookId: string): boolean {
@@ -166,7 +171,9 @@ class Lane {
   private timerAt = Infinity;
   private gapTimer: NodeJS.Timeout | undefined;
   private pumping = false;
-  private bucket: { rate: number; limiter: TokenBucket } | undefined;
+  /** Rate limit, 429 slow-down and circuit breaker; made from the saved health on the first pump. */
+  private gate: EndpointGate | undefined;
+  private gateUrl = "";
   private pumpAgain = false;
   private closed = false;
   private lastActivity = Date.now();
@@ -202,8 +209,14 @@ class Lane {
   }
 
   /** The sweep found due work for this webhook in Postgres. */
-  poke(): void {
-    if (this.closed || this.loading || this.attempts.size > 0) return;
+  poke(firstDueSeq?: number): void {
+    if (this.closed || this.loading) return;
+    if (this.loaded && firstDueSeq !== undefined && firstDueSeq <= this.knownThrough && !this.queue.some((j) => j.seq === firstDueSeq)) {
+      // Put back behind the lane's position (a retry by hand, a replay): read from there; the load merges.
+      this.load(firstDueSeq - 1);
+      return;
+    }
+    if (this.attempts.size > 0) return;
     const head = this.queue[0];
     // An idle lane rereads from the start: that also finds deliveries put back below knownThrough.
     if (!head || this.truncated) this.load(0);
@@ -325,9 +338,16 @@ class Lane {
       return;
     }
     if (webhook.status !== "active") {
-      // Paused or disabled: hold everything, fail nothing, look again shortly.
+      // Paused or disabled: hold everything, fail nothing, look again shortly. The gate is rebuilt from
+      // the saved health on resumption (re-enabling a webhook resets it).
+      this.gate = undefined;
       this.schedule(Date.now() + this.engine.holdRecheckMs);
       return;
+    }
+    if (!this.gate || this.gateUrl !== webhook.url) {
+      // A new URL is a new endpoint; updating it reset the saved health.
+      this.gate = new EndpointGate(this.engine.deps.circuitPolicy, webhook.health);
+      this.gateUrl = webhook.url;
     }
     const now = Date.now();
     const seenKeys = new Set<string>();
@@ -339,13 +359,15 @@ class Lane {
       if (!this.busyKeys.has(key)) {
         if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
         else {
-          const wait = this.rateLimitWait(webhook.rateLimitPerSecond, now);
+          // The slot first: the gate counts a start (a token, a probe) only when it says go.
+          if (!this.engine.acquireSlot(this)) break;
+          const wait = this.gate.admit(now, webhook.rateLimitPerSecond);
           if (wait > 0) {
+            this.engine.releaseSlot();
             earliest = Math.min(earliest, now + wait);
             break;
           }
-          if (this.engine.acquireSlot(this)) this.start(job, key, webhook);
-          else break;
+          this.start(job, key, webhook);
         }
       }
       if (!webhook.orderedByKey) break;
@@ -353,27 +375,12 @@ class Lane {
     if (earliest !== Infinity) this.schedule(earliest);
   }
 
-  /**
-   * The webhook's own rate limit: one lane per webhook, owned by one process, so a bucket here limits the
-   * webhook across the whole deployment. Spends a token and returns 0, or says how long to wait.
-   */
-  private rateLimitWait(ratePerSecond: number, now: number): number {
-    if (ratePerSecond <= 0) {
-      this.bucket = undefined;
-      return 0;
-    }
-    if (!this.bucket || this.bucket.rate !== ratePerSecond) {
-      // A burst of one second's worth (at least one), so a limit of 0.5/s means one every two seconds.
-      this.bucket = { rate: ratePerSecond, limiter: new TokenBucket(ratePerSecond, Math.max(1, ratePerSecond), now) };
-    }
-    return this.bucket.limiter.take(now);
-  }
-
   private start(job: DeliveryJob, key: string, webhook: LaneWebhook): void {
     this.busyKeys.add(key);
     const attempt = this.engine.deps
       .execute(job, webhook)
       .then((outcome) => {
+        this.recordSignal(outcome.signal);
         if (outcome.final) {
           this.queue = this.queue.filter((j) => j !== job);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
@@ -384,6 +391,7 @@ class Lane {
       })
       .catch((err) => {
         this.engine.deps.log.error({ err, deliveryId: job.deliveryId }, "attempt failed to run; trying again shortly");
+        this.recordSignal("neutral");
         job.nextAttemptAt = Date.now() + 1_000;
       })
       .finally(() => {
@@ -396,6 +404,10 @@ class Lane {
         this.pump();
       });
     this.attempts.add(attempt);
+  }
+
+  private recordSignal(signal: AttemptSignal): void {
+    if (this.gate?.record(signal, Date.now())) this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot);
   }
 
   private schedule(at: number): void {

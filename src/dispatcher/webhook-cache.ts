@@ -1,6 +1,6 @@
 import type { SecretBox } from "../core/secret-box.js";
 import type { Db } from "../store/db.js";
-import { getWebhooksByIds } from "../store/webhooks.js";
+import { getWebhooksByIds, healthOf } from "../store/webhooks.js";
 import type { LaneWebhook } from "./lanes.js";
 
 /**
@@ -22,6 +22,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       signatureScheme: row.signature_scheme,
       rateLimitPerSecond: row.rate_limit_per_second,
       retrySchedule: row.retry_schedule,
+      health: healthOf(row),
       secrets: row.signing_secrets
         .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
         .map((s) => secretBox.open(s.secret, row.id)),

@@ -17,6 +17,8 @@ export function connectRoutes(services: Services) {
       updateWebhook: async (req, ctx) => services.webhooks.updateWebhook(await principal(ctx), req),
       deleteWebhook: async (req, ctx) => services.webhooks.deleteWebhook(await principal(ctx), req),
       rotateWebhookSecret: async (req, ctx) => services.webhooks.rotateWebhookSecret(await principal(ctx), req),
+      replayWebhook: async (req, ctx) => services.replays.replayWebhook(await principal(ctx), req),
+      getReplay: async (req, ctx) => services.replays.getReplay(await principal(ctx), req),
     });
     router.service(EventService, {
       publishEvent: async (req, ctx) => services.events.publishEvent(await principal(ctx), req),

@@ -1,7 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { ApiKeySchema, AuditEntrySchema, TenantSchema, type ApiKey, type AuditEntry, type Tenant } from "../../gen/webhook/v1/admin_pb.js";
-import { WebhookSchema, type Webhook } from "../../gen/webhook/v1/webhook_pb.js";
+import { EndpointHealthSchema, ReplaySchema, WebhookSchema, type Replay, type Webhook } from "../../gen/webhook/v1/webhook_pb.js";
+import { visibleCircuitState } from "../core/endpoint-gate.js";
 import type * as rows from "../store/schema.js";
 import { formatDuration } from "../core/durations.js";
 
@@ -20,6 +21,27 @@ export function toWebhook(row: rows.Webhook): Webhook {
     signatureScheme: row.signature_scheme,
     publicKey: row.public_key ?? "",
     retrySchedule: row.retry_schedule === null ? "" : row.retry_schedule.length === 0 ? "none" : row.retry_schedule.map(formatDuration).join(","),
+    health: create(EndpointHealthSchema, {
+      circuitState: visibleCircuitState({ circuitState: row.circuit_state, openUntil: row.circuit_open_until?.getTime() ?? null }, Date.now()),
+      circuitOpenUntil: row.circuit_open_until ? timestampFromDate(row.circuit_open_until) : undefined,
+      consecutiveFailures: row.consecutive_failures,
+      failingSince: row.failing_since ? timestampFromDate(row.failing_since) : undefined,
+      throttleMs: row.throttle_ms,
+    }),
+  });
+}
+
+export function toReplay(row: rows.Replay, progress: { pending: number; succeeded: number; failed: number }): Replay {
+  return create(ReplaySchema, {
+    replayId: row.id,
+    webhookId: row.webhook_id,
+    scope: row.scope,
+    since: timestampFromDate(row.since),
+    until: timestampFromDate(row.until),
+    ratePerSecond: row.rate_per_second,
+    total: row.total,
+    ...progress,
+    createdAt: timestampFromDate(row.created_at),
   });
 }
 

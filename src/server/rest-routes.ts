@@ -1,15 +1,18 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { create } from "@bufbuild/protobuf";
-import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject } from "@bufbuild/protobuf";
 import {
   CreateWebhookRequestSchema,
   DeleteWebhookRequestSchema,
+  GetReplayRequestSchema,
   GetWebhookRequestSchema,
+  ReplayWebhookRequestSchema,
   ListWebhooksRequestSchema,
   RotateWebhookSecretRequestSchema,
   UpdateWebhookRequestSchema,
+  type Replay,
   type Webhook,
 } from "../../gen/webhook/v1/webhook_pb.js";
 import { EventInputSchema, GetEventRequestSchema, PublishEventRequestSchema, PublishEventsRequestSchema, type Event } from "../../gen/webhook/v1/event_pb.js";
@@ -142,6 +145,31 @@ export function createRestRouter(services: Services) {
   route("GET", "/events/:id", async ({ params, headers }) => {
     const res = await services.events.getEvent(await auth.authenticate(headers), create(GetEventRequestSchema, { eventId: params[0] }));
     return { status: 200, body: eventJson(res.event!) };
+  });
+
+  route("POST", "/webhooks/:id/replay", async ({ params, body, headers }) => {
+    const principal = await auth.authenticate(headers);
+    const b = await body();
+    only(b, ["since", "until", "scope", "rate_per_second"]);
+    const res = await services.replays.replayWebhook(
+      principal,
+      create(ReplayWebhookRequestSchema, {
+        webhookId: params[0],
+        since: time(b, "since", true),
+        until: time(b, "until"),
+        scope: str(b, "scope") ?? "",
+        ratePerSecond: num(b, "rate_per_second") ?? 0,
+      }),
+    );
+    return { status: 202, body: replayJson(res.replay!) };
+  });
+
+  route("GET", "/webhooks/:id/replays/:replay", async ({ params, headers }) => {
+    const res = await services.replays.getReplay(
+      await auth.authenticate(headers),
+      create(GetReplayRequestSchema, { webhookId: params[0], replayId: params[1] }),
+    );
+    return { status: 200, body: replayJson(res.replay!) };
   });
 
   route("GET", "/webhooks/:id/deliveries", async ({ params, query, headers }) => {
@@ -310,6 +338,15 @@ function num(body: Record<string, unknown>, name: string): number | undefined {
   return value;
 }
 
+/** An RFC 3339 time. */
+function time(body: Record<string, unknown>, name: string, required = false): Timestamp | undefined {
+  const value = str(body, name, required as false);
+  if (value === undefined) return undefined;
+  const ms = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(value) ? Date.parse(value) : NaN;
+  if (Number.isNaN(ms)) throw invalidArgument(`${name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z (got ${JSON.stringify(value)})`);
+  return timestampFromDate(new Date(ms));
+}
+
 function eventInput(b: Record<string, unknown>, where: string) {
   only(b, ["event_type", "payload", "idempotency_key", "ordering_key"]);
   const payload = b.payload ?? {};
@@ -350,8 +387,31 @@ function webhookJson(w: Webhook) {
     signature_scheme: w.signatureScheme,
     ...(w.retrySchedule ? { retry_schedule: w.retrySchedule } : {}),
     ...(w.publicKey ? { public_key: w.publicKey } : {}),
+    health: {
+      circuit_state: w.health?.circuitState ?? "closed",
+      ...(w.health?.circuitOpenUntil ? { circuit_open_until: iso(w.health.circuitOpenUntil) } : {}),
+      consecutive_failures: w.health?.consecutiveFailures ?? 0,
+      ...(w.health?.failingSince ? { failing_since: iso(w.health.failingSince) } : {}),
+      throttle_ms: w.health?.throttleMs ?? 0,
+    },
     created_at: iso(w.createdAt),
     updated_at: iso(w.updatedAt),
+  };
+}
+
+function replayJson(r: Replay) {
+  return {
+    replay_id: r.replayId,
+    webhook_id: r.webhookId,
+    scope: r.scope,
+    since: iso(r.since),
+    until: iso(r.until),
+    rate_per_second: r.ratePerSecond,
+    total: r.total,
+    pending: r.pending,
+    succeeded: r.succeeded,
+    failed: r.failed,
+    created_at: iso(r.createdAt),
   };
 }
 

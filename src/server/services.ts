@@ -7,6 +7,7 @@ import { createAuthenticator, type Authenticator } from "./auth.js";
 import { createDeliveryService } from "./delivery-service.js";
 import { createEventService } from "./event-service.js";
 import { createWebhookService, type WebhookServiceDeps } from "./webhook-service.js";
+import { createReplayService } from "./replay-service.js";
 
 export interface ServiceDeps {
   db: Db;
@@ -14,6 +15,8 @@ export interface ServiceDeps {
   urlPolicy: UrlPolicy;
   shardCount: number;
   eventTtlMs: number;
+  /** Default pace of a replay, deliveries per second. */
+  replayRate: number;
   secretGraceMs: number;
   bootstrapAdminKey: string | undefined;
   secretBox: SecretBox;
@@ -27,6 +30,7 @@ export interface Services {
   webhooks: ReturnType<typeof createWebhookService>;
   events: ReturnType<typeof createEventService>;
   deliveries: ReturnType<typeof createDeliveryService>;
+  replays: ReturnType<typeof createReplayService>;
   admin: ReturnType<typeof createAdminService>;
 }
 
@@ -37,6 +41,7 @@ export function createServices(deps: ServiceDeps): Services {
     webhooks: createWebhookService(deps),
     events: createEventService(deps),
     deliveries: createDeliveryService(deps),
+    replays: createReplayService(deps),
     admin: createAdminService({ db: deps.db, onKeyRevoked: () => auth.forget() }),
   };
 }

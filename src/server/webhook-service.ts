@@ -209,7 +209,10 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       const row = await db.transaction().execute(async (trx) => {
         const current = await webhooks.getWebhook(trx, principal.tenantId, id, { forUpdate: true });
         if (!current) throw notFound("webhook", id);
-        const updated = Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, changes);
+        // Re-enabled or pointed elsewhere, the endpoint starts healthy: its failures were another story.
+        const resetHealth = (changes.status === "active" && current.status === "disabled") || (changes.url !== undefined && changes.url !== current.url);
+        const updated =
+          Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, resetHealth ? { ...changes, ...webhooks.HEALTHY_COLUMNS } : changes);
         await recordAudit(trx, {
           tenantId: principal.tenantId,
           actor: principal.actor,

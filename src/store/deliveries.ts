@@ -3,7 +3,7 @@ import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "./db.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
 
-export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at">;
+export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
 
 const INSERT_CHUNK = 1000;
 
@@ -79,23 +79,27 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
   return { jobs, lastSeq };
 }
 
-/** Webhooks of these shards with a pending delivery due by `dueBy`: the lanes that should be moving. */
+/**
+ * Webhooks of these shards with a pending delivery due by `dueBy` — the lanes that should be moving —
+ * with the lowest such seq, so a lane busy further on still finds deliveries put back behind it.
+ */
 export async function findWebhooksWithDueDeliveries(
   db: Db,
   shards: number[],
   dueBy: Date,
   limit: number,
-): Promise<{ webhook_id: string; shard: number }[]> {
+): Promise<{ webhook_id: string; shard: number; first_seq: number }[]> {
   if (shards.length === 0) return [];
-  return db
+  const rows = await db
     .selectFrom("deliveries")
-    .select(["webhook_id", "shard"])
-    .distinct()
+    .select(["webhook_id", "shard", (eb) => eb.fn.min("seq").as("first_seq")])
     .where("status", "=", "pending")
     .where("shard", "in", shards)
     .where("next_attempt_at", "<=", dueBy)
+    .groupBy(["webhook_id", "shard"])
     .limit(limit)
     .execute();
+  return rows.map((r) => ({ webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq) }));
 }
 
 export interface AttemptRecord {
@@ -197,7 +201,7 @@ export function listAttempts(db: Db, deliveryId: string): Promise<DeliveryAttemp
     .selectFrom("delivery_attempts")
     .selectAll()
     .where("delivery_id", "=", deliveryId)
-    .orderBy("attempted_at")
+    // Attempt ids are minted at attempt time: id order is time order, and the primary key serves it.
     .orderBy("id")
     .execute();
 }
@@ -214,4 +218,19 @@ export async function requeueDelivery(db: Db, id: string, expiresAt: Date): Prom
     .where("status", "in", ["failed", "expired"])
     .executeTakeFirst();
   return Number(result.numUpdatedRows) > 0;
+}
+
+/**
+ * Ends the pending deliveries whose TTL has passed — those of paused, disabled or circuit-broken
+ * webhooks that no attempt looked at — and any still pending in partitions about to be dropped.
+ * Returns how many.
+ */
+export async function expireOverdueDeliveries(db: Db, now: Date, keepFromId: string): Promise<number> {
+  const result = await db
+    .updateTable("deliveries")
+    .set({ status: "expired", last_error: "expired before it could be delivered" })
+    .where("status", "=", "pending")
+    .where((eb) => eb.or([eb("expires_at", "<=", now), eb("id", "<", keepFromId)]))
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows);
 }

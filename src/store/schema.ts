@@ -1,4 +1,7 @@
 import type { ColumnType, Generated, Insertable, Selectable, Updateable } from "kysely";
+import type { CircuitState } from "../core/endpoint-gate.js";
+
+export type { CircuitState };
 
 type CreatedAt = ColumnType<Date, Date | string | undefined, never>;
 type Timestamp = ColumnType<Date, Date | string, Date | string>;
@@ -47,11 +50,22 @@ export interface WebhookTable {
   public_key: string | null;
   /** Retry delays in ms for this webhook; null: the server's schedule. */
   retry_schedule: number[] | null;
+  /** The endpoint's health, saved by the dispatcher that owns the webhook's lane. */
+  circuit_state: Generated<CircuitState>;
+  circuit_open_until: NullableTimestamp;
+  /** Times the circuit opened since it was last closed; each doubles the cool-down. */
+  circuit_opened_count: Generated<number>;
+  consecutive_failures: Generated<number>;
+  /** The first failure since the last success; auto-disable counts from here. */
+  failing_since: NullableTimestamp;
+  /** Spacing between attempts imposed after repeated 429s, in ms; 0: none. */
+  throttle_ms: Generated<number>;
   created_at: CreatedAt;
   updated_at: Timestamp;
 }
 
 export type SignatureScheme = "v1" | "v1a";
+
 
 export interface AuditLogTable {
   id: string;
@@ -95,6 +109,30 @@ export interface DeliveryTable {
   last_error: string | null;
   created_at: Timestamp;
   delivered_at: NullableTimestamp;
+  /** The replay that last put this delivery back in its lane. */
+  replay_id: ColumnType<string | null, string | null | undefined, string | null>;
+}
+
+export interface IdempotencyKeyTable {
+  tenant_id: string;
+  key: string;
+  event_id: string;
+  created_at: Timestamp;
+}
+
+export type ReplayScope = "failed" | "all";
+
+export interface ReplayTable {
+  id: string;
+  tenant_id: string;
+  webhook_id: string;
+  /** failed: failed and expired deliveries; all: every final delivery but cancelled ones. */
+  scope: ReplayScope;
+  since: Timestamp;
+  until: Timestamp;
+  total: number;
+  rate_per_second: number;
+  created_at: CreatedAt;
 }
 
 export interface DeliveryAttemptTable {
@@ -124,7 +162,9 @@ export interface Database {
   webhooks: WebhookTable;
   audit_log: AuditLogTable;
   events: EventTable;
+  idempotency_keys: IdempotencyKeyTable;
   deliveries: DeliveryTable;
+  replays: ReplayTable;
   delivery_attempts: DeliveryAttemptTable;
   shard_leases: ShardLeaseTable;
   dispatchers: DispatcherTable;
@@ -138,4 +178,5 @@ export type WebhookUpdate = Updateable<WebhookTable>;
 export type AuditEntry = Selectable<AuditLogTable>;
 export type Event = Selectable<EventTable>;
 export type Delivery = Selectable<DeliveryTable>;
+export type Replay = Selectable<ReplayTable>;
 export type DeliveryAttempt = Selectable<DeliveryAttemptTable>;

@@ -1,5 +1,6 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
+import type { EndpointHealth } from "../core/endpoint-gate.js";
 import type { NewWebhook, SigningSecret, Webhook, WebhookStatus } from "./schema.js";
 
 /** Deleted webhooks stay as rows (their deliveries refer to them) but are invisible through the API. */
@@ -42,6 +43,12 @@ export interface WebhookChanges {
   signing_secrets?: SigningSecret[];
   public_key?: string | null;
   retry_schedule?: number[] | null;
+  circuit_state?: "closed";
+  circuit_open_until?: null;
+  circuit_opened_count?: 0;
+  consecutive_failures?: 0;
+  failing_since?: null;
+  throttle_ms?: 0;
 }
 
 export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Promise<Webhook> {
@@ -58,7 +65,7 @@ export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Prom
     .executeTakeFirstOrThrow();
 }
 
-/** Disables an active or paused webhook on its receiver's word; returns its tenant, or undefined when it was not. */
+/** Disables an active or paused webhook (the receiver's 410, or failing too long); returns its tenant, or undefined when it was not. */
 export async function disableWebhook(db: Db, id: string): Promise<string | undefined> {
   const row = await db
     .updateTable("webhooks")
@@ -74,4 +81,40 @@ export async function disableWebhook(db: Db, id: string): Promise<string | undef
 export function getWebhooksByIds(db: Db, ids: readonly string[]): Promise<Webhook[]> {
   if (ids.length === 0) return Promise.resolve([]);
   return db.selectFrom("webhooks").selectAll().where("id", "in", ids).execute();
+}
+
+export function healthOf(row: Webhook): EndpointHealth {
+  return {
+    circuitState: row.circuit_state,
+    openUntil: row.circuit_open_until?.getTime() ?? null,
+    openedCount: row.circuit_opened_count,
+    consecutiveFailures: row.consecutive_failures,
+    failingSince: row.failing_since?.getTime() ?? null,
+    throttleMs: row.throttle_ms,
+  };
+}
+
+export const HEALTHY_COLUMNS = {
+  circuit_state: "closed",
+  circuit_open_until: null,
+  circuit_opened_count: 0,
+  consecutive_failures: 0,
+  failing_since: null,
+  throttle_ms: 0,
+} as const;
+
+/** Saves the endpoint health the lane's owner sees. */
+export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth): Promise<void> {
+  await db
+    .updateTable("webhooks")
+    .set({
+      circuit_state: health.circuitState,
+      circuit_open_until: health.openUntil === null ? null : new Date(health.openUntil),
+      circuit_opened_count: health.openedCount,
+      consecutive_failures: health.consecutiveFailures,
+      failing_since: health.failingSince === null ? null : new Date(health.failingSince),
+      throttle_ms: Math.round(health.throttleMs),
+    })
+    .where("id", "=", id)
+    .execute();
 }

@@ -4,6 +4,7 @@ import pino from 'pino';
 import { LaneEngine, type LaneEngineDeps, type LaneOutcome, type LaneWebhook } from '../../src/dispatcher/lanes.js';
 import type { DeliveryJob } from '../../src/queue/job.js';
 import type { LaneLoad } from '../../src/store/deliveries.js';
+import { HEALTHY, type EndpointHealth } from '../../src/core/endpoint-gate.js';
 
 /**
  * LaneEngine is pure logic behind injected functions; here they are answered by an in-memory stand-in
@@ -43,6 +44,7 @@ class FakeRecord {
   readonly webhooks = new Map<string, LaneWebhook>();
   readonly loads: { webhookId: string; afterSeq: number; limit: number; at: number }[] = [];
   readonly calls: Call[] = [];
+  readonly savedHealth: { webhookId: string; health: EndpointHealth }[] = [];
   /** Broken ordering promises seen by execute: two attempts of one (webhook, key) at once. */
   readonly violations: string[] = [];
   private readonly open = new Set<string>();
@@ -50,11 +52,11 @@ class FakeRecord {
   maxInFlight = 0;
   /** How long a read of the record takes to answer. */
   loadDelayMs = 1;
-  responder: Responder = () => ({ final: true });
+  responder: Responder = () => ({ final: true, signal: 'success' });
   private counter = 0;
 
   addWebhook(id: string, options: Partial<LaneWebhook> = {}): LaneWebhook {
-    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', rateLimitPerSecond: 0, retrySchedule: null, ...options };
+    const webhook: LaneWebhook = { id, url: `http://example.test/${id}`, secrets: ['whsec_x'], status: 'active', orderedByKey: false, signatureScheme: 'v1', rateLimitPerSecond: 0, retrySchedule: null, health: HEALTHY, ...options };
     this.webhooks.set(id, webhook);
     this.rows.set(id, []);
     this.lastSeq.set(id, 0);
@@ -142,7 +144,7 @@ class FakeRecord {
             key: webhook.orderedByKey ? job.orderingKey : '',
             attempts: job.attempts,
             at: Date.now(),
-            finish: (outcome = { final: true }) => {
+            finish: (outcome = { final: true, signal: 'success' }) => {
               if (done) return;
               done = true;
               this.inFlight--;
@@ -163,6 +165,8 @@ class FakeRecord {
           void Promise.resolve(answer).then((outcome) => setTimeout(() => call.finish(outcome), 2));
         });
       },
+      saveHealth: (webhookId, health) => this.savedHealth.push({ webhookId, health }),
+      circuitPolicy: { failureThreshold: 0, cooldownMs: 1_000, maxCooldownMs: 1_000 },
       maxInFlight: 100,
       log,
       gapWaitMs: 100,
@@ -319,9 +323,9 @@ describe('LaneEngine', () => {
     record.responder = (call) => {
       if (call.seq === 1 && call.attempts === 0) {
         retryAt = Date.now() + retryDelay;
-        return { final: false, nextAttemptAt: retryAt };
+        return { final: false, nextAttemptAt: retryAt, signal: 'failure' };
       }
-      return { final: true };
+      return { final: true, signal: 'success' };
     };
     const engine = newEngine(record.deps());
     const jobs = [1, 2, 3].map(() => record.commit('wh_retry'));
@@ -393,7 +397,7 @@ describe('LaneEngine', () => {
     const record = newRecord();
     const webhooks = Array.from({ length: 12 }, (_, i) => `wh_m${i}`);
     for (const id of webhooks) record.addWebhook(id);
-    record.responder = () => new Promise((resolve) => setTimeout(() => resolve({ final: true }), 15));
+    record.responder = () => new Promise((resolve) => setTimeout(() => resolve({ final: true, signal: 'success' }), 15));
     const engine = newEngine(record.deps({ maxInFlight: 3 }));
     for (let n = 0; n < 5; n++) for (const id of webhooks) engine.offer(record.copy(record.commit(id)));
     await until(() => record.calls.length === 60, 'all 60 deliveries', 10_000);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file webhook/v1/webhook.proto.
  */
 export const file_webhook_v1_webhook: GenFile = /*@__PURE__*/
-  fileDesc("Chh3ZWJob29rL3YxL3dlYmhvb2sucHJvdG8SCndlYmhvb2sudjEiwQIKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSDgoGc3RhdHVzGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDm9yZGVyZWRfYnlfa2V5GAggASgIEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgJIAEoARIYChBzaWduYXR1cmVfc2NoZW1lGAogASgJEhIKCnB1YmxpY19rZXkYCyABKAkSFgoOcmV0cnlfc2NoZWR1bGUYDCABKAkitgEKFENyZWF0ZVdlYmhvb2tSZXF1ZXN0EgsKA3VybBgBIAEoCRITCgtldmVudF90eXBlcxgCIAMoCRITCgtkZXNjcmlwdGlvbhgDIAEoCRIWCg5vcmRlcmVkX2J5X2tleRgEIAEoCBIdChVyYXRlX2xpbWl0X3Blcl9zZWNvbmQYBSABKAESGAoQc2lnbmF0dXJlX3NjaGVtZRgGIAEoCRIWCg5yZXRyeV9zY2hlZHVsZRgHIAEoCSJNChVDcmVhdGVXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vaxIOCgZzZWNyZXQYAiABKAkiJwoRR2V0V2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCSI6ChJHZXRXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vayI8ChNMaXN0V2ViaG9va3NSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIlYKFExpc3RXZWJob29rc1Jlc3BvbnNlEiUKCHdlYmhvb2tzGAEgAygLMhMud2ViaG9vay52MS5XZWJob29rEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLBAgoUVXBkYXRlV2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCRIQCgN1cmwYAiABKAlIAIgBARITCgtldmVudF90eXBlcxgDIAMoCRITCgZzdGF0dXMYBCABKAlIAYgBARIYCgtkZXNjcmlwdGlvbhgFIAEoCUgCiAEBEhsKDm9yZGVyZWRfYnlfa2V5GAYgASgISAOIAQESIgoVcmF0ZV9saW1pdF9wZXJfc2Vjb25kGAcgASgBSASIAQESGwoOcmV0cnlfc2NoZWR1bGUYCCABKAlIBYgBAUIGCgRfdXJsQgkKB19zdGF0dXNCDgoMX2Rlc2NyaXB0aW9uQhEKD19vcmRlcmVkX2J5X2tleUIYChZfcmF0ZV9saW1pdF9wZXJfc2Vjb25kQhEKD19yZXRyeV9zY2hlZHVsZSI9ChVVcGRhdGVXZWJob29rUmVzcG9uc2USJAoHd2ViaG9vaxgBIAEoCzITLndlYmhvb2sudjEuV2ViaG9vayIqChREZWxldGVXZWJob29rUmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIhcKFURlbGV0ZVdlYmhvb2tSZXNwb25zZSIwChpSb3RhdGVXZWJob29rU2VjcmV0UmVxdWVzdBISCgp3ZWJob29rX2lkGAEgASgJIkEKG1JvdGF0ZVdlYmhvb2tTZWNyZXRSZXNwb25zZRIOCgZzZWNyZXQYASABKAkSEgoKcHVibGljX2tleRgCIAEoCTKaBAoOV2ViaG9va1NlcnZpY2USVAoNQ3JlYXRlV2ViaG9vaxIgLndlYmhvb2sudjEuQ3JlYXRlV2ViaG9va1JlcXVlc3QaIS53ZWJob29rLnYxLkNyZWF0ZVdlYmhvb2tSZXNwb25zZRJLCgpHZXRXZWJob29rEh0ud2ViaG9vay52MS5HZXRXZWJob29rUmVxdWVzdBoeLndlYmhvb2sudjEuR2V0V2ViaG9va1Jlc3BvbnNlElEKDExpc3RXZWJob29rcxIfLndlYmhvb2sudjEuTGlzdFdlYmhvb2tzUmVxdWVzdBogLndlYmhvb2sudjEuTGlzdFdlYmhvb2tzUmVzcG9uc2USVAoNVXBkYXRlV2ViaG9vaxIgLndlYmhvb2sudjEuVXBkYXRlV2ViaG9va1JlcXVlc3QaIS53ZWJob29rLnYxLlVwZGF0ZVdlYmhvb2tSZXNwb25zZRJUCg1EZWxldGVXZWJob29rEiAud2ViaG9vay52MS5EZWxldGVXZWJob29rUmVxdWVzdBohLndlYmhvb2sudjEuRGVsZXRlV2ViaG9va1Jlc3BvbnNlEmYKE1JvdGF0ZVdlYmhvb2tTZWNyZXQSJi53ZWJob29rLnYxLlJvdGF0ZVdlYmhvb2tTZWNyZXRSZXF1ZXN0Gicud2ViaG9vay52MS5Sb3RhdGVXZWJob29rU2VjcmV0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Chh3ZWJob29rL3YxL3dlYmhvb2sucHJvdG8SCndlYmhvb2sudjEi7QIKB1dlYmhvb2sSEgoKd2ViaG9va19pZBgBIAEoCRILCgN1cmwYAiABKAkSEwoLZXZlbnRfdHlwZXMYAyADKAkSDgoGc3RhdHVzGAQgASgJEhMKC2Rlc2NyaXB0aW9uGAUgASgJEi4KCmNyZWF0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDm9yZGVyZWRfYnlfa2V5GAggASgIEh0KFXJhdGVfbGltaXRfcGVyX3NlY29uZBgJIAEoARIYChBzaWduYXR1cmVfc2NoZW1lGAogASgJEhIKCnB1YmxpY19rZXkYCyABKAkSFgoOcmV0cnlfc2NoZWR1bGUYDCABKAkSKgoGaGVhbHRoGA0gASgLMhoud2ViaG9vay52MS5FbmRwb2ludEhlYWx0aCLFAQoORW5kcG9pbnRIZWFsdGgSFQoNY2lyY3VpdF9zdGF0ZRgBIAEoCRI2ChJjaXJjdWl0X29wZW5fdW50aWwYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAMgASgFEjEKDWZhaWxpbmdfc2luY2UYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhMKC3Rocm90dGxlX21zGAUgASgFIrYBChRDcmVhdGVXZWJob29rUmVxdWVzdBILCgN1cmwYASABKAkSEwoLZXZlbnRfdHlwZXMYAiADKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSFgoOb3JkZXJlZF9ieV9rZXkYBCABKAgSHQoVcmF0ZV9saW1pdF9wZXJfc2Vjb25kGAUgASgBEhgKEHNpZ25hdHVyZV9zY2hlbWUYBiABKAkSFgoOcmV0cnlfc2NoZWR1bGUYByABKAkiTQoVQ3JlYXRlV2ViaG9va1Jlc3BvbnNlEiQKB3dlYmhvb2sYASABKAsyEy53ZWJob29rLnYxLldlYmhvb2sSDgoGc2VjcmV0GAIgASgJIicKEUdldFdlYmhvb2tSZXF1ZXN0EhIKCndlYmhvb2tfaWQYASABKAkiOgoSR2V0V2ViaG9va1Jlc3BvbnNlEiQKB3dlYmhvb2sYASABKAsyEy53ZWJob29rLnYxLldlYmhvb2siPAoTTGlzdFdlYmhvb2tzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSJWChRMaXN0V2ViaG9va3NSZXNwb25zZRIlCgh3ZWJob29rcxgBIAMoCzITLndlYmhvb2sudjEuV2ViaG9vaxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiwQIKFFVwZGF0ZVdlYmhvb2tSZXF1ZXN0EhIKCndlYmhvb2tfaWQYASABKAkSEAoDdXJsGAIgASgJSACIAQESEwoLZXZlbnRfdHlwZXMYAyADKAkSEwoGc3RhdHVzGAQgASgJSAGIAQESGAoLZGVzY3JpcHRpb24YBSABKAlIAogBARIbCg5vcmRlcmVkX2J5X2tleRgGIAEoCEgDiAEBEiIKFXJhdGVfbGltaXRfcGVyX3NlY29uZBgHIAEoAUgEiAEBEhsKDnJldHJ5X3NjaGVkdWxlGAggASgJSAWIAQFCBgoEX3VybEIJCgdfc3RhdHVzQg4KDF9kZXNjcmlwdGlvbkIRCg9fb3JkZXJlZF9ieV9rZXlCGAoWX3JhdGVfbGltaXRfcGVyX3NlY29uZEIRCg9fcmV0cnlfc2NoZWR1bGUiPQoVVXBkYXRlV2ViaG9va1Jlc3BvbnNlEiQKB3dlYmhvb2sYASABKAsyEy53ZWJob29rLnYxLldlYmhvb2siKgoURGVsZXRlV2ViaG9va1JlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCSIXChVEZWxldGVXZWJob29rUmVzcG9uc2UiMAoaUm90YXRlV2ViaG9va1NlY3JldFJlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCSJBChtSb3RhdGVXZWJob29rU2VjcmV0UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEhIKCnB1YmxpY19rZXkYAiABKAkiqAEKFFJlcGxheVdlYmhvb2tSZXF1ZXN0EhIKCndlYmhvb2tfaWQYASABKAkSKQoFc2luY2UYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEikKBXVudGlsGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzY29wZRgEIAEoCRIXCg9yYXRlX3Blcl9zZWNvbmQYBSABKAEioAIKBlJlcGxheRIRCglyZXBsYXlfaWQYASABKAkSEgoKd2ViaG9va19pZBgCIAEoCRINCgVzY29wZRgDIAEoCRIpCgVzaW5jZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoFdW50aWwYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhcKD3JhdGVfcGVyX3NlY29uZBgGIAEoARINCgV0b3RhbBgHIAEoBRIPCgdwZW5kaW5nGAggASgFEhEKCXN1Y2NlZWRlZBgJIAEoBRIOCgZmYWlsZWQYCiABKAUSLgoKY3JlYXRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOwoVUmVwbGF5V2ViaG9va1Jlc3BvbnNlEiIKBnJlcGxheRgBIAEoCzISLndlYmhvb2sudjEuUmVwbGF5IjkKEEdldFJlcGxheVJlcXVlc3QSEgoKd2ViaG9va19pZBgBIAEoCRIRCglyZXBsYXlfaWQYAiABKAkiNwoRR2V0UmVwbGF5UmVzcG9uc2USIgoGcmVwbGF5GAEgASgLMhIud2ViaG9vay52MS5SZXBsYXkyugUKDldlYmhvb2tTZXJ2aWNlElQKDUNyZWF0ZVdlYmhvb2sSIC53ZWJob29rLnYxLkNyZWF0ZVdlYmhvb2tSZXF1ZXN0GiEud2ViaG9vay52MS5DcmVhdGVXZWJob29rUmVzcG9uc2USSwoKR2V0V2ViaG9vaxIdLndlYmhvb2sudjEuR2V0V2ViaG9va1JlcXVlc3QaHi53ZWJob29rLnYxLkdldFdlYmhvb2tSZXNwb25zZRJRCgxMaXN0V2ViaG9va3MSHy53ZWJob29rLnYxLkxpc3RXZWJob29rc1JlcXVlc3QaIC53ZWJob29rLnYxLkxpc3RXZWJob29rc1Jlc3BvbnNlElQKDVVwZGF0ZVdlYmhvb2sSIC53ZWJob29rLnYxLlVwZGF0ZVdlYmhvb2tSZXF1ZXN0GiEud2ViaG9vay52MS5VcGRhdGVXZWJob29rUmVzcG9uc2USVAoNRGVsZXRlV2ViaG9vaxIgLndlYmhvb2sudjEuRGVsZXRlV2ViaG9va1JlcXVlc3QaIS53ZWJob29rLnYxLkRlbGV0ZVdlYmhvb2tSZXNwb25zZRJmChNSb3RhdGVXZWJob29rU2VjcmV0EiYud2ViaG9vay52MS5Sb3RhdGVXZWJob29rU2VjcmV0UmVxdWVzdBonLndlYmhvb2sudjEuUm90YXRlV2ViaG9va1NlY3JldFJlc3BvbnNlElQKDVJlcGxheVdlYmhvb2sSIC53ZWJob29rLnYxLlJlcGxheVdlYmhvb2tSZXF1ZXN0GiEud2ViaG9vay52MS5SZXBsYXlXZWJob29rUmVzcG9uc2USSAoJR2V0UmVwbGF5Ehwud2ViaG9vay52MS5HZXRSZXBsYXlSZXF1ZXN0Gh0ud2ViaG9vay52MS5HZXRSZXBsYXlSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A subscription: a URL that receives every event of the listed types, signed.
@@ -92,6 +92,13 @@ export type Webhook = Message<"webhook.v1.Webhook"> & {
    * @generated from field: string retry_schedule = 12;
    */
   retrySchedule: string;
+
+  /**
+   * How the endpoint has been answering, as the dispatcher owning its lane last saved it.
+   *
+   * @generated from field: webhook.v1.EndpointHealth health = 13;
+   */
+  health?: EndpointHealth | undefined;
 };
 
 /**
@@ -100,6 +107,50 @@ export type Webhook = Message<"webhook.v1.Webhook"> & {
  */
 export const WebhookSchema: GenMessage<Webhook> = /*@__PURE__*/
   messageDesc(file_webhook_v1_webhook, 0);
+
+/**
+ * @generated from message webhook.v1.EndpointHealth
+ */
+export type EndpointHealth = Message<"webhook.v1.EndpointHealth"> & {
+  /**
+   * closed: attempts flow. open: failures in a row stopped attempts until circuit_open_until; deliveries
+   * wait, none is failed for it. half_open: one probe attempt decides whether to close or open again.
+   *
+   * @generated from field: string circuit_state = 1;
+   */
+  circuitState: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp circuit_open_until = 2;
+   */
+  circuitOpenUntil?: Timestamp | undefined;
+
+  /**
+   * @generated from field: int32 consecutive_failures = 3;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * The first failed attempt since the last success; after WEBHOOKD_AUTO_DISABLE_AFTER the webhook is disabled.
+   *
+   * @generated from field: google.protobuf.Timestamp failing_since = 4;
+   */
+  failingSince?: Timestamp | undefined;
+
+  /**
+   * Least spacing between attempts imposed after repeated 429 answers; 0: none.
+   *
+   * @generated from field: int32 throttle_ms = 5;
+   */
+  throttleMs: number;
+};
+
+/**
+ * Describes the message webhook.v1.EndpointHealth.
+ * Use `create(EndpointHealthSchema)` to create a new message.
+ */
+export const EndpointHealthSchema: GenMessage<EndpointHealth> = /*@__PURE__*/
+  messageDesc(file_webhook_v1_webhook, 1);
 
 /**
  * @generated from message webhook.v1.CreateWebhookRequest
@@ -150,7 +201,7 @@ export type CreateWebhookRequest = Message<"webhook.v1.CreateWebhookRequest"> & 
  * Use `create(CreateWebhookRequestSchema)` to create a new message.
  */
 export const CreateWebhookRequestSchema: GenMessage<CreateWebhookRequest> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 1);
+  messageDesc(file_webhook_v1_webhook, 2);
 
 /**
  * @generated from message webhook.v1.CreateWebhookResponse
@@ -175,7 +226,7 @@ export type CreateWebhookResponse = Message<"webhook.v1.CreateWebhookResponse"> 
  * Use `create(CreateWebhookResponseSchema)` to create a new message.
  */
 export const CreateWebhookResponseSchema: GenMessage<CreateWebhookResponse> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 2);
+  messageDesc(file_webhook_v1_webhook, 3);
 
 /**
  * @generated from message webhook.v1.GetWebhookRequest
@@ -192,7 +243,7 @@ export type GetWebhookRequest = Message<"webhook.v1.GetWebhookRequest"> & {
  * Use `create(GetWebhookRequestSchema)` to create a new message.
  */
 export const GetWebhookRequestSchema: GenMessage<GetWebhookRequest> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 3);
+  messageDesc(file_webhook_v1_webhook, 4);
 
 /**
  * @generated from message webhook.v1.GetWebhookResponse
@@ -209,7 +260,7 @@ export type GetWebhookResponse = Message<"webhook.v1.GetWebhookResponse"> & {
  * Use `create(GetWebhookResponseSchema)` to create a new message.
  */
 export const GetWebhookResponseSchema: GenMessage<GetWebhookResponse> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 4);
+  messageDesc(file_webhook_v1_webhook, 5);
 
 /**
  * @generated from message webhook.v1.ListWebhooksRequest
@@ -233,7 +284,7 @@ export type ListWebhooksRequest = Message<"webhook.v1.ListWebhooksRequest"> & {
  * Use `create(ListWebhooksRequestSchema)` to create a new message.
  */
 export const ListWebhooksRequestSchema: GenMessage<ListWebhooksRequest> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 5);
+  messageDesc(file_webhook_v1_webhook, 6);
 
 /**
  * @generated from message webhook.v1.ListWebhooksResponse
@@ -255,7 +306,7 @@ export type ListWebhooksResponse = Message<"webhook.v1.ListWebhooksResponse"> & 
  * Use `create(ListWebhooksResponseSchema)` to create a new message.
  */
 export const ListWebhooksResponseSchema: GenMessage<ListWebhooksResponse> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 6);
+  messageDesc(file_webhook_v1_webhook, 7);
 
 /**
  * @generated from message webhook.v1.UpdateWebhookRequest
@@ -313,7 +364,7 @@ export type UpdateWebhookRequest = Message<"webhook.v1.UpdateWebhookRequest"> & 
  * Use `create(UpdateWebhookRequestSchema)` to create a new message.
  */
 export const UpdateWebhookRequestSchema: GenMessage<UpdateWebhookRequest> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 7);
+  messageDesc(file_webhook_v1_webhook, 8);
 
 /**
  * @generated from message webhook.v1.UpdateWebhookResponse
@@ -330,7 +381,7 @@ export type UpdateWebhookResponse = Message<"webhook.v1.UpdateWebhookResponse"> 
  * Use `create(UpdateWebhookResponseSchema)` to create a new message.
  */
 export const UpdateWebhookResponseSchema: GenMessage<UpdateWebhookResponse> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 8);
+  messageDesc(file_webhook_v1_webhook, 9);
 
 /**
  * @generated from message webhook.v1.DeleteWebhookRequest
@@ -347,7 +398,7 @@ export type DeleteWebhookRequest = Message<"webhook.v1.DeleteWebhookRequest"> & 
  * Use `create(DeleteWebhookRequestSchema)` to create a new message.
  */
 export const DeleteWebhookRequestSchema: GenMessage<DeleteWebhookRequest> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 9);
+  messageDesc(file_webhook_v1_webhook, 10);
 
 /**
  * @generated from message webhook.v1.DeleteWebhookResponse
@@ -360,7 +411,7 @@ export type DeleteWebhookResponse = Message<"webhook.v1.DeleteWebhookResponse"> 
  * Use `create(DeleteWebhookResponseSchema)` to create a new message.
  */
 export const DeleteWebhookResponseSchema: GenMessage<DeleteWebhookResponse> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 10);
+  messageDesc(file_webhook_v1_webhook, 11);
 
 /**
  * @generated from message webhook.v1.RotateWebhookSecretRequest
@@ -377,7 +428,7 @@ export type RotateWebhookSecretRequest = Message<"webhook.v1.RotateWebhookSecret
  * Use `create(RotateWebhookSecretRequestSchema)` to create a new message.
  */
 export const RotateWebhookSecretRequestSchema: GenMessage<RotateWebhookSecretRequest> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 11);
+  messageDesc(file_webhook_v1_webhook, 12);
 
 /**
  * @generated from message webhook.v1.RotateWebhookSecretResponse
@@ -403,7 +454,182 @@ export type RotateWebhookSecretResponse = Message<"webhook.v1.RotateWebhookSecre
  * Use `create(RotateWebhookSecretResponseSchema)` to create a new message.
  */
 export const RotateWebhookSecretResponseSchema: GenMessage<RotateWebhookSecretResponse> = /*@__PURE__*/
-  messageDesc(file_webhook_v1_webhook, 12);
+  messageDesc(file_webhook_v1_webhook, 13);
+
+/**
+ * @generated from message webhook.v1.ReplayWebhookRequest
+ */
+export type ReplayWebhookRequest = Message<"webhook.v1.ReplayWebhookRequest"> & {
+  /**
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * Deliveries created at or after this time are replayed.
+   *
+   * @generated from field: google.protobuf.Timestamp since = 2;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * And before this one; unset: now.
+   *
+   * @generated from field: google.protobuf.Timestamp until = 3;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * "failed" (default): failed and expired deliveries. "all": every delivery that reached a final state
+   * (succeeded, failed, expired).
+   *
+   * @generated from field: string scope = 4;
+   */
+  scope: string;
+
+  /**
+   * Deliveries per second the replay is paced at; 0: the server's WEBHOOKD_REPLAY_RATE.
+   *
+   * @generated from field: double rate_per_second = 5;
+   */
+  ratePerSecond: number;
+};
+
+/**
+ * Describes the message webhook.v1.ReplayWebhookRequest.
+ * Use `create(ReplayWebhookRequestSchema)` to create a new message.
+ */
+export const ReplayWebhookRequestSchema: GenMessage<ReplayWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_webhook_v1_webhook, 14);
+
+/**
+ * A replay: deliveries put back in their lane, in seq order, due one after another at the replay's rate.
+ *
+ * @generated from message webhook.v1.Replay
+ */
+export type Replay = Message<"webhook.v1.Replay"> & {
+  /**
+   * @generated from field: string replay_id = 1;
+   */
+  replayId: string;
+
+  /**
+   * @generated from field: string webhook_id = 2;
+   */
+  webhookId: string;
+
+  /**
+   * @generated from field: string scope = 3;
+   */
+  scope: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp since = 4;
+   */
+  since?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp until = 5;
+   */
+  until?: Timestamp | undefined;
+
+  /**
+   * @generated from field: double rate_per_second = 6;
+   */
+  ratePerSecond: number;
+
+  /**
+   * Deliveries put back.
+   *
+   * @generated from field: int32 total = 7;
+   */
+  total: number;
+
+  /**
+   * Of those, still pending (waiting for their turn or retrying), delivered, and failed or expired again.
+   *
+   * @generated from field: int32 pending = 8;
+   */
+  pending: number;
+
+  /**
+   * @generated from field: int32 succeeded = 9;
+   */
+  succeeded: number;
+
+  /**
+   * @generated from field: int32 failed = 10;
+   */
+  failed: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 11;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message webhook.v1.Replay.
+ * Use `create(ReplaySchema)` to create a new message.
+ */
+export const ReplaySchema: GenMessage<Replay> = /*@__PURE__*/
+  messageDesc(file_webhook_v1_webhook, 15);
+
+/**
+ * @generated from message webhook.v1.ReplayWebhookResponse
+ */
+export type ReplayWebhookResponse = Message<"webhook.v1.ReplayWebhookResponse"> & {
+  /**
+   * @generated from field: webhook.v1.Replay replay = 1;
+   */
+  replay?: Replay | undefined;
+};
+
+/**
+ * Describes the message webhook.v1.ReplayWebhookResponse.
+ * Use `create(ReplayWebhookResponseSchema)` to create a new message.
+ */
+export const ReplayWebhookResponseSchema: GenMessage<ReplayWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_webhook_v1_webhook, 16);
+
+/**
+ * @generated from message webhook.v1.GetReplayRequest
+ */
+export type GetReplayRequest = Message<"webhook.v1.GetReplayRequest"> & {
+  /**
+   * @generated from field: string webhook_id = 1;
+   */
+  webhookId: string;
+
+  /**
+   * @generated from field: string replay_id = 2;
+   */
+  replayId: string;
+};
+
+/**
+ * Describes the message webhook.v1.GetReplayRequest.
+ * Use `create(GetReplayRequestSchema)` to create a new message.
+ */
+export const GetReplayRequestSchema: GenMessage<GetReplayRequest> = /*@__PURE__*/
+  messageDesc(file_webhook_v1_webhook, 17);
+
+/**
+ * @generated from message webhook.v1.GetReplayResponse
+ */
+export type GetReplayResponse = Message<"webhook.v1.GetReplayResponse"> & {
+  /**
+   * @generated from field: webhook.v1.Replay replay = 1;
+   */
+  replay?: Replay | undefined;
+};
+
+/**
+ * Describes the message webhook.v1.GetReplayResponse.
+ * Use `create(GetReplayResponseSchema)` to create a new message.
+ */
+export const GetReplayResponseSchema: GenMessage<GetReplayResponse> = /*@__PURE__*/
+  messageDesc(file_webhook_v1_webhook, 18);
 
 /**
  * @generated from service webhook.v1.WebhookService
@@ -456,6 +682,26 @@ export const WebhookService: GenService<{
     methodKind: "unary";
     input: typeof RotateWebhookSecretRequestSchema;
     output: typeof RotateWebhookSecretResponseSchema;
+  },
+  /**
+   * Puts a webhook's failed deliveries (or all final ones) of a time range back in its lane, paced.
+   *
+   * @generated from rpc webhook.v1.WebhookService.ReplayWebhook
+   */
+  replayWebhook: {
+    methodKind: "unary";
+    input: typeof ReplayWebhookRequestSchema;
+    output: typeof ReplayWebhookResponseSchema;
+  },
+  /**
+   * A replay and its progress.
+   *
+   * @generated from rpc webhook.v1.WebhookService.GetReplay
+   */
+  getReplay: {
+    methodKind: "unary";
+    input: typeof GetReplayRequestSchema;
+    output: typeof GetReplayResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_webhook_v1_webhook, 0);

@@ -1,0 +1,92 @@
+import { create } from "@bufbuild/protobuf";
+import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { newId, isId } from "../core/ids.js";
+import type { Db } from "../store/db.js";
+import type { ReplayScope } from "../store/schema.js";
+import { getWebhook } from "../store/webhooks.js";
+import { recordAudit } from "../store/audit.js";
+import * as replays from "../store/replays.js";
+import {
+  GetReplayResponseSchema,
+  ReplayWebhookResponseSchema,
+  type GetReplayRequest,
+  type GetReplayResponse,
+  type ReplayWebhookRequest,
+  type ReplayWebhookResponse,
+} from "../../gen/webhook/v1/webhook_pb.js";
+import type { Principal } from "./auth.js";
+import { toReplay } from "./convert.js";
+import { invalidArgument, notFound } from "./errors.js";
+
+export const MAX_REPLAY_RATE = 10_000;
+
+/** ReplayWebhook and GetReplay: deliveries of a time range put back in their lane, paced, and their progress. */
+export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRate: number }) {
+  const { db } = deps;
+
+  function validateScope(scope: string): ReplayScope {
+    if (scope === "" || scope === "failed") return "failed";
+    if (scope === "all") return "all";
+    throw invalidArgument(`scope must be "failed" (failed and expired deliveries) or "all" (every final delivery) (got ${JSON.stringify(scope)})`);
+  }
+
+  function validateRate(rate: number): number {
+    if (rate === 0) return deps.replayRate;
+    if (!Number.isFinite(rate) || rate < 0 || rate > MAX_REPLAY_RATE) {
+      throw invalidArgument(`rate_per_second must be more than 0 and at most ${MAX_REPLAY_RATE}, or 0 for the server's default (got ${rate})`);
+    }
+    return rate;
+  }
+
+  function validateRange(since: Timestamp | undefined, until: Timestamp | undefined, now: Date): { since: Date; until: Date } {
+    if (!since) throw invalidArgument("since is required: the replay takes deliveries created from that time on");
+    const from = timestampDate(since);
+    const to = until ? timestampDate(until) : now;
+    if (from.getTime() > now.getTime()) throw invalidArgument(`since is in the future (${from.toISOString()})`);
+    if (to.getTime() <= from.getTime()) throw invalidArgument(`until (${to.toISOString()}) must be after since (${from.toISOString()})`);
+    return { since: from, until: to };
+  }
+
+  async function findWebhook(principal: Principal, id: string) {
+    const webhook = isId(id, "wh") ? await getWebhook(db, principal.tenantId, id) : undefined;
+    if (!webhook) throw notFound("webhook", JSON.stringify(id));
+    return webhook;
+  }
+
+  return {
+    async replayWebhook(principal: Principal, req: ReplayWebhookRequest): Promise<ReplayWebhookResponse> {
+      const scope = validateScope(req.scope);
+      const ratePerSecond = validateRate(req.ratePerSecond);
+      const range = validateRange(req.since, req.until, new Date());
+      const webhook = await findWebhook(principal, req.webhookId);
+      const replay = await db.transaction().execute(async (trx) => {
+        const row = await replays.startReplay(trx, {
+          id: newId("rpl"),
+          tenantId: principal.tenantId,
+          webhookId: webhook.id,
+          scope,
+          ...range,
+          ratePerSecond,
+          eventTtlMs: deps.eventTtlMs,
+        });
+        await recordAudit(trx, {
+          tenantId: principal.tenantId,
+          actor: principal.actor,
+          action: "webhook.replay",
+          resourceId: webhook.id,
+          details: { replay_id: row.id, scope, since: range.since.toISOString(), until: range.until.toISOString(), total: row.total, rate_per_second: ratePerSecond },
+        });
+        return row;
+      });
+      // The owner's sweep finds the deliveries due in Postgres, in seq order, as each one's time comes.
+      return create(ReplayWebhookResponseSchema, { replay: toReplay(replay, await replays.replayProgress(db, replay.id)) });
+    },
+
+    async getReplay(principal: Principal, req: GetReplayRequest): Promise<GetReplayResponse> {
+      const webhook = await findWebhook(principal, req.webhookId);
+      const row = isId(req.replayId, "rpl") ? await replays.getReplay(db, principal.tenantId, webhook.id, req.replayId) : undefined;
+      if (!row) throw notFound("replay", JSON.stringify(req.replayId));
+      return create(GetReplayResponseSchema, { replay: toReplay(row, await replays.replayProgress(db, row.id)) });
+    },
+  };
+}
