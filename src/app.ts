@@ -98,6 +98,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         shardCount: config.shardCount,
         retrySchedule: config.retrySchedule,
         maxInFlight: config.maxInFlight,
+        maxInFlightPerEndpoint: config.maxInFlightPerEndpoint,
         secretBox,
         leaseTtlMs: config.leaseTtlMs,
         circuitPolicy: {

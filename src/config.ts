@@ -30,6 +30,8 @@ export interface Config {
   /** Number of shards the webhooks are hashed into; fixed for the life of a deployment. */
   shardCount: number;
   maxInFlight: number;
+  /** Attempts in flight at once to one endpoint (webhooks ordered by key can have several). */
+  maxInFlightPerEndpoint: number;
   /** A dispatcher silent this long loses its shards to the others. */
   leaseTtlMs: number;
   /** Failures in a row that open an endpoint's circuit; 0 turns the breaker off. */
@@ -131,6 +133,7 @@ export function loadConfig(env: Env = process.env): Config {
     }),
     shardCount: parseWith(env, "WEBHOOKD_SHARDS", "64", parsePositiveInt),
     maxInFlight: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT", "512", parsePositiveInt),
+    maxInFlightPerEndpoint: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "16", parsePositiveInt),
     leaseTtlMs: parseWith(env, "WEBHOOKD_LEASE_TTL", "10s", parseDuration),
     circuitFailures: parseWith(env, "WEBHOOKD_CIRCUIT_FAILURES", "5", parseCount),
     circuitCooldownMs: parseWith(env, "WEBHOOKD_CIRCUIT_COOLDOWN", "30s", parseDuration),

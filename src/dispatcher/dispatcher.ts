@@ -28,6 +28,7 @@ export interface DispatcherOptions {
   shardCount: number;
   retrySchedule: number[];
   maxInFlight: number;
+  maxInFlightPerEndpoint: number;
   secretBox: SecretBox;
   circuitPolicy: CircuitPolicy;
   /** An endpoint that has failed every attempt for this long is disabled; 0: never. */
@@ -82,6 +83,7 @@ export class Dispatcher {
       saveHealth: (webhookId, health) => this.saveHealth(webhookId, health),
       circuitPolicy: options.circuitPolicy,
       maxInFlight: options.maxInFlight,
+      maxInFlightPerLane: options.maxInFlightPerEndpoint,
       log: this.log,
     });
   }

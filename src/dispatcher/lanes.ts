@@ -36,6 +36,11 @@ export interface LaneEngineDeps {
   log: Logger;
   /** Jobs a lane keeps in memory; the rest stay in Postgres until the lane drains. */
   laneCapacity?: number;
+  /**
+   * Attempts in flight at once to one webhook (ordering keys let several go): a hanging endpoint holds
+   * at most this many of the global slots and sockets.
+   */
+  maxInFlightPerLane?: number;
   /** How long an out-of-order job waits for its predecessor before the lane reads Postgres. */
   gapWaitMs?: number;
   /** How often a held (paused, disabled) lane looks at its webhook again. */
@@ -352,7 +357,10 @@ class Lane {
     const now = Date.now();
     const seenKeys = new Set<string>();
     let earliest = Infinity;
+    const perLane = this.engine.deps.maxInFlightPerLane ?? 16;
     for (const job of this.queue) {
+      // Room again when an attempt ends: its completion pumps the lane.
+      if (this.attempts.size >= perLane) break;
       const key = webhook.orderedByKey ? job.orderingKey : "";
       if (seenKeys.has(key)) continue;
       seenKeys.add(key);

@@ -393,6 +393,23 @@ describe('LaneEngine', () => {
     assert.equal(record.calls[2]!.seq, 2);
   });
 
+  test('one endpoint never has more than maxInFlightPerLane attempts out, however many keys wait', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_wide', { orderedByKey: true });
+    record.addWebhook('wh_other');
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ maxInFlightPerLane: 4 }));
+    for (let k = 0; k < 20; k++) engine.offer(record.copy(record.commit('wh_wide', `key${k}`)));
+    engine.offer(record.copy(record.commit('wh_other')));
+    await until(() => record.sent('wh_wide').length === 4 && record.sent('wh_other').length === 1, 'four keys and the other webhook');
+    await sleep(50);
+    assert.equal(record.sent('wh_wide').length, 4, 'a hanging endpoint holds four attempts, no more');
+    record.calls.find((c) => c.webhookId === 'wh_wide')!.finish();
+    await until(() => record.sent('wh_wide').length === 5, 'one more once one ends');
+    await sleep(30);
+    assert.equal(record.sent('wh_wide').length, 5);
+  });
+
   test('maxInFlight is respected across all lanes, and every lane finishes', async () => {
     const record = newRecord();
     const webhooks = Array.from({ length: 12 }, (_, i) => `wh_m${i}`);
