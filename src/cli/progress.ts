@@ -36,8 +36,9 @@ export function renderReplayProgress(counts: ReplayCounts, elapsedMs: number): s
  */
 export function parsePointInTime(value: string, now: number): Date {
   if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
-    const ms = Date.parse(value);
-    if (Number.isNaN(ms)) throw new Error(`${JSON.stringify(value)} is not a valid RFC 3339 time`);
+    // RFC 3339 requires the offset; without it Date.parse would guess local time.
+    const ms = /(Z|[+-]\d{2}:\d{2})$/i.test(value) ? Date.parse(value) : NaN;
+    if (Number.isNaN(ms)) throw new Error(`${JSON.stringify(value)} is not a valid RFC 3339 time (with Z or an offset such as +01:00)`);
     return new Date(ms);
   }
   try {

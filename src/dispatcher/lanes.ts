@@ -179,6 +179,8 @@ class Lane {
   /** Rate limit, 429 slow-down and circuit breaker; made from the saved health on the first pump. */
   private gate: EndpointGate | undefined;
   private gateUrl = "";
+  /** When the lane last started a replayed job: replays are paced here, however late the lane saw them. */
+  private lastPacedStart = -Infinity;
   private pumpAgain = false;
   private closed = false;
   private lastActivity = Date.now();
@@ -365,7 +367,9 @@ class Lane {
       if (seenKeys.has(key)) continue;
       seenKeys.add(key);
       if (!this.busyKeys.has(key)) {
+        const paceWait = job.paceMs ? this.lastPacedStart + job.paceMs - now : 0;
         if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
+        else if (paceWait > 0) earliest = Math.min(earliest, now + paceWait);
         else {
           // The slot first: the gate counts a start (a token, a probe) only when it says go.
           if (!this.engine.acquireSlot(this)) break;
@@ -375,6 +379,7 @@ class Lane {
             earliest = Math.min(earliest, now + wait);
             break;
           }
+          if (job.paceMs) this.lastPacedStart = now;
           this.start(job, key, webhook);
         }
       }

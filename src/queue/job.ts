@@ -20,6 +20,8 @@ export interface DeliveryJob {
   nextAttemptAt: number;
   /** ms since the epoch; still undelivered then, the job is expired. */
   expiresAt: number;
+  /** Put back by a replay: the lane starts such jobs at least this many ms apart (the replay's pace). */
+  paceMs?: number;
 }
 
 export function encodeJob(job: DeliveryJob): Uint8Array {

@@ -36,7 +36,9 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
   const rows = await db
     .selectFrom("deliveries as d")
     .innerJoin("events as e", "e.id", "d.event_id")
+    .leftJoin("replays as r", "r.id", "d.replay_id")
     .select([
+      "r.rate_per_second as replay_rate",
       "d.id",
       "d.webhook_id",
       "d.shard",
@@ -75,6 +77,7 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
     attempts: r.attempts,
     nextAttemptAt: r.next_attempt_at.getTime(),
     expiresAt: r.expires_at.getTime(),
+    ...(r.replay_rate ? { paceMs: 1000 / r.replay_rate } : {}),
   }));
   return { jobs, lastSeq };
 }
@@ -213,7 +216,8 @@ export function listAttempts(db: Db, deliveryId: string): Promise<DeliveryAttemp
 export async function requeueDelivery(db: Db, id: string, expiresAt: Date): Promise<boolean> {
   const result = await db
     .updateTable("deliveries")
-    .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: expiresAt })
+    // A retry by hand is its own: it leaves any replay the delivery was part of (and its pace).
+    .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: expiresAt, replay_id: null })
     .where("id", "=", id)
     .where("status", "in", ["failed", "expired"])
     .executeTakeFirst();
