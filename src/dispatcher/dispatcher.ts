@@ -20,6 +20,9 @@ import type { SendResult, Sender } from "./sender.js";
 import { RESPONSE_BODY_KEEP } from "./sender.js";
 import { createWebhookCache } from "./webhook-cache.js";
 
+/** A new owner loads the lanes of retries due within this long, so they go on time after a takeover. */
+const CLAIM_LOOKAHEAD_MS = 60_000;
+
 export interface DispatcherOptions {
   db: Db;
   feed: DeliveryFeed;
@@ -63,6 +66,7 @@ export class Dispatcher {
   private tick: Promise<void> = Promise.resolve();
   private stopped = false;
   private readonly leaseTtlMs: number;
+  private readonly sweepIntervalMs: number;
   private readonly log: Logger;
   private readonly webhooks: ReturnType<typeof createWebhookCache>;
   /** Health saves per webhook, chained so they land in the order the lane made them. */
@@ -73,6 +77,7 @@ export class Dispatcher {
   constructor(private readonly options: DispatcherOptions) {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
     this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
+    this.sweepIntervalMs = options.sweepIntervalMs ?? 2_000;
     this.writer = new AttemptWriter(options.db, this.log);
     this.webhooks = createWebhookCache(options.db, options.secretBox);
     this.engine = new LaneEngine({
@@ -95,7 +100,7 @@ export class Dispatcher {
   async start(): Promise<void> {
     await this.rebalance();
     this.leaseTimer = setInterval(() => this.serially(() => this.rebalance()), this.options.leaseIntervalMs ?? 2_000);
-    this.sweepTimer = setInterval(() => this.serially(() => this.sweep(this.options.sweepGraceMs ?? 2_000)), this.options.sweepIntervalMs ?? 2_000);
+    this.sweepTimer = setInterval(() => this.serially(() => this.sweep(this.options.sweepGraceMs ?? 2_000)), this.sweepIntervalMs);
     this.log.info({ shards: this.owned.size }, "dispatcher started");
   }
 
@@ -158,7 +163,7 @@ export class Dispatcher {
       this.log.info({ claimed: claimed.length, owned: this.owned.size, live }, "shards claimed");
       for (const shard of claimed) this.owned.set(shard, await this.subscribe(shard));
       // Recovery: whatever the previous owner left is in Postgres.
-      await this.sweep(0, claimed);
+      await this.sweep(0, claimed, CLAIM_LOOKAHEAD_MS);
     }
     if (this.owned.has(0)) this.startHousekeeping();
   }
@@ -219,9 +224,14 @@ export class Dispatcher {
     await this.engine.dropShard(shard);
   }
 
-  private async sweep(graceMs: number, shards = this.shards): Promise<void> {
-    const dueBy = new Date(Date.now() - graceMs);
-    const due = await findWebhooksWithDueDeliveries(this.options.db, shards, dueBy, 10_000);
+  /**
+   * Wakes the lanes of webhooks with work due more than `graceMs` ago (younger work is the feed's), or
+   * coming due within `lookaheadMs`: a lane that holds its retry in memory sends it on time, where the
+   * next sweep would find it only after the grace.
+   */
+  private async sweep(graceMs: number, shards = this.shards, lookaheadMs = this.sweepIntervalMs + 1_000): Promise<void> {
+    const now = Date.now();
+    const due = await findWebhooksWithDueDeliveries(this.options.db, shards, new Date(now - graceMs), 10_000, new Date(now + lookaheadMs));
     for (const { webhook_id, shard, first_seq } of due) {
       if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq);
     }

@@ -83,22 +83,29 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
 }
 
 /**
- * Webhooks of these shards with a pending delivery due by `dueBy` — the lanes that should be moving —
- * with the lowest such seq, so a lane busy further on still finds deliveries put back behind it.
+ * Webhooks of these shards with a pending delivery due by `dueBy`, or coming due between now and
+ * `horizon` — the lanes that should be moving or about to — with the lowest such seq, so a lane busy
+ * further on still finds deliveries put back behind it.
  */
 export async function findWebhooksWithDueDeliveries(
   db: Db,
   shards: number[],
   dueBy: Date,
   limit: number,
+  horizon: Date = dueBy,
 ): Promise<{ webhook_id: string; shard: number; first_seq: number }[]> {
   if (shards.length === 0) return [];
+  const now = new Date();
   const rows = await db
     .selectFrom("deliveries")
     .select(["webhook_id", "shard", (eb) => eb.fn.min("seq").as("first_seq")])
     .where("status", "=", "pending")
     .where("shard", "in", shards)
-    .where("next_attempt_at", "<=", dueBy)
+    .where((eb) =>
+      horizon > now
+        ? eb.or([eb("next_attempt_at", "<=", dueBy), eb.and([eb("next_attempt_at", ">", now), eb("next_attempt_at", "<=", horizon)])])
+        : eb("next_attempt_at", "<=", dueBy),
+    )
     .groupBy(["webhook_id", "shard"])
     .limit(limit)
     .execute();
