@@ -233,6 +233,7 @@ export class Dispatcher {
     const now = Date.now();
     const due = await findWebhooksWithDueDeliveries(this.options.db, shards, new Date(now - graceMs), 10_000, new Date(now + lookaheadMs));
     for (const { webhook_id, shard, first_seq } of due) {
+      // first_seq is the lowest pending seq of the webhook, due or not.
       if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq);
     }
   }

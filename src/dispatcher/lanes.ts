@@ -81,9 +81,9 @@ export class LaneEngine {
     this.laneFor(job.webhookId, job.shard).offer(job);
   }
 
-  /** From the sweep: the webhook has due work in Postgres, from `firstDueSeq` on; make sure a lane is on it. */
-  wake(webhookId: string, shard: number, firstDueSeq?: number): void {
-    this.laneFor(webhookId, shard).poke(firstDueSeq);
+  /** From the sweep: the webhook has due work in Postgres, its lowest pending seq is `firstPendingSeq`; make sure a lane is on it. */
+  wake(webhookId: string, shard: number, firstPendingSeq?: number): void {
+    this.laneFor(webhookId, shard).poke(firstPendingSeq);
   }
 
   has(webhookId: string): boolean {
@@ -216,11 +216,11 @@ class Lane {
   }
 
   /** The sweep found due work for this webhook in Postgres. */
-  poke(firstDueSeq?: number): void {
+  poke(firstPendingSeq?: number): void {
     if (this.closed || this.loading) return;
-    if (this.loaded && firstDueSeq !== undefined && firstDueSeq <= this.knownThrough && !this.queue.some((j) => j.seq === firstDueSeq)) {
+    if (this.loaded && firstPendingSeq !== undefined && firstPendingSeq <= this.knownThrough && !this.queue.some((j) => j.seq === firstPendingSeq)) {
       // Put back behind the lane's position (a retry by hand, a replay): read from there; the load merges.
-      this.load(firstDueSeq - 1);
+      this.load(firstPendingSeq - 1);
       return;
     }
     if (this.attempts.size > 0) return;

@@ -84,8 +84,9 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
 
 /**
  * Webhooks of these shards with a pending delivery due by `dueBy`, or coming due between now and
- * `horizon` — the lanes that should be moving or about to — with the lowest such seq, so a lane busy
- * further on still finds deliveries put back behind it.
+ * `horizon` — the lanes that should be moving or about to — with the lowest seq pending for each (due or
+ * not), so a lane whose position is past it reads from there and finds deliveries put back behind it
+ * without skipping one that waits for its retry.
  */
 export async function findWebhooksWithDueDeliveries(
   db: Db,
@@ -97,16 +98,20 @@ export async function findWebhooksWithDueDeliveries(
   if (shards.length === 0) return [];
   const now = new Date();
   const rows = await db
-    .selectFrom("deliveries")
-    .select(["webhook_id", "shard", (eb) => eb.fn.min("seq").as("first_seq")])
-    .where("status", "=", "pending")
-    .where("shard", "in", shards)
+    .selectFrom("deliveries as d")
+    .select([
+      "d.webhook_id",
+      "d.shard",
+      sql<number>`(select min(p.seq) from deliveries p where p.webhook_id = d.webhook_id and p.status = 'pending')`.as("first_seq"),
+    ])
+    .where("d.status", "=", "pending")
+    .where("d.shard", "in", shards)
     .where((eb) =>
       horizon > now
-        ? eb.or([eb("next_attempt_at", "<=", dueBy), eb.and([eb("next_attempt_at", ">", now), eb("next_attempt_at", "<=", horizon)])])
-        : eb("next_attempt_at", "<=", dueBy),
+        ? eb.or([eb("d.next_attempt_at", "<=", dueBy), eb.and([eb("d.next_attempt_at", ">", now), eb("d.next_attempt_at", "<=", horizon)])])
+        : eb("d.next_attempt_at", "<=", dueBy),
     )
-    .groupBy(["webhook_id", "shard"])
+    .groupBy(["d.webhook_id", "d.shard"])
     .limit(limit)
     .execute();
   return rows.map((r) => ({ webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq) }));
