@@ -1,4 +1,4 @@
-import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -53,7 +53,7 @@ export async function createJetStreamFeed(options: { url: string; prefix: string
   })();
 
   const jsm: JetStreamManager = await jetstreamManager(nc);
-  const js: JetStreamClient = jetstream(nc, { timeout: PUBLISH_TIMEOUT_MS });
+  const js: JetStreamClient = jetstream(nc);
   await ensureStream(jsm, names);
 
   const subscriptions = new Set<FeedSubscription>();
@@ -62,14 +62,20 @@ export async function createJetStreamFeed(options: { url: string; prefix: string
     kind: "jetstream",
     async publish(jobs: DeliveryJob[]) {
       if (!connected || jobs.length === 0) return;
-      // The dedup id carries the attempt count: a repeat publish is dropped, a manual retry is not.
-      const results = await Promise.allSettled(
-        jobs.map((job) =>
-          js.publish(`${names.subjectRoot}.${job.shard}.${job.webhookId}`, encodeJob(job), { msgID: `${job.deliveryId}:${job.attempts}` }),
-        ),
-      );
-      const failed = results.filter((r) => r.status === "rejected").length;
-      if (failed > 0) log.warn({ failed, total: jobs.length }, "publish failed; the owners' sweep picks these up from Postgres");
+      // Plain publishes into the stream's subjects and one flush, not a request and a PubAck per job:
+      // Postgres holds every job already and the owners' sweep sends whatever the stream missed, so an
+      // acknowledgement would only tell us what the sweep finds out anyway. The dedup id carries the
+      // attempt count: a repeated publish is dropped by the stream, a manual retry is not.
+      for (const job of jobs) {
+        const h = headers();
+        h.set("Nats-Msg-Id", `${job.deliveryId}:${job.attempts}`);
+        nc.publish(`${names.subjectRoot}.${job.shard}.${job.webhookId}`, encodeJob(job), { headers: h });
+      }
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, PUBLISH_TIMEOUT_MS)));
+      await Promise.race([nc.flush(), timeout])
+        .catch((err) => log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres"))
+        .finally(() => clearTimeout(timer));
     },
 
     async consume(shard, onJob) {

@@ -131,44 +131,38 @@ export interface AttemptRecord {
 }
 
 /**
- * Writes a batch of attempts and their deliveries' new state in one transaction. Only pending deliveries
- * change: a late writer (a lost lease, a cancelled webhook) cannot undo a final state.
+ * Writes a batch of attempts and their deliveries' new state in one statement (atomic, one round trip:
+ * this is the dispatcher's busiest query). Only pending deliveries change: a late writer (a lost lease,
+ * a cancelled webhook) cannot undo a final state.
  */
 export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<void> {
   if (records.length === 0) return;
-  await db.transaction().execute(async (trx) => {
-    await trx
-      .insertInto("delivery_attempts")
-      .values(
-        records.map((r) => ({
-          id: r.attemptId,
-          delivery_id: r.deliveryId,
-          attempted_at: r.attemptedAt,
-          duration_ms: r.durationMs,
-          response_code: r.responseCode,
-          error: r.error,
-          response_body: r.responseBody,
-        })),
-      )
-      .execute();
-    await sql`
-      update deliveries as d set
-        status = v.status,
-        attempts = d.attempts + 1,
-        next_attempt_at = v.next_attempt_at,
-        last_response_code = v.code,
-        last_error = v.error,
-        delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
-      from unnest(
+  await sql`
+    with v as (
+      select * from unnest(
         ${sql.val(records.map((r) => r.deliveryId))}::text[],
+        ${sql.val(records.map((r) => r.attemptId))}::text[],
         ${sql.val(records.map((r) => r.status))}::text[],
         ${sql.val(records.map((r) => r.nextAttemptAt.toISOString()))}::timestamptz[],
         ${sql.val(records.map((r) => r.responseCode))}::int[],
         ${sql.val(records.map((r) => r.error))}::text[],
-        ${sql.val(records.map((r) => r.attemptedAt.toISOString()))}::timestamptz[]
-      ) as v(id, status, next_attempt_at, code, error, attempted_at)
-      where d.id = v.id and d.status = 'pending'`.execute(trx);
-  });
+        ${sql.val(records.map((r) => r.attemptedAt.toISOString()))}::timestamptz[],
+        ${sql.val(records.map((r) => r.durationMs))}::int[],
+        ${sql.val(records.map((r) => r.responseBody))}::text[]
+      ) as v(id, attempt_id, status, next_attempt_at, code, error, attempted_at, duration_ms, body)
+    ), attempts as (
+      insert into delivery_attempts (id, delivery_id, attempted_at, duration_ms, response_code, error, response_body)
+      select attempt_id, id, attempted_at, duration_ms, code, error, body from v
+    )
+    update deliveries as d set
+      status = v.status,
+      attempts = d.attempts + 1,
+      next_attempt_at = v.next_attempt_at,
+      last_response_code = v.code,
+      last_error = v.error,
+      delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
+    from v
+    where d.id = v.id and d.status = 'pending'`.execute(db);
 }
 
 /** Ends deliveries without an attempt (expired before they could be tried). */
