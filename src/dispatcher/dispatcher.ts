@@ -115,6 +115,7 @@ export class Dispatcher {
     await this.engine.stop();
     await this.writer.stop();
     await Promise.all([...this.healthSaves.values(), this.housekeeping]);
+    this.webhooks.close();
     await leases.removeDispatcher(this.options.db, this.id).catch((err) => this.log.warn({ err }, "could not hand back leases"));
     this.owned.clear();
   }
