@@ -73,7 +73,13 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     if (!adminKey && options.roles.includes("api")) log.warn("WEBHOOKD_ADMIN_KEY is not set: only API keys already in the database are accepted");
 
     const feed: DeliveryFeed = config.natsUrl
-      ? await createJetStreamFeed({ url: config.natsUrl, prefix: config.natsPrefix, logger: log, name: `webhookd-${process.pid}` })
+      ? await createJetStreamFeed({
+          url: config.natsUrl,
+          prefix: config.natsPrefix,
+          storage: config.natsStorage,
+          logger: log,
+          name: `webhookd-${process.pid}`,
+        })
       : createEmbeddedFeed();
     stops.push(() => feed.close());
 

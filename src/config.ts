@@ -27,6 +27,8 @@ export interface Config {
   nodeExtraCaFile: string | undefined;
   /** Stream and consumer names are prefixed with this, so that test runs never collide. */
   natsPrefix: string;
+  /** memory (default) or file: where the JetStream stream keeps jobs; Postgres is the record either way. */
+  natsStorage: "memory" | "file";
   /** Number of shards the webhooks are hashed into; fixed for the life of a deployment. */
   shardCount: number;
   maxInFlight: number;
@@ -127,6 +129,10 @@ export function loadConfig(env: Env = process.env): Config {
     secretGraceMs: parseWith(env, "WEBHOOKD_SECRET_GRACE", "24h", parseDuration),
     caFile: nonEmpty(env, "WEBHOOKD_CA_FILE"),
     nodeExtraCaFile: nonEmpty(env, "NODE_EXTRA_CA_CERTS"),
+    natsStorage: parseWith(env, "WEBHOOKD_NATS_STORAGE", "memory", (raw) => {
+      if (raw !== "memory" && raw !== "file") throw new Error('expected "memory" or "file"');
+      return raw;
+    }),
     natsPrefix: parseWith(env, "WEBHOOKD_NATS_PREFIX", "WEBHOOK", (raw) => {
       if (!/^[A-Za-z0-9_-]+$/.test(raw)) throw new Error("letters, digits, _ and - only");
       return raw;

@@ -34,7 +34,17 @@ const DUPLICATE_WINDOW_NS = 2 * 60 * 1e9;
 const MAX_AGE_NS = 7 * 24 * 3600 * 1e9;
 const PUBLISH_TIMEOUT_MS = 2_000;
 
-export async function createJetStreamFeed(options: { url: string; prefix: string; logger: Logger; name: string }): Promise<DeliveryFeed> {
+export async function createJetStreamFeed(options: {
+  url: string;
+  prefix: string;
+  logger: Logger;
+  name: string;
+  /**
+   * Where the stream keeps jobs. Memory (the default) halves the NATS server's CPU per job and its tail
+   * latency; a NATS restart then loses the queued jobs, which the owners' sweep resends from Postgres.
+   */
+  storage?: "memory" | "file";
+}): Promise<DeliveryFeed> {
   const names = jetStreamNames(options.prefix);
   const nc: NatsConnection = await connect({
     servers: options.url,
@@ -54,7 +64,7 @@ export async function createJetStreamFeed(options: { url: string; prefix: string
 
   const jsm: JetStreamManager = await jetstreamManager(nc);
   const js: JetStreamClient = jetstream(nc);
-  await ensureStream(jsm, names);
+  await ensureStream(jsm, names, options.storage ?? "memory", log);
 
   const subscriptions = new Set<FeedSubscription>();
 
@@ -115,22 +125,31 @@ export async function createJetStreamFeed(options: { url: string; prefix: string
   };
 }
 
-async function ensureStream(jsm: JetStreamManager, names: JetStreamNames): Promise<void> {
-  const config = {
-    name: names.stream,
+/** What a memory-backed stream may hold; past it the oldest jobs are dropped and the sweep sends them. */
+const MEMORY_STREAM_MAX_BYTES = 256 * 1024 * 1024;
+
+async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storage: "memory" | "file", log: Logger): Promise<void> {
+  const limits = {
     subjects: [`${names.subjectRoot}.>`],
-    // Each shard's consumer owns a disjoint subject range, so a work queue keeps the stream to what is unread.
-    retention: RetentionPolicy.Workqueue,
-    storage: StorageType.File,
     duplicate_window: DUPLICATE_WINDOW_NS,
     max_age: MAX_AGE_NS,
+    max_bytes: storage === "memory" ? MEMORY_STREAM_MAX_BYTES : -1,
   };
   try {
-    await jsm.streams.info(names.stream);
-    await jsm.streams.update(names.stream, { subjects: config.subjects, duplicate_window: config.duplicate_window, max_age: config.max_age });
+    const info = await jsm.streams.info(names.stream);
+    if (info.config.storage !== storage) {
+      log.warn({ stream: names.stream, storage: info.config.storage, wanted: storage }, "the stream's storage cannot change in place; delete the stream to change it (the sweep resends what it held)");
+    }
+    await jsm.streams.update(names.stream, { ...limits, max_bytes: info.config.storage === StorageType.Memory ? MEMORY_STREAM_MAX_BYTES : -1 });
   } catch (err) {
     if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
-    await jsm.streams.add(config);
+    await jsm.streams.add({
+      name: names.stream,
+      ...limits,
+      // Each shard's consumer owns a disjoint subject range, so a work queue keeps the stream to what is unread.
+      retention: RetentionPolicy.Workqueue,
+      storage: storage === "memory" ? StorageType.Memory : StorageType.File,
+    });
   }
 }
 
