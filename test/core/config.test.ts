@@ -1,0 +1,46 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { ConfigError, loadConfig } from "../../src/config.js";
+
+test("endpoint health, replay and stream settings: defaults", () => {
+  const config = loadConfig({});
+  assert.equal(config.circuitFailures, 5);
+  assert.equal(config.circuitCooldownMs, 30_000);
+  assert.equal(config.autoDisableAfterMs, 5 * 24 * 3600 * 1000);
+  assert.equal(config.replayRate, 20);
+  assert.equal(config.maxInFlightPerEndpoint, 16);
+  assert.equal(config.natsStorage, "memory");
+});
+
+test("endpoint health, replay and stream settings: values and off switches", () => {
+  const config = loadConfig({
+    WEBHOOKD_CIRCUIT_FAILURES: "0",
+    WEBHOOKD_CIRCUIT_COOLDOWN: "2m",
+    WEBHOOKD_AUTO_DISABLE_AFTER: "0",
+    WEBHOOKD_REPLAY_RATE: "2.5",
+    WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT: "4",
+    WEBHOOKD_NATS_STORAGE: "file",
+  });
+  assert.equal(config.circuitFailures, 0);
+  assert.equal(config.circuitCooldownMs, 120_000);
+  assert.equal(config.autoDisableAfterMs, 0);
+  assert.equal(config.replayRate, 2.5);
+  assert.equal(config.maxInFlightPerEndpoint, 4);
+  assert.equal(config.natsStorage, "file");
+});
+
+test("a bad value names the variable and what it expects", () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ WEBHOOKD_CIRCUIT_FAILURES: "-1" }, /WEBHOOKD_CIRCUIT_FAILURES="-1" is invalid: expected a whole number/],
+    [{ WEBHOOKD_CIRCUIT_FAILURES: "2.5" }, /WEBHOOKD_CIRCUIT_FAILURES/],
+    [{ WEBHOOKD_CIRCUIT_COOLDOWN: "30" }, /WEBHOOKD_CIRCUIT_COOLDOWN="30" is invalid/],
+    [{ WEBHOOKD_AUTO_DISABLE_AFTER: "soon" }, /WEBHOOKD_AUTO_DISABLE_AFTER="soon" is invalid/],
+    [{ WEBHOOKD_REPLAY_RATE: "0" }, /WEBHOOKD_REPLAY_RATE="0" is invalid: expected deliveries per second/],
+    [{ WEBHOOKD_REPLAY_RATE: "20000" }, /WEBHOOKD_REPLAY_RATE/],
+    [{ WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT: "0" }, /WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT="0" is invalid/],
+    [{ WEBHOOKD_NATS_STORAGE: "disk" }, /WEBHOOKD_NATS_STORAGE="disk" is invalid: expected "memory" or "file"/],
+  ];
+  for (const [env, message] of cases) {
+    assert.throws(() => loadConfig(env), (err: unknown) => err instanceof ConfigError && message.test(err.message), JSON.stringify(env));
+  }
+});
