@@ -493,6 +493,31 @@ describe('LaneEngine', () => {
     await until(() => record.sent('wh_again').length === 3, 'seq 1 again');
     assert.deepEqual(record.sent('wh_again'), [1, 2, 1]);
   });
+  test('deliveries put back behind a busy lane (a replay) are read from the lowest pending seq and sent in order', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_back');
+    const engine = newEngine(record.deps());
+    const done = Array.from({ length: 4 }, () => record.commit('wh_back'));
+    for (const job of done) engine.offer(record.copy(job));
+    await until(() => record.sent('wh_back').length === 4, 'the first four');
+    // The lane is busy further on: seq 5 is in flight when seqs 2..4 are put back, 2 not yet due.
+    record.responder = () => 'hold';
+    engine.offer(record.copy(record.commit('wh_back')));
+    await until(() => record.sent('wh_back').length === 5, 'seq 5 in flight');
+    for (const [i, job] of done.slice(1).entries()) {
+      const row = record.row(job.deliveryId)!;
+      row.status = 'pending';
+      row.job.nextAttemptAt = Date.now() + (i === 0 ? 150 : 0);
+    }
+    // The sweep sees 3 and 4 due and names the webhook's lowest pending seq, 2.
+    engine.wake('wh_back', 0, 2);
+    record.responder = () => ({ final: true, signal: 'success' });
+    record.calls.find((c) => c.seq === 5)!.finish();
+    await until(() => record.sent('wh_back').length === 8, 'the three put back');
+    assert.deepEqual(record.sent('wh_back').slice(5), [2, 3, 4], 'in seq order, 2 waiting for its time first');
+    assert.deepEqual(record.violations, []);
+  });
+
   test('jobs the feed brings while the first load runs, beyond what the lane can hold, are read later', async () => {
     const record = newRecord();
     record.addWebhook('wh_over');
