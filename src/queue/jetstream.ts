@@ -9,6 +9,7 @@ import {
   jetstreamManager,
   type JetStreamClient,
   type JetStreamManager,
+  type JsMsg,
 } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { DeliveryFeed, FeedSubscription } from "./feed.js";
@@ -68,6 +69,18 @@ export async function createJetStreamFeed(options: {
 
   const subscriptions = new Set<FeedSubscription>();
 
+  // Acks of every shard wait for the end of the turn and leave together: one socket write (and one read
+  // for the server) for all the messages that arrived at once, instead of one each.
+  let unacked: JsMsg[] = [];
+  const ackAll = () => {
+    const batch = unacked;
+    unacked = [];
+    for (const m of batch) m.ack();
+  };
+  const ackSoon = (m: JsMsg) => {
+    if (unacked.push(m) === 1) setImmediate(ackAll);
+  };
+
   return {
     kind: "jetstream",
     async publish(jobs: DeliveryJob[]) {
@@ -102,7 +115,7 @@ export async function createJetStreamFeed(options: {
           }
           // Acked as soon as the lane holds it: from here Postgres and the lane carry it, so nothing
           // parks in the consumer's ack window however long the delivery waits.
-          m.ack();
+          ackSoon(m);
         }
       })();
       const subscription: FeedSubscription = {
@@ -120,6 +133,7 @@ export async function createJetStreamFeed(options: {
 
     async close() {
       await Promise.allSettled([...subscriptions].map((s) => s.stop()));
+      ackAll();
       await nc.drain().catch(() => nc.close());
     },
   };
