@@ -14,6 +14,7 @@ import {
 import type { Logger } from "pino";
 import type { DeliveryFeed, FeedSubscription } from "./feed.js";
 import { decodeJob, encodeJob, type DeliveryJob } from "./job.js";
+import { withTimeout } from "../core/timeout.js";
 
 export interface JetStreamNames {
   stream: string;
@@ -94,11 +95,9 @@ export async function createJetStreamFeed(options: {
         h.set("Nats-Msg-Id", `${job.deliveryId}:${job.attempts}`);
         nc.publish(`${names.subjectRoot}.${job.shard}.${job.webhookId}`, encodeJob(job), { headers: h });
       }
-      let timer: NodeJS.Timeout | undefined;
-      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, PUBLISH_TIMEOUT_MS)));
-      await Promise.race([nc.flush(), timeout])
-        .catch((err) => log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres"))
-        .finally(() => clearTimeout(timer));
+      await withTimeout(nc.flush(), PUBLISH_TIMEOUT_MS).catch((err) =>
+        log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres"),
+      );
     },
 
     async consume(shard, onJob) {

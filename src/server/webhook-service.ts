@@ -9,6 +9,7 @@ import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { isStorableText } from "../core/input-limits.js";
 import { shardOf } from "../core/shards.js";
+import { withTimeout } from "../core/timeout.js";
 import { resolveAndCheck } from "../dispatcher/guarded-lookup.js";
 import type { Db } from "../store/db.js";
 import type { SignatureScheme, SigningSecret, WebhookStatus } from "../store/schema.js";
@@ -272,12 +273,4 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       return create(RotateWebhookSecretResponseSchema, { secret: credential.secret, publicKey: credential.publicKey ?? "" });
     },
   };
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(Object.assign(new Error("timed out"), { code: "ETIMEOUT" })), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
