@@ -10,6 +10,7 @@ import { newId } from "../core/ids.js";
 import { isStorableText } from "../core/input-limits.js";
 import { shardOf } from "../core/shards.js";
 import { withTimeout } from "../core/timeout.js";
+import { HEALTHY } from "../core/endpoint-gate.js";
 import { resolveAndCheck } from "../dispatcher/guarded-lookup.js";
 import type { Db } from "../store/db.js";
 import type { SignatureScheme, SigningSecret, WebhookStatus } from "../store/schema.js";
@@ -213,7 +214,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
         // Re-enabled or pointed elsewhere, the endpoint starts healthy: its failures were another story.
         const resetHealth = (changes.status === "active" && current.status === "disabled") || (changes.url !== undefined && changes.url !== current.url);
         const updated =
-          Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, resetHealth ? { ...changes, ...webhooks.HEALTHY_COLUMNS } : changes);
+          Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, resetHealth ? { ...changes, health: HEALTHY } : changes);
         await recordAudit(trx, {
           tenantId: principal.tenantId,
           actor: principal.actor,

@@ -43,21 +43,18 @@ export interface WebhookChanges {
   signing_secrets?: SigningSecret[];
   public_key?: string | null;
   retry_schedule?: number[] | null;
-  circuit_state?: "closed";
-  circuit_open_until?: null;
-  circuit_opened_count?: 0;
-  consecutive_failures?: 0;
-  failing_since?: null;
-  throttle_ms?: 0;
+  /** Replaces the saved endpoint health (a re-enabled or re-pointed webhook starts healthy). */
+  health?: EndpointHealth;
 }
 
 export function updateWebhook(db: Db, id: string, changes: WebhookChanges): Promise<Webhook> {
-  const { signing_secrets, ...rest } = changes;
+  const { signing_secrets, health, ...rest } = changes;
   return db
     .updateTable("webhooks")
     .set({
       ...rest,
       ...(signing_secrets ? { signing_secrets: JSON.stringify(signing_secrets) } : {}),
+      ...(health ? healthColumns(health) : {}),
       updated_at: sql<Date>`now()`,
     })
     .where("id", "=", id)
@@ -94,27 +91,23 @@ export function healthOf(row: Webhook): EndpointHealth {
   };
 }
 
-export const HEALTHY_COLUMNS = {
-  circuit_state: "closed",
-  circuit_open_until: null,
-  circuit_opened_count: 0,
-  consecutive_failures: 0,
-  failing_since: null,
-  throttle_ms: 0,
-} as const;
+/** The webhook columns that hold an endpoint's health; `healthOf` reads them back. */
+export function healthColumns(health: EndpointHealth) {
+  return {
+    circuit_state: health.circuitState,
+    circuit_open_until: health.openUntil === null ? null : new Date(health.openUntil),
+    circuit_opened_count: health.openedCount,
+    consecutive_failures: health.consecutiveFailures,
+    failing_since: health.failingSince === null ? null : new Date(health.failingSince),
+    throttle_ms: Math.round(health.throttleMs),
+  };
+}
 
 /** Saves the endpoint health the lane's owner sees. */
 export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth): Promise<void> {
   await db
     .updateTable("webhooks")
-    .set({
-      circuit_state: health.circuitState,
-      circuit_open_until: health.openUntil === null ? null : new Date(health.openUntil),
-      circuit_opened_count: health.openedCount,
-      consecutive_failures: health.consecutiveFailures,
-      failing_since: health.failingSince === null ? null : new Date(health.failingSince),
-      throttle_ms: Math.round(health.throttleMs),
-    })
+    .set(healthColumns(health))
     .where("id", "=", id)
     .execute();
 }
