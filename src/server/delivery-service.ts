@@ -6,6 +6,7 @@ import * as deliveries from "../store/deliveries.js";
 import { loadPendingForLane } from "../store/deliveries.js";
 import { getWebhook } from "../store/webhooks.js";
 import { recordAudit } from "../store/audit.js";
+import { REQUEUE_MARGIN_MS, retentionEnd } from "../store/partitions.js";
 import type { DeliveryStatus } from "../store/schema.js";
 import {
   DeliveryAttemptSchema,
@@ -89,8 +90,12 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
       if (delivery.status !== "failed" && delivery.status !== "expired") {
         throw failedPrecondition(`delivery ${delivery.id} is ${delivery.status}; only failed or expired deliveries can be retried`);
       }
+      const removedAt = retentionEnd(delivery.created_at.getTime(), deps.eventTtlMs);
+      if (removedAt - REQUEUE_MARGIN_MS <= Date.now()) {
+        throw failedPrecondition(`delivery ${delivery.id} is past its retention: its records are removed at ${new Date(removedAt).toISOString()}`);
+      }
       await db.transaction().execute(async (trx) => {
-        const requeued = await deliveries.requeueDelivery(trx, delivery.id, new Date(Date.now() + deps.eventTtlMs));
+        const requeued = await deliveries.requeueDelivery(trx, delivery.id, deps.eventTtlMs);
         if (!requeued) throw failedPrecondition(`delivery ${delivery.id} changed state meanwhile; look at it again`);
         await recordAudit(trx, {
           tenantId: principal.tenantId,

@@ -2,6 +2,7 @@ import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "./db.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
+import { requeueableSql, requeuedExpiry } from "./partitions.js";
 
 export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
 
@@ -165,12 +166,15 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
     where d.id = v.id and d.status = 'pending'`.execute(db);
 }
 
+/** What a delivery ended without an attempt looks like. */
+const EXPIRED_UNTRIED = { status: "expired", last_error: "expired before it could be delivered" } as const;
+
 /** Ends deliveries without an attempt (expired before they could be tried). */
 export async function expireDeliveries(db: Db, ids: string[]): Promise<void> {
   if (ids.length === 0) return;
   await db
     .updateTable("deliveries")
-    .set({ status: "expired", last_error: "expired before it could be delivered" })
+    .set(EXPIRED_UNTRIED)
     .where("id", "in", ids)
     .where("status", "=", "pending")
     .execute();
@@ -216,16 +220,18 @@ export function listAttempts(db: Db, deliveryId: string): Promise<DeliveryAttemp
 }
 
 /**
- * Puts a failed or expired delivery back in its lane, due now, with a fresh TTL; returns false when it was
- * not in such a state. Its attempt count goes on, so it gets one more attempt, not a new schedule.
+ * Puts a failed or expired delivery back in its lane, due now, with a fresh TTL capped at its partition's
+ * retention; returns false when it was not in such a state, or too close to that retention to be put back.
+ * Its attempt count goes on, so it gets one more attempt, not a new schedule.
  */
-export async function requeueDelivery(db: Db, id: string, expiresAt: Date): Promise<boolean> {
+export async function requeueDelivery(db: Db, id: string, eventTtlMs: number): Promise<boolean> {
   const result = await db
     .updateTable("deliveries")
     // A retry by hand is its own: it leaves any replay the delivery was part of (and its pace).
-    .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: expiresAt, replay_id: null })
+    .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: requeuedExpiry(sql`created_at`, eventTtlMs), replay_id: null })
     .where("id", "=", id)
     .where("status", "in", ["failed", "expired"])
+    .where(requeueableSql(sql`created_at`, eventTtlMs))
     .executeTakeFirst();
   return Number(result.numUpdatedRows) > 0;
 }
@@ -238,7 +244,7 @@ export async function requeueDelivery(db: Db, id: string, expiresAt: Date): Prom
 export async function expireOverdueDeliveries(db: Db, now: Date, keepFromId: string): Promise<number> {
   const result = await db
     .updateTable("deliveries")
-    .set({ status: "expired", last_error: "expired before it could be delivered" })
+    .set(EXPIRED_UNTRIED)
     .where("status", "=", "pending")
     .where((eb) => eb.or([eb("expires_at", "<=", now), eb("id", "<", keepFromId)]))
     .executeTakeFirst();

@@ -1,4 +1,4 @@
-import { sql } from "kysely";
+import { sql, type RawBuilder } from "kysely";
 import { idFloor, type IdKind } from "../core/ids.js";
 import type { Db } from "./db.js";
 
@@ -42,6 +42,28 @@ export function partitionDay(name: string): number | undefined {
 /** When the partition holding a row created at `createdAt` is dropped. */
 export function retentionEnd(createdAt: number, ttlMs: number): number {
   return dayStart(createdAt) + DAY_MS + ttlMs + RETENTION_GRACE_MS;
+}
+
+/** `retentionEnd` in SQL, for a timestamptz column (or expression) of created times. */
+export function retentionEndSql(createdAt: RawBuilder<Date>, ttlMs: number): RawBuilder<Date> {
+  return sql<Date>`(date_trunc('day', ${createdAt}, 'UTC') + ${DAY_MS + ttlMs + RETENTION_GRACE_MS}::float8 * interval '1 millisecond')`;
+}
+
+/**
+ * A delivery put back in its lane (a retry by hand, a replay) keeps at least this long before its
+ * partition goes: closer to it, it is not put back. Its fresh TTL ends this long before the partition.
+ */
+export const REQUEUE_MARGIN_MS = 60 * 60 * 1000;
+
+/** The TTL end of a delivery created at `createdAt` put back now: a fresh TTL, never past its partition's retention. */
+export function requeuedExpiry(createdAt: RawBuilder<Date>, ttlMs: number): RawBuilder<Date> {
+  return sql<Date>`least(now() + ${ttlMs}::float8 * interval '1 millisecond',
+    ${retentionEndSql(createdAt, ttlMs)} - ${REQUEUE_MARGIN_MS}::float8 * interval '1 millisecond')`;
+}
+
+/** True when a delivery created at `createdAt` may still be put back (see REQUEUE_MARGIN_MS). */
+export function requeueableSql(createdAt: RawBuilder<Date>, ttlMs: number): RawBuilder<boolean> {
+  return sql<boolean>`${retentionEndSql(createdAt, ttlMs)} > now() + ${REQUEUE_MARGIN_MS}::float8 * interval '1 millisecond'`;
 }
 
 /** The day partition of `table` for the day starting at `day`, created unless it exists. */

@@ -2,15 +2,12 @@ import { sql } from "kysely";
 import { idFloor } from "../core/ids.js";
 import type { Db } from "./db.js";
 import type { Replay, ReplayScope } from "./schema.js";
-import { DAY_MS, RETENTION_GRACE_MS } from "./partitions.js";
+import { requeueableSql, requeuedExpiry } from "./partitions.js";
 
 const REPLAYED_STATUSES: Record<ReplayScope, string[]> = {
   failed: ["failed", "expired"],
   all: ["succeeded", "failed", "expired"],
 };
-
-/** Left to a replayed delivery before its partition is dropped, at least; closer ones are not replayed. */
-const RETENTION_MARGIN_MS = 60 * 60 * 1000;
 
 export interface ReplayPlan {
   id: string;
@@ -37,17 +34,13 @@ export async function startReplay(db: Db, plan: ReplayPlan): Promise<Replay> {
       where webhook_id = ${plan.webhookId}
         and id >= ${idFloor("dlv", plan.since.getTime())} and id < ${idFloor("dlv", plan.until.getTime())}
         and status = any(${sql.val(REPLAYED_STATUSES[plan.scope])}::text[])
-        and date_trunc('day', created_at, 'UTC') + ${sql.lit(`${(DAY_MS + RETENTION_GRACE_MS) / 1000} seconds`)}::interval
-            + ${plan.eventTtlMs}::float8 * interval '1 millisecond' > now() + ${sql.lit(`${RETENTION_MARGIN_MS / 1000} seconds`)}::interval
+        and ${requeueableSql(sql`created_at`, plan.eventTtlMs)}
     ), requeued as (
       update deliveries as d set
         status = 'pending',
         replay_id = ${plan.id},
         next_attempt_at = now() + c.position * ${spacingMs}::float8 * interval '1 millisecond',
-        expires_at = least(
-          now() + ${plan.eventTtlMs}::float8 * interval '1 millisecond',
-          date_trunc('day', c.created_at, 'UTC') + ${sql.lit(`${(DAY_MS + RETENTION_GRACE_MS - RETENTION_MARGIN_MS) / 1000} seconds`)}::interval
-            + ${plan.eventTtlMs}::float8 * interval '1 millisecond')
+        expires_at = ${requeuedExpiry(sql`c.created_at`, plan.eventTtlMs)}
       from chosen c
       where d.id = c.id
       returning d.id

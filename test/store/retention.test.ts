@@ -480,6 +480,13 @@ describe("retention on Postgres", () => {
       [...Array(sent).fill(first.body.event_id), second.body.event_id],
     );
     assert.equal((await client.query("select status from deliveries where event_id = $1", [first.body.event_id])).rows[0].status, "expired");
+
+    // A retry by hand within its retention is taken; one whose records are about to go is refused, naming when.
+    await client.query("update deliveries set created_at = now() - interval '3 days' where id = $1", [expired.id]);
+    const refused = await rest("POST", `/deliveries/${expired.id}/retry`);
+    assert.equal(refused.status, 409, JSON.stringify(refused.body));
+    assert.match(refused.body.error.message, /past its retention: its records are removed at \d{4}-/);
+    assert.equal((await client.query("select status from deliveries where id = $1", [expired.id])).rows[0].status, "expired", "nothing changed");
   });
 });
 
