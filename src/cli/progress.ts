@@ -1,4 +1,5 @@
 import { parseDuration } from "../core/durations.js";
+import { parseRfc3339 } from "../core/rfc3339.js";
 
 /** Where a replay stands, as GetReplay reports it. */
 export interface ReplayCounts {
@@ -36,10 +37,9 @@ export function renderReplayProgress(counts: ReplayCounts, elapsedMs: number): s
  */
 export function parsePointInTime(value: string, now: number): Date {
   if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
-    // RFC 3339 requires the offset; without it Date.parse would guess local time.
-    const ms = /(Z|[+-]\d{2}:\d{2})$/i.test(value) ? Date.parse(value) : NaN;
-    if (Number.isNaN(ms)) throw new Error(`${JSON.stringify(value)} is not a valid RFC 3339 time (with Z or an offset such as +01:00)`);
-    return new Date(ms);
+    const at = parseRfc3339(value);
+    if (!at) throw new Error(`${JSON.stringify(value)} is not a valid RFC 3339 time (with seconds, and Z or an offset such as +01:00)`);
+    return at;
   }
   try {
     return new Date(now - parseDuration(value));

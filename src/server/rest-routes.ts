@@ -25,6 +25,7 @@ import {
 } from "../../gen/webhook/v1/delivery_pb.js";
 import type { Services } from "./services.js";
 import { invalidArgument, notFound, restError } from "./errors.js";
+import { parseRfc3339 } from "../core/rfc3339.js";
 import { MAX_BATCH, MAX_PAYLOAD_BYTES } from "./event-service.js";
 
 type Request = IncomingMessage | Http2ServerRequest;
@@ -342,9 +343,9 @@ function num(body: Record<string, unknown>, name: string): number | undefined {
 function time(body: Record<string, unknown>, name: string, required = false): Timestamp | undefined {
   const value = str(body, name, required as false);
   if (value === undefined) return undefined;
-  const ms = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/i.test(value) ? Date.parse(value) : NaN;
-  if (Number.isNaN(ms)) throw invalidArgument(`${name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z (got ${JSON.stringify(value)})`);
-  return timestampFromDate(new Date(ms));
+  const at = parseRfc3339(value);
+  if (!at) throw invalidArgument(`${name} must be an RFC 3339 time such as 2026-11-29T08:00:00Z (got ${JSON.stringify(value)})`);
+  return timestampFromDate(at);
 }
 
 function eventInput(b: Record<string, unknown>, where: string) {
