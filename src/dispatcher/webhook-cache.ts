@@ -1,7 +1,7 @@
 import type { SecretBox } from "../core/secret-box.js";
 import type { Db } from "../store/db.js";
 import type { Webhook } from "../store/schema.js";
-import { getWebhooksByIds, healthOf } from "../store/webhooks.js";
+import { getWebhooksByIds, healthOf, isSigning } from "../store/webhooks.js";
 import type { LaneWebhook } from "./lanes.js";
 
 const MAX_ENTRIES = 100_000;
@@ -47,7 +47,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       retrySchedule: row.retry_schedule,
       health: healthOf(row),
       secrets: row.signing_secrets
-        .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
+        .filter((s) => isSigning(s, now))
         .map((s) => secretBox.open(s.secret, row.id)),
     };
   }

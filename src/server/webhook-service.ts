@@ -256,7 +256,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
         const graceEnd = new Date(now + deps.secretGraceMs).toISOString();
         // The previous secret keeps signing for the grace period, so receivers can roll over without a gap.
         const previous = current.signing_secrets
-          .filter((s) => s.expires_at === null || Date.parse(s.expires_at) > now)
+          .filter((s) => webhooks.isSigning(s, now))
           .map((s) => ({ secret: s.secret, expires_at: s.expires_at ?? graceEnd }));
         await webhooks.updateWebhook(trx, id, {
           signing_secrets: [{ secret: deps.secretBox.seal(fresh.stored, id), expires_at: null }, ...previous],

@@ -74,6 +74,11 @@ export async function disableWebhook(db: Db, id: string): Promise<string | undef
   return row?.tenant_id;
 }
 
+/** True while the secret signs: the current one always, a rotated-out one until its grace period ends. */
+export function isSigning(secret: SigningSecret, now: number): boolean {
+  return secret.expires_at === null || Date.parse(secret.expires_at) > now;
+}
+
 /** Webhooks as the dispatcher needs them, whatever their status (a deleted one cancels its lane). */
 export function getWebhooksByIds(db: Db, ids: readonly string[]): Promise<Webhook[]> {
   if (ids.length === 0) return Promise.resolve([]);
