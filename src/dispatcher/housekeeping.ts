@@ -22,8 +22,13 @@ export async function runHousekeeping(db: Db, now: number, eventTtlMs: number): 
   // The first day that survives this round: anything older is dropped below, so none of it may stay pending.
   const firstKeptDay = dayStart(now - eventTtlMs - RETENTION_GRACE_MS - DAY_MS) + DAY_MS;
   const expired = await expireOverdueDeliveries(db, new Date(now), idFloor("dlv", Math.max(0, firstKeptDay)));
+  // In batches, so no single statement holds a lock on a large part of the table.
   let keysForgotten = 0;
-  for (let batch = -1; batch !== 0; keysForgotten += batch) batch = await forgetIdempotencyKeys(db, new Date(now - eventTtlMs));
+  for (;;) {
+    const forgotten = await forgetIdempotencyKeys(db, new Date(now - eventTtlMs));
+    if (forgotten === 0) break;
+    keysForgotten += forgotten;
+  }
   const partitionsDropped = await dropExpiredPartitions(db, now, eventTtlMs);
   return { partitionsFailed, expired, keysForgotten, partitionsDropped };
 }
