@@ -94,7 +94,7 @@ export async function findWebhooksWithDueDeliveries(
   shards: number[],
   dueBy: Date,
   limit: number,
-  horizon: Date = dueBy,
+  horizon: Date,
 ): Promise<{ webhook_id: string; shard: number; first_seq: number }[]> {
   if (shards.length === 0) return [];
   const now = new Date();
@@ -108,9 +108,7 @@ export async function findWebhooksWithDueDeliveries(
     .where("d.status", "=", "pending")
     .where("d.shard", "in", shards)
     .where((eb) =>
-      horizon > now
-        ? eb.or([eb("d.next_attempt_at", "<=", dueBy), eb.and([eb("d.next_attempt_at", ">", now), eb("d.next_attempt_at", "<=", horizon)])])
-        : eb("d.next_attempt_at", "<=", dueBy),
+      eb.or([eb("d.next_attempt_at", "<=", dueBy), eb.and([eb("d.next_attempt_at", ">", now), eb("d.next_attempt_at", "<=", horizon)])]),
     )
     .groupBy(["d.webhook_id", "d.shard"])
     .limit(limit)
