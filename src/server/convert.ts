@@ -4,6 +4,7 @@ import { ApiKeySchema, AuditEntrySchema, TenantSchema, type ApiKey, type AuditEn
 import { EndpointHealthSchema, ReplaySchema, WebhookSchema, type Replay, type Webhook } from "../../gen/webhook/v1/webhook_pb.js";
 import { visibleCircuitState } from "../core/endpoint-gate.js";
 import type * as rows from "../store/schema.js";
+import { healthOf } from "../store/webhooks.js";
 import { formatDuration } from "../core/durations.js";
 
 /** Rows to API messages: the only place that knows both shapes. */
@@ -22,7 +23,7 @@ export function toWebhook(row: rows.Webhook): Webhook {
     publicKey: row.public_key ?? "",
     retrySchedule: row.retry_schedule === null ? "" : row.retry_schedule.length === 0 ? "none" : row.retry_schedule.map(formatDuration).join(","),
     health: create(EndpointHealthSchema, {
-      circuitState: visibleCircuitState({ circuitState: row.circuit_state, openUntil: row.circuit_open_until?.getTime() ?? null }, Date.now()),
+      circuitState: visibleCircuitState(healthOf(row), Date.now()),
       circuitOpenUntil: row.circuit_open_until ? timestampFromDate(row.circuit_open_until) : undefined,
       consecutiveFailures: row.consecutive_failures,
       failingSince: row.failing_since ? timestampFromDate(row.failing_since) : undefined,
