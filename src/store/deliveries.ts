@@ -116,6 +116,17 @@ export async function findWebhooksWithDueDeliveries(
   return rows.map((r) => ({ webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq) }));
 }
 
+/**
+ * "Still pending", for statements that find their deliveries by id. Written so that the planner cannot
+ * match it to the pending partial indexes: their row estimate lags a backlog (it is 0.5 % of the rows
+ * before the first ANALYZE), which makes reading every pending delivery and hashing look cheaper than
+ * one primary-key probe per id — a plan that costs O(backlog) per statement, measured at 4× the CPU of
+ * the probes with 20,000 pending, and worse the longer the backlog.
+ */
+function stillPending(alias: string) {
+  return sql<boolean>`(${sql.ref(`${alias}.status`)} = 'pending') is true`;
+}
+
 export interface AttemptRecord {
   attemptId: string;
   deliveryId: string;
@@ -136,6 +147,12 @@ export interface AttemptRecord {
  */
 export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<void> {
   if (records.length === 0) return;
+  let lowest = records[0]!.deliveryId;
+  let highest = lowest;
+  for (const { deliveryId } of records) {
+    if (deliveryId < lowest) lowest = deliveryId;
+    if (deliveryId > highest) highest = deliveryId;
+  }
   await sql`
     with v as (
       select * from unnest(
@@ -161,7 +178,10 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
       last_error = v.error,
       delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
     from v
-    where d.id = v.id and d.status = 'pending'`.execute(db);
+    where d.id = v.id and ${stillPending("d")}
+      -- The id range lets the planner leave out every other day's partition: planning over all of them
+      -- cost 4× the CPU of the statement with a month of partitions.
+      and d.id between ${lowest} and ${highest}`.execute(db);
 }
 
 /** What a delivery ended without an attempt looks like. */
@@ -174,7 +194,7 @@ export async function expireDeliveries(db: Db, ids: string[]): Promise<void> {
     .updateTable("deliveries")
     .set(EXPIRED_UNTRIED)
     .where("id", "in", ids)
-    .where("status", "=", "pending")
+    .where(stillPending("deliveries"))
     .execute();
 }
 
