@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { DeliveryFeed, FeedSubscription } from "./feed.js";
-import { decodeJob, encodeJob, type DeliveryJob } from "./job.js";
+import { decodeJobs, encodeJobs, type DeliveryJob } from "./job.js";
 import { withTimeout } from "../core/timeout.js";
 
 export interface JetStreamNames {
@@ -35,6 +35,27 @@ export function jetStreamNames(prefix: string): JetStreamNames {
 const DUPLICATE_WINDOW_NS = 2 * 60 * 1e9;
 const MAX_AGE_NS = 7 * 24 * 3600 * 1e9;
 const PUBLISH_TIMEOUT_MS = 2_000;
+/** A feed message holds one webhook's jobs up to this many UTF-16 units of payload; one job alone may exceed it. */
+const MAX_MESSAGE_CHARS = 256 * 1024;
+
+/** The jobs of each webhook, in order, cut into runs of at most `maxChars` of payload. */
+function* byWebhook(jobs: DeliveryJob[], maxChars: number): Generator<DeliveryJob[]> {
+  const runs = new Map<string, { jobs: DeliveryJob[]; chars: number }>();
+  for (const job of jobs) {
+    let run = runs.get(job.webhookId);
+    if (run && run.chars + job.payload.length > maxChars) {
+      yield run.jobs;
+      run = undefined;
+    }
+    if (!run) {
+      run = { jobs: [], chars: 0 };
+      runs.set(job.webhookId, run);
+    }
+    run.jobs.push(job);
+    run.chars += job.payload.length;
+  }
+  for (const run of runs.values()) yield run.jobs;
+}
 
 export async function createJetStreamFeed(options: {
   url: string;
@@ -88,12 +109,16 @@ export async function createJetStreamFeed(options: {
       if (!connected || jobs.length === 0) return;
       // Plain publishes into the stream's subjects and one flush, not a request and a PubAck per job:
       // Postgres holds every job already and the owners' sweep sends whatever the stream missed, so an
-      // acknowledgement would only tell us what the sweep finds out anyway. The dedup id carries the
-      // attempt count: a repeated publish is dropped by the stream, a manual retry is not.
-      for (const job of jobs) {
+      // acknowledgement would only tell us what the sweep finds out anyway. A webhook's jobs of one call
+      // travel in one message (in seq order), which halves the messages per job under load. The dedup id
+      // is the first job's and the count; its attempt count lets a manual retry through.
+      // A UTF-16 unit is at most 3 bytes of UTF-8: a quarter of the server's limit always fits.
+      const maxChars = Math.min(MAX_MESSAGE_CHARS, Math.floor((nc.info?.max_payload ?? 1024 * 1024) / 4));
+      for (const group of byWebhook(jobs, maxChars)) {
+        const first = group[0]!;
         const h = headers();
-        h.set("Nats-Msg-Id", `${job.deliveryId}:${job.attempts}`);
-        nc.publish(`${names.subjectRoot}.${job.shard}.${job.webhookId}`, encodeJob(job), { headers: h });
+        h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${group.length > 1 ? `+${group.length}` : ""}`);
+        nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, encodeJobs(group), { headers: h });
       }
       await withTimeout(nc.flush(), PUBLISH_TIMEOUT_MS).catch((err) =>
         log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres"),
@@ -107,11 +132,13 @@ export async function createJetStreamFeed(options: {
       const messages = await consumer.consume({ max_messages: 500 });
       const done = (async () => {
         for await (const m of messages) {
+          let jobs: DeliveryJob[] = [];
           try {
-            onJob(decodeJob(m.data));
+            jobs = decodeJobs(m.data);
           } catch (err) {
-            log.error({ err, shard }, "undecodable job dropped");
+            log.error({ err, shard }, "undecodable feed message dropped; the sweep finds its jobs in Postgres");
           }
+          for (const job of jobs) onJob(job);
           // Acked as soon as the lane holds it: from here Postgres and the lane carry it, so nothing
           // parks in the consumer's ack window however long the delivery waits.
           ackSoon(m);
