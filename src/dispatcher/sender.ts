@@ -1,5 +1,5 @@
 import { StringDecoder } from "node:string_decoder";
-import { Agent, errors as undiciErrors } from "undici";
+import { Agent, errors as undiciErrors, type Dispatcher } from "undici";
 import type { AddressPolicy } from "../core/address-policy.js";
 import { buildDeliveryBody, buildDeliveryHeaders } from "../core/signing.js";
 import { checkHostBeforeConnect, createGuardedLookup } from "./guarded-lookup.js";
@@ -70,64 +70,104 @@ export function createSender(options: SenderOptions): Sender {
       secrets: request.secrets,
       scheme: request.scheme,
     });
-    let url: URL;
+    let target: Target;
     try {
-      url = new URL(request.url);
+      target = targetOf(request.url);
       // Node never calls the lookup hook for an IP literal, so literals are checked here.
-      checkHostBeforeConnect(url, options.addressPolicy);
+      checkHostBeforeConnect(target.url, options.addressPolicy);
     } catch (err) {
       return { kind: "error", error: describe(err), blocked: isBlocked(err), durationMs: elapsed() };
     }
-    const signal = AbortSignal.timeout(options.timeoutMs);
-    try {
-      // One deadline for the whole attempt: undici's bodyTimeout restarts on every chunk.
-      const response = await agent.request({
-        origin: url.origin,
-        path: `${url.pathname}${url.search}`,
-        method: "POST",
-        headers: { ...headers, "user-agent": "webhookd/0.1" },
-        body,
-        signal,
-      });
-      const text = await readCapped(response.body);
-      const retryAfter = response.headers["retry-after"];
-      return {
-        kind: "response",
-        status: response.statusCode,
-        body: text,
-        retryAfter: Array.isArray(retryAfter) ? retryAfter[0] : retryAfter,
-        durationMs: elapsed(),
+    return new Promise<SendResult>((resolve) => {
+      let controller: Dispatcher.DispatchController | undefined;
+      let done = false;
+      let status = 0;
+      let retryAfter: string | undefined;
+      const kept: Buffer[] = [];
+      let keptBytes = 0;
+      let readBytes = 0;
+      const finish = (result: SendResult) => {
+        if (done) return;
+        done = true;
+        clearTimeout(deadline);
+        resolve(result);
       };
-    } catch (err) {
-      if (signal.aborted) {
-        return { kind: "error", error: `timed out after ${options.timeoutMs} ms`, blocked: false, durationMs: elapsed() };
-      }
-      return { kind: "error", error: describe(err), blocked: isBlocked(err), durationMs: elapsed() };
+      const response = (): SendResult => ({ kind: "response", status, body: keptText(kept), retryAfter, durationMs: elapsed() });
+      // One deadline for the whole attempt, queueing and connecting included (undici's bodyTimeout
+      // restarts on every chunk). A plain timer, not an AbortSignal: the signal's machinery measured 13 µs
+      // of CPU per attempt, 40 % of a bare keep-alive POST.
+      const deadline = setTimeout(() => {
+        finish({ kind: "error", error: `timed out after ${options.timeoutMs} ms`, blocked: false, durationMs: elapsed() });
+        controller?.abort(new Error("attempt timed out"));
+      }, options.timeoutMs);
+      // The handler API rather than request(): the response body arrives as chunks here, without a stream
+      // and its async iteration per attempt. Redirects are not followed (no interceptor).
+      agent.dispatch(
+        { origin: target.origin, path: target.path, method: "POST", headers: { ...headers, "user-agent": "webhookd/0.1" }, body },
+        {
+          onRequestStart(c) {
+            controller = c;
+            // Its socket came after the deadline had ended the attempt.
+            if (done) c.abort(new Error("attempt timed out"));
+          },
+          onResponseStart(_c, statusCode, responseHeaders) {
+            status = statusCode;
+            const value = responseHeaders["retry-after"];
+            retryAfter = Array.isArray(value) ? value[0] : value;
+          },
+          onResponseData(c, chunk) {
+            readBytes += chunk.length;
+            if (keptBytes < RESPONSE_BODY_KEEP) {
+              const slice = chunk.subarray(0, RESPONSE_BODY_KEEP - keptBytes);
+              kept.push(slice);
+              keptBytes += slice.length;
+            }
+            if (readBytes > RESPONSE_BODY_READ_MAX) {
+              finish(response());
+              c.abort(new Error("response body over the read limit"));
+            }
+          },
+          onResponseEnd() {
+            finish(response());
+          },
+          onResponseError(_c, err) {
+            finish({ kind: "error", error: describe(err), blocked: isBlocked(err), durationMs: elapsed() });
+          },
+        },
+      );
+    });
+  }
+
+  /** Parsed once per URL: every attempt of a webhook posts to the same one. */
+  const targets = new Map<string, Target>();
+  function targetOf(url: string): Target {
+    let target = targets.get(url);
+    if (!target) {
+      const parsed = new URL(url);
+      target = { url: parsed, origin: parsed.origin, path: `${parsed.pathname}${parsed.search}` };
+      if (targets.size >= 10_000) targets.clear();
+      targets.set(url, target);
     }
+    return target;
   }
 
   return { send, close: () => agent.close() };
 }
 
-async function readCapped(body: AsyncIterable<Buffer> & { destroy(err?: Error): unknown }): Promise<string> {
-  const kept: Buffer[] = [];
-  let keptBytes = 0;
-  let readBytes = 0;
-  for await (const chunk of body) {
-    readBytes += chunk.length;
-    if (keptBytes < RESPONSE_BODY_KEEP) {
-      const slice = chunk.subarray(0, RESPONSE_BODY_KEEP - keptBytes);
-      kept.push(slice);
-      keptBytes += slice.length;
-    }
-    if (readBytes > RESPONSE_BODY_READ_MAX) {
-      body.destroy();
-      break;
-    }
-  }
-  // Whole characters only (the cut never leaves half of one behind), and no NUL: Postgres text cannot
-  // hold it, and an attempt that cannot be recorded would hold up every attempt batched with it.
-  return new StringDecoder("utf8").write(Buffer.concat(kept)).replace(/\u0000/g, "");
+interface Target {
+  url: URL;
+  origin: string;
+  path: string;
+}
+
+/**
+ * Whole characters only (the cut never leaves half of one behind), and no NUL: Postgres text cannot
+ * hold it, and an attempt that cannot be recorded would hold up every attempt batched with it.
+ */
+function keptText(kept: Buffer[]): string {
+  if (kept.length === 0) return "";
+  const bytes = kept.length === 1 ? kept[0]! : Buffer.concat(kept);
+  return new StringDecoder("utf8").write(bytes).replace(/\u0000/g, "");
 }
 
 function isBlocked(err: unknown): boolean {
