@@ -84,10 +84,13 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
 }
 
 /**
- * Webhooks of these shards with a pending delivery due by `dueBy`, or coming due between now and
- * `horizon` — the lanes that should be moving or about to — with the lowest seq pending for each (due or
- * not), so a lane whose position is past it reads from there and finds deliveries put back behind it
- * without skipping one that waits for its retry.
+ * Webhooks of these shards with a pending delivery due by `dueBy` (and after `dueSince`, when given), or
+ * coming due between now and `horizon` — the lanes that should be moving or about to — with the lowest
+ * seq pending for each (due or not), so a lane whose position is past it reads from there and finds
+ * deliveries put back behind it without skipping one that waits for its retry.
+ *
+ * The cost is one index entry per due delivery read: a backlog behind a dead endpoint is read whole
+ * unless `dueSince` leaves out what has been due for long.
  */
 export async function findWebhooksWithDueDeliveries(
   db: Db,
@@ -95,6 +98,7 @@ export async function findWebhooksWithDueDeliveries(
   dueBy: Date,
   limit: number,
   horizon: Date,
+  dueSince?: Date,
 ): Promise<{ webhook_id: string; shard: number; first_seq: number }[]> {
   if (shards.length === 0) return [];
   const now = new Date();
@@ -108,7 +112,10 @@ export async function findWebhooksWithDueDeliveries(
     .where("d.status", "=", "pending")
     .where("d.shard", "in", shards)
     .where((eb) =>
-      eb.or([eb("d.next_attempt_at", "<=", dueBy), eb.and([eb("d.next_attempt_at", ">", now), eb("d.next_attempt_at", "<=", horizon)])]),
+      eb.or([
+        dueSince ? eb.and([eb("d.next_attempt_at", ">", dueSince), eb("d.next_attempt_at", "<=", dueBy)]) : eb("d.next_attempt_at", "<=", dueBy),
+        eb.and([eb("d.next_attempt_at", ">", now), eb("d.next_attempt_at", "<=", horizon)]),
+      ]),
     )
     .groupBy(["d.webhook_id", "d.shard"])
     .limit(limit)

@@ -1,0 +1,68 @@
+// The owners' sweep query: which webhooks have work due, with the lowest seq each has pending, and what
+// the periodic sweep leaves to the full one — the backlog that has been due for long, which it would
+// otherwise read whole every period behind a dead endpoint.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import os from "node:os";
+import { newId } from "../../src/core/ids.js";
+import { findWebhooksWithDueDeliveries, insertDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
+import { migrate, openStore, type Store } from "../../src/store/db.js";
+import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
+import { createTestDatabase } from "../support/postgres.js";
+
+const MINUTE = 60_000;
+let database: Awaited<ReturnType<typeof createTestDatabase>>;
+let store: Store;
+const now = Date.now();
+/** webhook id → its deliveries' due times, relative to now, in seq order. */
+const plan = {
+  wh_backlog: [-60 * MINUTE, -60 * MINUTE, -59 * MINUTE],
+  wh_recent: [-10_000, -5_000],
+  wh_retry_soon: [1_500],
+  wh_retry_later: [60 * MINUTE],
+  wh_too_young: [-500],
+  wh_other_shard: [-10_000],
+};
+
+before(async () => {
+  database = await createTestDatabase("sweep_query");
+  store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 2 });
+  await migrate(store.db);
+  await ensureDefaultTenant(store.db);
+  const rows: NewDelivery[] = [];
+  for (const [webhookId, dues] of Object.entries(plan)) {
+    dues.forEach((offset, i) => {
+      rows.push({
+        id: newId("dlv"), tenant_id: DEFAULT_TENANT_ID, webhook_id: webhookId, event_id: newId("evt"), seq: 10 + i,
+        shard: webhookId === "wh_other_shard" ? 9 : 1, ordering_key: "", status: "pending",
+        next_attempt_at: new Date(now + offset), expires_at: new Date(now + 24 * 60 * MINUTE), created_at: new Date(now),
+      });
+    });
+  }
+  await insertDeliveries(store.db, rows);
+});
+
+after(async () => {
+  await store?.close();
+  await database?.drop();
+});
+
+async function sweep(dueSince?: Date) {
+  const found = await findWebhooksWithDueDeliveries(store.db, [1, 2], new Date(now - 2_000), 100, new Date(now + 3_000), dueSince);
+  return Object.fromEntries(found.map((r) => [r.webhook_id, { shard: r.shard, first: r.first_seq }]));
+}
+
+test("the full sweep finds every webhook with work due past the grace or coming due within the horizon", async () => {
+  assert.deepEqual(await sweep(), {
+    wh_backlog: { shard: 1, first: 10 },
+    wh_recent: { shard: 1, first: 10 },
+    wh_retry_soon: { shard: 1, first: 10 },
+  });
+});
+
+test("the periodic sweep leaves work due for long to the full sweep, and still finds the rest", async () => {
+  assert.deepEqual(await sweep(new Date(now - 2 * MINUTE)), {
+    wh_recent: { shard: 1, first: 10 },
+    wh_retry_soon: { shard: 1, first: 10 },
+  });
+});
