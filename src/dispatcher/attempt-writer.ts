@@ -10,7 +10,11 @@ import type { Db } from "../store/db.js";
 export class AttemptWriter {
   private pending: { record: AttemptRecord; resolve: () => void }[] = [];
   private timer: NodeJS.Timeout | undefined;
-  /** Writes in flight: a few at once, so a lane waits for one commit, not for a queue of them. */
+  /**
+   * Writes in flight. One by default: what arrives during a write goes in the next, whole (group commit).
+   * Three at once made batches a third the size (about 16 records), and each statement costs Postgres
+   * some 300 µs besides its rows; one at a time used 7–13 % less CPU per delivery in alternating bench runs.
+   */
   private readonly flushing = new Set<Promise<void>>();
   private stopped = false;
 
@@ -20,7 +24,7 @@ export class AttemptWriter {
     private readonly options: { maxBatch: number; maxDelayMs: number; maxConcurrent?: number } = {
       maxBatch: 500,
       maxDelayMs: 1,
-      maxConcurrent: 3,
+      maxConcurrent: 1,
     },
   ) {}
 
