@@ -118,7 +118,12 @@ export async function createJetStreamFeed(options: {
         const first = group[0]!;
         const h = headers();
         h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${group.length > 1 ? `+${group.length}` : ""}`);
-        nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, encodeJobs(group), { headers: h });
+        try {
+          nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, encodeJobs(group), { headers: h });
+        } catch (err) {
+          // A job larger than the server's max_payload, or a connection closing under us: the rest still go.
+          log.warn({ err, webhookId: first.webhookId, jobs: group.length }, "publish failed; the owners' sweep picks these up from Postgres");
+        }
       }
       await withTimeout(nc.flush(), PUBLISH_TIMEOUT_MS).catch((err) =>
         log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres"),
