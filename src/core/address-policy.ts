@@ -225,8 +225,16 @@ function embeddedIpv4(ip: ipaddr.IPv6): Embedded[] {
 // ---------------------------------------------------------------------------------------------
 // The check
 
+/** Parsed once per list: the dispatcher checks every attempt to an IP-literal URL against it. */
+const parsedLists = new WeakMap<readonly string[], Cidr[]>();
+
 function parsedAllowedCidrs(policy: AddressPolicy): Cidr[] {
-  return policy.allowedCidrs.map(cidrOrThrow);
+  let parsed = parsedLists.get(policy.allowedCidrs);
+  if (!parsed) {
+    parsed = policy.allowedCidrs.map(cidrOrThrow);
+    parsedLists.set(policy.allowedCidrs, parsed);
+  }
+  return parsed;
 }
 
 function isExempt(ip: Ip, allowed: readonly Cidr[]): boolean {
