@@ -57,7 +57,12 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     );
   }
   const secretBox = await openSecretBox(config, embedded);
-  const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir, poolSize: 20 });
+  const store = await openStore({
+    databaseUrl: config.databaseUrl,
+    dataDir: config.dataDir,
+    poolSize: 20,
+    onConnectionError: (err) => log.warn({ err }, "an idle Postgres connection was lost; the next statement opens a new one"),
+  });
   const stops: (() => Promise<unknown>)[] = [() => store.close()];
   const stopAll = async () => {
     for (const stop of stops.splice(0).reverse()) await stop().catch((err) => log.warn({ err }, "shutdown step failed"));

@@ -19,6 +19,11 @@ export interface StoreOptions {
   databaseUrl: string | undefined;
   dataDir: string;
   poolSize?: number;
+  /**
+   * An idle pooled connection failed (Postgres restarted, a backend was terminated). The pool drops it
+   * and the next statement opens a new one; without a listener the error would end the process.
+   */
+  onConnectionError?: (err: Error) => void;
 }
 
 export interface Store {
@@ -30,6 +35,7 @@ export interface Store {
 export async function openStore(options: StoreOptions): Promise<Store> {
   if (options.databaseUrl) {
     const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 });
+    pool.on("error", (err) => options.onConnectionError?.(err));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     return { db, embedded: false, close: () => db.destroy() };
   }

@@ -1,0 +1,47 @@
+// Postgres restarting (or an administrator terminating backends) kills every idle pooled connection. The
+// process must live through it, and the next statement must work on a fresh connection; an 'error' on
+// an idle pg client that nobody listens to is an uncaught exception, which ends the process.
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import os from "node:os";
+import pg from "pg";
+import { sql } from "kysely";
+import { openStore } from "../../src/store/db.js";
+import { ADMIN_URL, createTestDatabase } from "../support/postgres.js";
+import { sleep } from "../support/wait.js";
+
+const cleanups: (() => Promise<unknown>)[] = [];
+after(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((err) => console.error("cleanup failed", err));
+});
+
+test("idle connections terminated by the server are replaced, and the process lives on", async () => {
+  const database = await createTestDatabase("connection_loss");
+  cleanups.push(() => database.drop());
+  const failures: Error[] = [];
+  const store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 4, onConnectionError: (err) => failures.push(err) });
+  cleanups.push(() => store.close());
+  const uncaught: Error[] = [];
+  const onUncaught = (err: Error) => uncaught.push(err);
+  process.on("uncaughtException", onUncaught);
+  cleanups.push(async () => process.off("uncaughtException", onUncaught));
+
+  // Four idle connections in the pool.
+  await Promise.all(Array.from({ length: 4 }, () => sql`select pg_sleep(0.05)`.execute(store.db)));
+  const name = new URL(database.url).pathname.slice(1);
+  const admin = new pg.Client({ connectionString: ADMIN_URL });
+  await admin.connect();
+  try {
+    const { rows } = await admin.query("select pg_terminate_backend(pid) as done from pg_stat_activity where datname = $1", [name]);
+    assert.equal(rows.length, 4, "four backends to terminate");
+  } finally {
+    await admin.end();
+  }
+  await sleep(300);
+
+  assert.deepEqual(uncaught.map((e) => e.message), [], "no uncaught exception");
+  assert.equal(failures.length, 4, "each lost connection reported once");
+  assert.match(failures[0]!.message, /terminating connection/);
+  const { rows } = await sql<{ one: number }>`select 1 as one`.execute(store.db);
+  assert.deepEqual(rows, [{ one: 1 }]);
+});
