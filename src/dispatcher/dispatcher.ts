@@ -4,12 +4,13 @@ import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { decideOutcome, deliveryStatusAfter, parseRetryAfter } from "../core/retry-policy.js";
 import type { DeliveryFeed, FeedSubscription } from "../queue/feed.js";
-import type { DeliveryJob } from "../queue/job.js";
+import type { DeliveryJob, FedJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
 import type { DeliveryStatus } from "../store/schema.js";
 import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
 import { disableWebhook, saveEndpointHealth } from "../store/webhooks.js";
+import { loadPayloads } from "../store/events.js";
 import type { AttemptSignal, CircuitPolicy, EndpointHealth } from "../core/endpoint-gate.js";
 import { runHousekeeping } from "./housekeeping.js";
 import { recordAudit } from "../store/audit.js";
@@ -81,6 +82,9 @@ export class Dispatcher {
   private housekeeping: Promise<void> | undefined;
   private nextHousekeepingAt = 0;
   private nextFullSweepAt = 0;
+  /** Jobs from the feed this turn, and the admission of earlier turns' jobs (their payloads being read). */
+  private arriving: FedJob[] = [];
+  private admitting: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: DispatcherOptions) {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
@@ -120,6 +124,7 @@ export class Dispatcher {
     clearInterval(this.sweepTimer);
     await this.tick;
     await Promise.all([...this.owned.values()].map((s) => s?.stop()));
+    await this.admitting;
     await this.engine.stop();
     await this.writer.stop();
     await Promise.all([...this.healthSaves.values(), this.housekeeping]);
@@ -222,8 +227,33 @@ export class Dispatcher {
     }
   }
 
-  private onJob(job: DeliveryJob): void {
-    if (this.owned.has(job.shard)) this.engine.offer(job);
+  private onJob(job: FedJob): void {
+    if (!this.owned.has(job.shard)) return;
+    if (this.arriving.push(job) === 1) setImmediate(() => this.admitArrivals());
+  }
+
+  /**
+   * Hands the turn's jobs to their lanes once the payloads the feed left out are read, with one query for
+   * all of them. Turns are admitted one after another, so a webhook's jobs reach its lane in feed order.
+   * A job whose payload could not be read is left to the sweep, as a job the feed lost would be.
+   */
+  private admitArrivals(): void {
+    const batch = this.arriving;
+    this.arriving = [];
+    if (this.stopped) return;
+    const missing = [...new Set(batch.flatMap((j) => (j.payload === undefined ? [j.eventId] : [])))];
+    const payloads = loadPayloads(this.options.db, missing);
+    this.admitting = this.admitting
+      .then(() => payloads)
+      .then(
+        (found) => {
+          for (const job of batch) {
+            const payload = job.payload ?? found.get(job.eventId);
+            if (payload !== undefined && !this.stopped && this.owned.has(job.shard)) this.engine.offer({ ...job, payload });
+          }
+        },
+        (err) => this.log.warn({ err, jobs: batch.length }, "payloads could not be read; the sweep finds these jobs in Postgres"),
+      );
   }
 
   private async letGo(shard: number): Promise<void> {

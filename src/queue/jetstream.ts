@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { DeliveryFeed, FeedSubscription } from "./feed.js";
-import { decodeJobs, encodeJobs, type DeliveryJob } from "./job.js";
+import { decodeJobHeads, encodeJobHeads, type DeliveryJob, type FedJob } from "./job.js";
 import { withTimeout } from "../core/timeout.js";
 
 export interface JetStreamNames {
@@ -35,26 +35,25 @@ export function jetStreamNames(prefix: string): JetStreamNames {
 const DUPLICATE_WINDOW_NS = 2 * 60 * 1e9;
 const MAX_AGE_NS = 7 * 24 * 3600 * 1e9;
 const PUBLISH_TIMEOUT_MS = 2_000;
-/** A feed message holds one webhook's jobs up to this many UTF-16 units of payload; one job alone may exceed it. */
-const MAX_MESSAGE_CHARS = 256 * 1024;
+/** Jobs in one feed message at most (a head is about 300 bytes: a message stays far below max_payload). */
+const MAX_JOBS_PER_MESSAGE = 500;
 
-/** The jobs of each webhook, in order, cut into runs of at most `maxChars` of payload. */
-function* byWebhook(jobs: DeliveryJob[], maxChars: number): Generator<DeliveryJob[]> {
-  const runs = new Map<string, { jobs: DeliveryJob[]; chars: number }>();
+/** The jobs of each webhook, in order, in runs of at most `MAX_JOBS_PER_MESSAGE`. */
+function* byWebhook(jobs: DeliveryJob[]): Generator<DeliveryJob[]> {
+  const runs = new Map<string, DeliveryJob[]>();
   for (const job of jobs) {
     let run = runs.get(job.webhookId);
-    if (run && run.chars + job.payload.length > maxChars) {
-      yield run.jobs;
+    if (run && run.length >= MAX_JOBS_PER_MESSAGE) {
+      yield run;
       run = undefined;
     }
     if (!run) {
-      run = { jobs: [], chars: 0 };
+      run = [];
       runs.set(job.webhookId, run);
     }
-    run.jobs.push(job);
-    run.chars += job.payload.length;
+    run.push(job);
   }
-  for (const run of runs.values()) yield run.jobs;
+  yield* runs.values();
 }
 
 export async function createJetStreamFeed(options: {
@@ -110,18 +109,16 @@ export async function createJetStreamFeed(options: {
       // Plain publishes into the stream's subjects and one flush, not a request and a PubAck per job:
       // Postgres holds every job already and the owners' sweep sends whatever the stream missed, so an
       // acknowledgement would only tell us what the sweep finds out anyway. A webhook's jobs of one call
-      // travel in one message (in seq order), which halves the messages per job under load. The dedup id
-      // is the first job's and the count; its attempt count lets a manual retry through.
-      // A UTF-16 unit is at most 3 bytes of UTF-8: a quarter of the server's limit always fits.
-      const maxChars = Math.min(MAX_MESSAGE_CHARS, Math.floor((nc.info?.max_payload ?? 1024 * 1024) / 4));
-      for (const group of byWebhook(jobs, maxChars)) {
+      // travel in one message, in seq order, without their payloads (the owner reads those from
+      // Postgres). The dedup id is the first job's and the count; its attempt count lets a manual retry through.
+      for (const group of byWebhook(jobs)) {
         const first = group[0]!;
         const h = headers();
         h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${group.length > 1 ? `+${group.length}` : ""}`);
         try {
-          nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, encodeJobs(group), { headers: h });
+          nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, encodeJobHeads(group), { headers: h });
         } catch (err) {
-          // A job larger than the server's max_payload, or a connection closing under us: the rest still go.
+          // A connection closing under us: the rest still go, and the sweep sends these.
           log.warn({ err, webhookId: first.webhookId, jobs: group.length }, "publish failed; the owners' sweep picks these up from Postgres");
         }
       }
@@ -137,15 +134,15 @@ export async function createJetStreamFeed(options: {
       const messages = await consumer.consume({ max_messages: 500 });
       const done = (async () => {
         for await (const m of messages) {
-          let jobs: DeliveryJob[] = [];
+          let jobs: FedJob[] = [];
           try {
-            jobs = decodeJobs(m.data);
+            jobs = decodeJobHeads(m.data);
           } catch (err) {
             log.error({ err, shard }, "undecodable feed message dropped; the sweep finds its jobs in Postgres");
           }
           for (const job of jobs) onJob(job);
-          // Acked as soon as the lane holds it: from here Postgres and the lane carry it, so nothing
-          // parks in the consumer's ack window however long the delivery waits.
+          // Acked as soon as it is read: from here Postgres and the dispatcher carry its jobs, so nothing
+          // parks in the consumer's ack window however long a delivery waits.
           ackSoon(m);
         }
       })();

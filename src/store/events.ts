@@ -34,6 +34,16 @@ export async function forgetIdempotencyKeys(db: Db, before: Date, limit = 10_000
   return Number(result.numAffectedRows ?? 0);
 }
 
+/**
+ * Payloads by event id. The ids are a constant list, so the planner reads only the partitions that hold
+ * them, through the primary key.
+ */
+export async function loadPayloads(db: Db, eventIds: string[]): Promise<Map<string, string>> {
+  if (eventIds.length === 0) return new Map();
+  const rows = await db.selectFrom("events").select(["id", "payload"]).where(sql<boolean>`id = any(${sql.val(eventIds)}::text[])`).execute();
+  return new Map(rows.map((r) => [r.id, r.payload]));
+}
+
 export function getEvent(db: Db, tenantId: string, id: string): Promise<Event | undefined> {
   return db.selectFrom("events").selectAll().where("tenant_id", "=", tenantId).where("id", "=", id).executeTakeFirst();
 }
