@@ -24,9 +24,10 @@ import { createWebhookCache } from "./webhook-cache.js";
 /** A new owner loads the lanes of retries due within this long, so they go on time after a takeover. */
 const CLAIM_LOOKAHEAD_MS = 60_000;
 /**
- * The periodic sweep reads what came due within this window; once a minute it reads everything. Work
- * due for longer sits in lanes already (held, backing off, or behind a busy head), and reading a dead
- * endpoint's whole backlog every period cost 0.8 µs a delivery — 40 % of a core for a million.
+ * The periodic sweep reads the deliveries that came due within this window, one index entry each; once a
+ * minute (and on a claim) the full sweep asks every webhook with pending work instead. Work due for
+ * longer sits in lanes already (held, backing off, or behind a busy head), and reading a dead endpoint's
+ * whole backlog every period cost 0.8 µs a delivery — 40 % of a core for a million.
  */
 const SWEEP_RECENT_MS = 120_000;
 const FULL_SWEEP_EVERY_MS = 60_000;

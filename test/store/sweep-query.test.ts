@@ -4,10 +4,12 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import os from "node:os";
-import { newId } from "../../src/core/ids.js";
+import { sql } from "kysely";
+import { idFloor, newId } from "../../src/core/ids.js";
 import { findWebhooksWithDueDeliveries, insertDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
+import { insertWebhook } from "../../src/store/webhooks.js";
 import { createTestDatabase } from "../support/postgres.js";
 
 const MINUTE = 60_000;
@@ -19,7 +21,7 @@ const plan = {
   wh_backlog: [-60 * MINUTE, -60 * MINUTE, -59 * MINUTE],
   wh_recent: [-10_000, -5_000],
   wh_retry_soon: [1_500],
-  wh_retry_later: [60 * MINUTE],
+  wh_retry_later: [60 * MINUTE, 61 * MINUTE],
   wh_too_young: [-500],
   wh_other_shard: [-10_000],
 };
@@ -31,6 +33,19 @@ before(async () => {
   await ensureDefaultTenant(store.db);
   const rows: NewDelivery[] = [];
   for (const [webhookId, dues] of Object.entries(plan)) {
+    await insertWebhook(store.db, {
+      id: webhookId,
+      tenant_id: DEFAULT_TENANT_ID,
+      url: "http://127.0.0.1:9/unused",
+      event_types: ["order.created"],
+      status: "active",
+      description: "",
+      signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]),
+      shard: webhookId === "wh_other_shard" ? 9 : 1,
+      public_key: null,
+      retry_schedule: null,
+      updated_at: new Date(now),
+    });
     dues.forEach((offset, i) => {
       rows.push({
         id: newId("dlv"), tenant_id: DEFAULT_TENANT_ID, webhook_id: webhookId, event_id: newId("evt"), seq: 10 + i,
@@ -65,4 +80,32 @@ test("the periodic sweep leaves work due for long to the full sweep, and still f
     wh_recent: { shard: 1, first: 10 },
     wh_retry_soon: { shard: 1, first: 10 },
   });
+});
+
+test("the full sweep reads about one index entry per webhook, not one per delivery of a dead endpoint's backlog", async () => {
+  // 50,000 deliveries of one webhook, due for an hour.
+  await insertWebhook(store.db, {
+    id: "wh_dead", tenant_id: DEFAULT_TENANT_ID, url: "http://127.0.0.1:9/unused", event_types: ["order.created"], status: "active",
+    description: "", signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]), shard: 2, public_key: null,
+    retry_schedule: null, updated_at: new Date(now),
+  });
+  const dueAt = new Date(now - 60 * MINUTE);
+  await sql`
+    insert into deliveries (id, tenant_id, webhook_id, event_id, seq, shard, ordering_key, status, next_attempt_at, expires_at, created_at)
+    select ${idFloor("dlv", now)} || lpad(g::text, 8, '0'), ${DEFAULT_TENANT_ID}, 'wh_dead', 'evt_x', g, 2, '', 'pending', ${dueAt}, ${new Date(now + 24 * 60 * MINUTE)}, ${new Date(now)}
+    from generate_series(1, 50000) g`.execute(store.db);
+  const read = await store.db.connection().execute(async (conn) => {
+    const tuples = async () => {
+      await sql`select pg_stat_force_next_flush()`.execute(conn);
+      const { rows } = await sql<{ n: number }>`
+        select coalesce(sum(idx_tup_read), 0)::int as n from pg_stat_user_indexes
+        where relid in (select inhrelid from pg_inherits where inhparent = 'deliveries'::regclass)`.execute(conn);
+      return rows[0]!.n;
+    };
+    const before = await tuples();
+    const found = await findWebhooksWithDueDeliveries(conn, [1, 2], new Date(now - 2_000), 100, new Date(now + 3_000));
+    assert.deepEqual(found.find((r) => r.webhook_id === "wh_dead"), { webhook_id: "wh_dead", shard: 2, first_seq: 1 });
+    return (await tuples()) - before;
+  });
+  assert.ok(read < 1_000, `${read} index entries read for 50,000 due deliveries`);
 });
