@@ -34,16 +34,23 @@ export async function renewLeases(db: Db, owner: string, ttlMs: number): Promise
   return rows.map((r) => r.shard);
 }
 
-/** Takes up to `count` shards that nobody holds or whose lease lapsed; returns those taken. */
+/**
+ * Takes up to `count` shards that nobody holds or whose lease lapsed; returns those taken. The shards are
+ * picked at random (so processes starting together spread out) and inserted in shard order: two claims
+ * inserting the same keys in different orders wait on each other, and Postgres ends one as a deadlock.
+ */
 export async function claimShards(db: Db, owner: string, shardCount: number, count: number, ttlMs: number): Promise<number[]> {
   if (count <= 0) return [];
   const result = await sql<{ shard: number }>`
     insert into shard_leases (shard, owner, expires_at)
     select s, ${owner}, now() + ${`${ttlMs} milliseconds`}::interval
-    from generate_series(0, ${shardCount - 1}) as s
-    where not exists (select 1 from shard_leases l where l.shard = s and l.expires_at > now())
-    order by random()
-    limit ${count}
+    from (
+      select s from generate_series(0, ${shardCount - 1}) as s
+      where not exists (select 1 from shard_leases l where l.shard = s and l.expires_at > now())
+      order by random()
+      limit ${count}
+    ) as picked
+    order by s
     on conflict (shard) do update set owner = excluded.owner, expires_at = excluded.expires_at
       where shard_leases.expires_at <= now()
     returning shard`.execute(db);
