@@ -12,8 +12,8 @@ import { migrate, openStore, type Db, type Store } from "../../src/store/db.js";
 import { insertEvents } from "../../src/store/events.js";
 import { DAY_MS, dayStart, ensurePartitions, listPartitions } from "../../src/store/partitions.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
-import { insertWebhook } from "../../src/store/webhooks.js";
 import { createTestDatabase } from "../support/postgres.js";
+import { insertTestWebhook } from "../support/rows.js";
 
 const BACKLOG = 20_000;
 const WEBHOOKS = 4;
@@ -41,19 +41,7 @@ before(async () => {
   for (let w = 0; w < WEBHOOKS; w++) {
     const id = newId("wh");
     webhooks.push(id);
-    await insertWebhook(db, {
-      id,
-      tenant_id: DEFAULT_TENANT_ID,
-      url: "http://127.0.0.1:9/unused",
-      event_types: ["order.created"],
-      status: "active",
-      description: "",
-      signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]),
-      shard: w,
-      public_key: null,
-      retry_schedule: null,
-      updated_at: now,
-    });
+    await insertTestWebhook(db, { id, shard: w, at: now });
   }
   const events = Array.from({ length: BACKLOG }, () => ({
     id: newId("evt"), tenant_id: DEFAULT_TENANT_ID, event_type: "order.created", payload: "{}", idempotency_key: null, ordering_key: null, delivery_count: 1, created_at: now,

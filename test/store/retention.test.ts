@@ -17,9 +17,10 @@ import { findEventsByIdempotencyKeys, getEvent, insertEvents } from "../../src/s
 import { migrationProvider } from "../../src/store/migrations/index.js";
 import { DAYS_AHEAD, listPartitions, partitionDay } from "../../src/store/partitions.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
-import { getWebhook, insertWebhook } from "../../src/store/webhooks.js";
+import { getWebhook } from "../../src/store/webhooks.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
 import { createTestDatabase } from "../support/postgres.js";
+import { insertTestWebhook } from "../support/rows.js";
 import { startReceiver } from "../support/receiver.js";
 import { eventually, sleep } from "../support/wait.js";
 
@@ -111,19 +112,7 @@ async function seedDirect(db: Db, opts: { key: string; url: string }) {
   await ensureDefaultTenant(db);
   const now = new Date();
   const webhookId = newId("wh");
-  await insertWebhook(db, {
-    id: webhookId,
-    tenant_id: DEFAULT_TENANT_ID,
-    url: opts.url,
-    event_types: ["order.created"],
-    status: "active",
-    description: "",
-    signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]),
-    shard: 0,
-    public_key: null,
-    retry_schedule: null,
-    updated_at: now,
-  });
+  await insertTestWebhook(db, { id: webhookId, shard: 0, url: opts.url, at: now });
   const eventId = newId("evt");
   await insertEvents(db, [
     { id: eventId, tenant_id: DEFAULT_TENANT_ID, event_type: "order.created", payload: '{"n":1}', idempotency_key: opts.key, ordering_key: null, delivery_count: 2, created_at: now },

@@ -9,8 +9,8 @@ import { idFloor, newId } from "../../src/core/ids.js";
 import { findWebhooksWithDueDeliveries, insertDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
-import { insertWebhook } from "../../src/store/webhooks.js";
 import { createTestDatabase } from "../support/postgres.js";
+import { insertTestWebhook } from "../support/rows.js";
 
 const MINUTE = 60_000;
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
@@ -33,19 +33,7 @@ before(async () => {
   await ensureDefaultTenant(store.db);
   const rows: NewDelivery[] = [];
   for (const [webhookId, dues] of Object.entries(plan)) {
-    await insertWebhook(store.db, {
-      id: webhookId,
-      tenant_id: DEFAULT_TENANT_ID,
-      url: "http://127.0.0.1:9/unused",
-      event_types: ["order.created"],
-      status: "active",
-      description: "",
-      signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]),
-      shard: webhookId === "wh_other_shard" ? 9 : 1,
-      public_key: null,
-      retry_schedule: null,
-      updated_at: new Date(now),
-    });
+    await insertTestWebhook(store.db, { id: webhookId, shard: webhookId === "wh_other_shard" ? 9 : 1, at: new Date(now) });
     dues.forEach((offset, i) => {
       rows.push({
         id: newId("dlv"), tenant_id: DEFAULT_TENANT_ID, webhook_id: webhookId, event_id: newId("evt"), seq: 10 + i,
@@ -84,11 +72,7 @@ test("the periodic sweep leaves work due for long to the full sweep, and still f
 
 test("the full sweep reads about one index entry per webhook, not one per delivery of a dead endpoint's backlog", async () => {
   // 50,000 deliveries of one webhook, due for an hour.
-  await insertWebhook(store.db, {
-    id: "wh_dead", tenant_id: DEFAULT_TENANT_ID, url: "http://127.0.0.1:9/unused", event_types: ["order.created"], status: "active",
-    description: "", signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]), shard: 2, public_key: null,
-    retry_schedule: null, updated_at: new Date(now),
-  });
+  await insertTestWebhook(store.db, { id: "wh_dead", shard: 2, at: new Date(now) });
   const dueAt = new Date(now - 60 * MINUTE);
   await sql`
     insert into deliveries (id, tenant_id, webhook_id, event_id, seq, shard, ordering_key, status, next_attempt_at, expires_at, created_at)
