@@ -4,19 +4,19 @@ import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
 import { decideOutcome, deliveryStatusAfter, parseRetryAfter } from "../core/retry-policy.js";
 import type { DeliveryFeed, FeedSubscription } from "../queue/feed.js";
-import type { DeliveryJob, FedJob } from "../queue/job.js";
+import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
 import type { DeliveryStatus } from "../store/schema.js";
 import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
 import { disableWebhook, saveEndpointHealth } from "../store/webhooks.js";
-import { loadPayloads } from "../store/events.js";
 import type { AttemptSignal, CircuitPolicy, EndpointHealth } from "../core/endpoint-gate.js";
 import { runHousekeeping } from "./housekeeping.js";
 import { recordAudit } from "../store/audit.js";
 import { attemptDuration, attemptsMade, deliveryLatency } from "../metrics.js";
 import { AttemptWriter } from "./attempt-writer.js";
 import { LaneEngine, type LaneOutcome, type LaneWebhook } from "./lanes.js";
+import { PayloadReader } from "./payload-reader.js";
 import type { SendResult, Sender } from "./sender.js";
 import { RESPONSE_BODY_KEEP } from "./sender.js";
 import { createWebhookCache } from "./webhook-cache.js";
@@ -83,9 +83,7 @@ export class Dispatcher {
   private housekeeping: Promise<void> | undefined;
   private nextHousekeepingAt = 0;
   private nextFullSweepAt = 0;
-  /** Jobs from the feed this turn, and the admission of earlier turns' jobs (their payloads being read). */
-  private arriving: FedJob[] = [];
-  private admitting: Promise<void> = Promise.resolve();
+  private readonly payloads: PayloadReader;
 
   constructor(private readonly options: DispatcherOptions) {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
@@ -93,11 +91,13 @@ export class Dispatcher {
     this.sweepIntervalMs = options.sweepIntervalMs ?? 2_000;
     this.writer = new AttemptWriter(options.db, this.log);
     this.webhooks = createWebhookCache(options.db, options.secretBox);
+    this.payloads = new PayloadReader(options.db);
     this.engine = new LaneEngine({
       loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),
       isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),
       getWebhook: (id) => this.webhooks.get(id),
       execute: (job, webhook) => this.execute(job, webhook),
+      prefetch: (job) => this.prefetch(job),
       saveHealth: (webhookId, health) => this.saveHealth(webhookId, health),
       circuitPolicy: options.circuitPolicy,
       maxInFlight: options.maxInFlight,
@@ -125,7 +125,6 @@ export class Dispatcher {
     clearInterval(this.sweepTimer);
     await this.tick;
     await Promise.all([...this.owned.values()].map((s) => s?.stop()));
-    await this.admitting;
     await this.engine.stop();
     await this.writer.stop();
     await Promise.all([...this.healthSaves.values(), this.housekeeping]);
@@ -228,33 +227,20 @@ export class Dispatcher {
     }
   }
 
-  private onJob(job: FedJob): void {
-    if (!this.owned.has(job.shard)) return;
-    if (this.arriving.push(job) === 1) setImmediate(() => this.admitArrivals());
+  private onJob(job: DeliveryJob): void {
+    if (this.owned.has(job.shard)) this.engine.offer(job);
   }
 
-  /**
-   * Hands the turn's jobs to their lanes once the payloads the feed left out are read, with one query for
-   * all of them. Turns are admitted one after another, so a webhook's jobs reach its lane in feed order.
-   * A job whose payload could not be read is left to the sweep, as a job the feed lost would be.
-   */
-  private admitArrivals(): void {
-    const batch = this.arriving;
-    this.arriving = [];
-    if (this.stopped) return;
-    const missing = [...new Set(batch.flatMap((j) => (j.payload === undefined ? [j.eventId] : [])))];
-    const payloads = loadPayloads(this.options.db, missing);
-    this.admitting = this.admitting
-      .then(() => payloads)
-      .then(
-        (found) => {
-          for (const job of batch) {
-            const payload = job.payload ?? found.get(job.eventId);
-            if (payload !== undefined && !this.stopped && this.owned.has(job.shard)) this.engine.offer({ ...job, payload });
-          }
-        },
-        (err) => this.log.warn({ err, jobs: batch.length }, "payloads could not be read; the sweep finds these jobs in Postgres"),
-      );
+  /** Reads the payload of the job a lane sends next while the one before it is in flight. */
+  private prefetch(job: DeliveryJob): void {
+    if (job.payload !== undefined) return;
+    this.payloads.read(job.eventId).then(
+      (payload) => {
+        job.payload ??= payload;
+      },
+      // The attempt reads it again and reports what goes wrong.
+      () => undefined,
+    );
   }
 
   private async letGo(shard: number): Promise<void> {
@@ -303,6 +289,9 @@ export class Dispatcher {
       attemptsMade.inc({ status: "expired" });
       return { final: true, signal: "neutral" };
     }
+    const payload = job.payload ?? (await this.payloads.read(job.eventId));
+    // The event row goes with the delivery's: a retention that removed one removed both.
+    if (payload === undefined) throw new Error(`event ${job.eventId} of delivery ${job.deliveryId} is not in Postgres`);
     const attemptedAt = new Date();
     const result = await this.options.sender.send({
       url: webhook.url,
@@ -311,7 +300,7 @@ export class Dispatcher {
       eventId: job.eventId,
       eventType: job.eventType,
       createdAt: job.createdAt,
-      payload: job.payload,
+      payload,
     });
     const now = new Date();
     const after = await this.decide(job, webhook, result, now, attemptedAt);

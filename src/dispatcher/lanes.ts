@@ -29,6 +29,8 @@ export interface LaneEngineDeps {
   getWebhook(webhookId: string): Promise<LaneWebhook | undefined>;
   /** Sends the job and records the outcome; resolves only once the outcome is committed. */
   execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome>;
+  /** Gets the job ready to go next (reads its payload) while the one before it is in flight. */
+  prefetch?(job: DeliveryJob): void;
   /** The endpoint's health changed; called in order per webhook. */
   saveHealth(webhookId: string, health: EndpointHealth): void;
   circuitPolicy: CircuitPolicy;
@@ -48,6 +50,8 @@ export interface LaneEngineDeps {
 }
 
 const IDLE_EVICT_MS = 60_000;
+/** Queue positions whose jobs keep the payload they came with. */
+const PAYLOADS_KEPT = 2;
 
 /**
  * Per-webhook lanes. The invariant: a lane sends only the head of each ordering key (the whole webhook
@@ -57,6 +61,10 @@ const IDLE_EVICT_MS = 60_000;
  * `knownThrough` is the lane's promise: every pending delivery with seq ≤ knownThrough is in `queue`.
  * Seqs are gap-free per webhook, so a job with the next seq extends it; any other job waits in `ahead`
  * until the gap is filled from Postgres.
+ *
+ * Payloads: a lane keeps one only for the first jobs of its queue (`PAYLOADS_KEPT`) and asks for the next
+ * one's while an attempt is in flight. Everything else waits as a head of a few hundred bytes, so the
+ * memory of a backlog does not grow with its payloads (up to 256 KB each, hundreds of jobs a lane).
  */
 export class LaneEngine {
   private readonly lanes = new Map<string, Lane>();
@@ -247,22 +255,21 @@ class Lane {
   }
 
   private append(job: DeliveryJob): void {
+    if (this.queue.length >= PAYLOADS_KEPT) job.payload = undefined;
     this.queue.push(job);
     this.knownThrough = job.seq;
   }
 
   private insertSorted(job: DeliveryJob): void {
     const last = this.queue.at(-1);
-    if (!last || last.seq < job.seq) {
-      this.queue.push(job);
-      return;
-    }
-    const index = this.queue.findIndex((j) => j.seq > job.seq);
-    if (index === -1) this.queue.push(job);
-    else this.queue.splice(index, 0, job);
+    let index = !last || last.seq < job.seq ? -1 : this.queue.findIndex((j) => j.seq > job.seq);
+    if (index === -1) index = this.queue.length;
+    if (index >= PAYLOADS_KEPT) job.payload = undefined;
+    this.queue.splice(index, 0, job);
   }
 
   private holdAhead(job: DeliveryJob): void {
+    job.payload = undefined;
     if (this.ahead.size < this.engine.capacity) this.ahead.set(job.seq, job);
     else {
       this.truncated = true;
@@ -400,6 +407,8 @@ class Lane {
         } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;
+          // A retry may be hours away; it reads the payload again when it comes due.
+          job.payload = undefined;
         }
       })
       .catch((err) => {
@@ -417,6 +426,17 @@ class Lane {
         this.pump();
       });
     this.attempts.add(attempt);
+    const next = this.nextInLine(job, key, webhook.orderedByKey);
+    if (next) this.engine.deps.prefetch?.(next);
+  }
+
+  /** The job that follows `job` on its ordering key (on the whole lane, unless the webhook opted in). */
+  private nextInLine(job: DeliveryJob, key: string, orderedByKey: boolean): DeliveryJob | undefined {
+    for (let i = this.queue.indexOf(job) + 1; i < this.queue.length; i++) {
+      const candidate = this.queue[i]!;
+      if (!orderedByKey || candidate.orderingKey === key) return candidate;
+    }
+    return undefined;
   }
 
   private recordSignal(signal: AttemptSignal): void {

@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { DeliveryFeed, FeedSubscription } from "./feed.js";
-import { decodeJobHeads, encodeJobHeads, type DeliveryJob, type FedJob } from "./job.js";
+import { decodeJobHeads, encodeJobHeads, type DeliveryJob } from "./job.js";
 import { withTimeout } from "../core/timeout.js";
 
 export interface JetStreamNames {
@@ -134,7 +134,7 @@ export async function createJetStreamFeed(options: {
       const messages = await consumer.consume({ max_messages: 500 });
       const done = (async () => {
         for await (const m of messages) {
-          let jobs: FedJob[] = [];
+          let jobs: DeliveryJob[] = [];
           try {
             jobs = decodeJobHeads(m.data);
           } catch (err) {

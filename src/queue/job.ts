@@ -13,8 +13,12 @@ export interface DeliveryJob {
   eventType: string;
   /** The event's creation time, ms since the epoch: the body's timestamp and the TTL's start. */
   createdAt: number;
-  /** The payload's JSON text, sent verbatim. */
-  payload: string;
+  /**
+   * The payload's JSON text, sent verbatim, when the job carries it: the embedded feed hands jobs over
+   * with theirs, and a lane keeps it only for a job it is about to send. Without it the sender's side
+   * reads it from Postgres, the record, just before the attempt.
+   */
+  payload?: string | undefined;
   attempts: number;
   /** ms since the epoch; the job waits until then. */
   nextAttemptAt: number;
@@ -25,21 +29,18 @@ export interface DeliveryJob {
 }
 
 /**
- * A job as a feed hands it over. JetStream carries no payloads: the shard owner reads them from Postgres,
- * the record, a batch at a time (see the dispatcher). Through NATS and back the 5 KB of a payload cost
- * more CPU than reading it from Postgres, and the stream holds over ten times as many jobs in its memory.
+ * One webhook's jobs of a publish, as one feed message: JSON, without their payloads. Through NATS and
+ * back the 5 KB of a payload cost more CPU than reading it from Postgres, and the stream holds over ten
+ * times as many jobs in its memory.
  */
-export type FedJob = Omit<DeliveryJob, "payload"> & { payload?: string };
-
-/** One webhook's jobs of a publish, as one feed message: JSON, without their payloads. */
 export function encodeJobHeads(jobs: readonly DeliveryJob[]): Uint8Array {
   return Buffer.from(JSON.stringify(jobs.map(({ payload: _payload, ...head }) => head)));
 }
 
-export function decodeJobHeads(data: Uint8Array): FedJob[] {
+export function decodeJobHeads(data: Uint8Array): DeliveryJob[] {
   const heads: unknown = JSON.parse(Buffer.from(data.buffer, data.byteOffset, data.byteLength).toString("utf8"));
   if (!Array.isArray(heads) || !heads.every((h) => typeof h === "object" && h !== null && typeof h.deliveryId === "string" && typeof h.eventId === "string")) {
     throw new Error("feed message is not a list of job heads");
   }
-  return heads as FedJob[];
+  return heads as DeliveryJob[];
 }

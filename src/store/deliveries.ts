@@ -31,7 +31,10 @@ export interface LaneLoad {
   lastSeq: number;
 }
 
-/** Pending deliveries of a webhook after a seq, in order, with what the sender needs of their events. */
+/**
+ * Pending deliveries of a webhook after a seq, in order, with what the sender needs of their events but
+ * their payloads, which are read when an attempt is about to start.
+ */
 export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad> {
   // One statement, one snapshot: lastSeq and the rows agree.
   const rows = await db
@@ -48,7 +51,6 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
       "d.event_id",
       "e.event_type",
       "e.created_at",
-      "e.payload",
       "d.attempts",
       "d.next_attempt_at",
       "d.expires_at",
@@ -74,7 +76,6 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
     eventId: r.event_id,
     eventType: r.event_type,
     createdAt: r.created_at.getTime(),
-    payload: r.payload,
     attempts: r.attempts,
     nextAttemptAt: r.next_attempt_at.getTime(),
     expiresAt: r.expires_at.getTime(),

@@ -558,4 +558,48 @@ describe('LaneEngine', () => {
     await sleep(100);
     assert.deepEqual(record.sent('wh_race'), [1, 2, 3], 'seq 2 must not be sent again after seq 3');
   });
+
+  test('a lane keeps payloads only for the jobs about to go, reads the next one ahead, and a retry lets its own go', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_mem');
+    record.responder = () => 'hold';
+    const prefetched: number[] = [];
+    const seen: { seq: number; payload: string | undefined }[] = [];
+    const deps = record.deps({
+      prefetch: (job) => {
+        prefetched.push(job.seq);
+        job.payload ??= `{"read":${job.seq}}`;
+      },
+    });
+    const execute = deps.execute;
+    deps.execute = (job, webhook) => {
+      seen.push({ seq: job.seq, payload: job.payload });
+      return execute(job, webhook);
+    };
+    const engine = newEngine(deps);
+    engine.wake('wh_mem', 0);
+    await until(() => record.loads.length === 1, 'the initial load');
+    await sleep(10);
+    const offered = Array.from({ length: 50 }, () => record.copy(record.commit('wh_mem')));
+    for (const job of offered) engine.offer(job);
+    await until(() => record.calls.length === 1, 'seq 1 sent');
+
+    // Seq 1 is in flight with its payload, seq 2 keeps the one it came with; the other 48 wait without.
+    assert.deepEqual(offered.flatMap((j) => (j.payload === undefined ? [] : [j.seq])), [1, 2]);
+    assert.deepEqual(seen, [{ seq: 1, payload: '{"seq":1}' }]);
+    assert.deepEqual(prefetched, [2], 'the next job is made ready while seq 1 is in flight');
+
+    record.calls[0]!.finish();
+    await until(() => record.calls.length === 2, 'seq 2 sent');
+    record.calls[1]!.finish();
+    await until(() => record.calls.length === 3, 'seq 3 sent');
+    assert.deepEqual(seen.slice(1), [{ seq: 2, payload: '{"seq":2}' }, { seq: 3, payload: '{"read":3}' }]);
+    assert.deepEqual(prefetched, [2, 3, 4]);
+
+    // A retry lets its payload go: it may be hours away, and reads it again when it comes due.
+    record.calls[2]!.finish({ final: false, nextAttemptAt: Date.now() + 50, signal: 'failure' });
+    await until(() => record.calls.length === 4, 'seq 3 tried again');
+    assert.deepEqual(seen[3], { seq: 3, payload: undefined });
+    assert.equal(offered.filter((j) => j.payload !== undefined).length <= 3, true, 'seq 3 (in flight) and at most the next two hold payloads');
+  });
 });

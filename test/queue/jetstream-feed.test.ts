@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { connect } from "@nats-io/transport-node";
 import { createJetStreamFeed, jetStreamNames } from "../../src/queue/jetstream.js";
 import type { DeliveryFeed } from "../../src/queue/feed.js";
-import type { DeliveryJob, FedJob } from "../../src/queue/job.js";
+import type { DeliveryJob } from "../../src/queue/job.js";
 import { createLogger } from "../../src/logger.js";
 import { NATS_URL, natsPrefix } from "../support/nats.js";
 import { eventually, sleep } from "../support/wait.js";
@@ -64,7 +64,7 @@ test("a webhook's jobs of one publish go in as few messages as allowed, without 
   await feed.publish(mixed);
   assert.equal(await messagesOn(NATS_URL, prefix, 7), 4);
 
-  const received: FedJob[] = [];
+  const received: DeliveryJob[] = [];
   const subscription = await feed.consume(7, (j) => received.push(j));
   await eventually(async () => received.length, (n) => n >= 1_205, "all 1,205 jobs consumed", 10_000);
   await subscription.stop();
@@ -85,7 +85,7 @@ test("a message that is not a list of job heads is acked and dropped; the ones a
     await nc.close();
   }
   await feed.publish([job("wh_x", 4, 2, 100)]);
-  const received: FedJob[] = [];
+  const received: DeliveryJob[] = [];
   const subscription = await feed.consume(4, (j) => received.push(j));
   await eventually(async () => received.length, (n) => n >= 1, "the well-formed job consumed", 10_000);
   await sleep(200);
