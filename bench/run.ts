@@ -6,7 +6,8 @@
  * process (bench/receiver.ts), then runs:
  *
  *   0. raw ceiling: plain keep-alive POSTs of the same 5 KB body straight to the receiver (undici);
- *   1. batch ingest (POST /events/batch, 100 per batch, a few batches at once) and sustained delivery,
+ *   1. batch ingest (POST /events/batch, 100 per batch, a few batches at once) and sustained delivery;
+ *  1b. delivery alone: the same events published with the webhooks paused, then set active together;
  *      then the raw ceiling again (the host's speed drifts);
  *   2. single-event ingest (POST /events, ~32 concurrent clients);
  *   3. steady rate (500 events/s paced by a timer): publish → receive latency.
@@ -522,11 +523,13 @@ async function main(): Promise<number> {
 
   // --- webhooks and warm-up ------------------------------------------------------------------------------
   const eventType = (wh: number) => `bench.w${wh}`;
+  const webhookIds: string[] = new Array(M);
   for (let wh = 0; wh < M; wh += 20) {
     await Promise.all(
       Array.from({ length: Math.min(20, M - wh) }, async (_, j) => {
         const res = await call("POST", "/webhooks", { url: `${hookOrigin(wh + j)}/hook/${wh + j}`, event_types: [eventType(wh + j)], description: "bench" });
         if (res.status !== 201 && res.status !== 200) throw new Error(`POST /webhooks answered ${res.status}: ${JSON.stringify(res.json)}`);
+        webhookIds[wh + j] = res.json.webhook_id ?? res.json.webhook?.webhook_id;
       }),
     );
   }
@@ -720,6 +723,38 @@ async function main(): Promise<number> {
     );
   }
 
+  // --- phase 1b: delivery alone, from a backlog ------------------------------------------------------------
+  // The webhooks are paused while the events go in and set active again together: what the dispatcher
+  // and Postgres deliver with no ingest beside them, the figure a dispatcher is sized by.
+  const p1b = newExpected();
+  let p1bCheck: DeliveryCheck | undefined;
+  if (timeLeft() > 60_000) {
+    const setStatus = async (status: string) => {
+      for (let wh = 0; wh < M; wh += 20) {
+        await Promise.all(
+          webhookIds.slice(wh, wh + 20).map(async (id) => {
+            const res = await call("PUT", `/webhooks/${id}`, { status });
+            if (res.status !== 200) throw new Error(`PUT /webhooks/${id} {status: ${status}} answered ${res.status}: ${JSON.stringify(res.json)}`);
+          }),
+        );
+      }
+    };
+    await setStatus("paused");
+    // The dispatcher reads a webhook at most a second old before each attempt.
+    await sleep(1_500);
+    log(`phase 1b: ${fmt(N)} events published with the webhooks paused`);
+    const published = await publishBatches("p1b", p1b, N);
+    if (published.errors > 0) warn(`phase 1b: ${published.errors} batches failed`);
+    await sleep(1_000);
+    const early = await receiver.stats("p1b");
+    if (early.unique > 0) warn(`phase 1b: ${early.unique} deliveries arrived while their webhooks were paused`);
+    const s0 = sample();
+    await setStatus("active");
+    p1bCheck = await awaitDeliveries("p1b", p1b, options.drainSeconds * 1000);
+    cpu.push(cpuWindow("phase 1b: delivery from a backlog", s0, sample(), p1bCheck.delivered, "delivery"));
+    log(`phase 1b: ${fmt(p1bCheck.delivered)}/${fmt(p1bCheck.expected)} delivered, ${fmt(p1bCheck.delivered / ((p1bCheck.lastAt - p1bCheck.firstAt) / 1000))} deliveries/s (first → last receipt)`);
+  }
+
   // The host's speed drifts (the development machine is a VM on a shared host: its ceiling moved between
   // 14,000 and 31,000 req/s within an hour), so the ceiling is measured again right after phase 1.
   const rawAfter = await rawCeiling(options.rawConnections, options.rawSeconds);
@@ -867,10 +902,11 @@ async function main(): Promise<number> {
   }
 
   // --- the report ------------------------------------------------------------------------------------------
-  const checks = [p1Check, p2Check, p3Check].filter((c): c is DeliveryCheck => c !== undefined);
+  const checks = [p1Check, p1bCheck, p2Check, p3Check].filter((c): c is DeliveryCheck => c !== undefined);
   const sum = (f: (c: DeliveryCheck) => number) => checks.reduce((s, c) => s + f(c), 0);
   const p1Span = p1Check ? (p1Check.lastAt - p1Check.firstAt) / 1000 : NaN;
   const p1Rate = p1Check ? p1Check.delivered / p1Span : NaN;
+  const p1bRate = p1bCheck ? p1bCheck.delivered / ((p1bCheck.lastAt - p1bCheck.firstAt) / 1000) : NaN;
   const rows: [string, string][] = [
     [`raw ceiling, ${options.rawConnections} connections (before / after phase 1)`, `${fmt(raw.rps)} / ${fmt(rawAfter.rps)} req/s`],
     ["raw ceiling, 16 connections (sender's per-origin cap)", `${fmt(raw16.rps)} req/s`],
@@ -885,6 +921,10 @@ async function main(): Promise<number> {
       p1Check && p1Check.delivered - p1AtIngestEnd.delivered >= 500
         ? `${fmt((p1Check.delivered - p1AtIngestEnd.delivered) / ((p1Check.lastAt - p1AtIngestEnd.at) / 1000))} deliveries/s (${fmt(p1Check.delivered - p1AtIngestEnd.delivered)} left at ingest end)`
         : `n/a (${fmt(p1Check ? p1Check.delivered - p1AtIngestEnd.delivered : NaN)} left at ingest end: delivery kept up)`,
+    ],
+    [
+      "delivery alone, from a backlog (phase 1b)",
+      p1bCheck ? `${fmt(p1bRate)} deliveries/s (${fmt((p1bRate / raw.rps) * 100, 1)} % / ${fmt((p1bRate / rawAfter.rps) * 100, 1)} % of the ceiling before / after phase 1)` : "skipped",
     ],
     [`batch ingest (POST /events/batch ×${options.batchSize})`, `${fmt(p1Ingest)} events/s`],
     [`single ingest (POST /events, ${Math.min(Math.floor(options.singleConcurrency), M)} clients)`, `${fmt(p2Ingest)} events/s (POST p50 ${ms(p2Publish.p50)}, p99 ${ms(p2Publish.p99)})`],
@@ -909,7 +949,7 @@ async function main(): Promise<number> {
   console.log(line);
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
   console.log(line);
-  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check)]) console.log(l);
+  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check)]) console.log(l);
   console.log(line);
 
   const names = ["bench", "receiver", "api", "dispatcher", "postgres", "nats"];
