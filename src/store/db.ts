@@ -5,6 +5,7 @@ import { Kysely, Migrator, PostgresDialect } from "kysely";
 import pg from "pg";
 import { migrationProvider } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
+import { PreparingClient } from "./prepared.js";
 import { ensurePartitions } from "./partitions.js";
 import type { Database } from "./schema.js";
 
@@ -34,7 +35,7 @@ export interface Store {
 
 export async function openStore(options: StoreOptions): Promise<Store> {
   if (options.databaseUrl) {
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10 });
+    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, Client: PreparingClient });
     pool.on("error", (err) => options.onConnectionError?.(err));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     return { db, embedded: false, close: () => db.destroy() };

@@ -1,6 +1,7 @@
 import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "./db.js";
+import { prepared } from "./prepared.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
 import { requeueableSql, requeuedExpiry } from "./partitions.js";
 
@@ -41,6 +42,9 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
     .selectFrom("deliveries as d")
     .innerJoin("events as e", "e.id", "d.event_id")
     .leftJoin("replays as r", "r.id", "d.replay_id")
+    // Nothing here narrows the partitions: planned afresh, this cost 4 ms of Postgres CPU with a month of
+    // them (20 rows read); prepared, 0.4.
+    .modifyFront(prepared("lane_load"))
     .select([
       "r.rate_per_second as replay_rate",
       "d.id",
@@ -57,7 +61,8 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
       sql<number>`(select last_seq from webhooks w where w.id = ${webhookId})`.as("last_seq"),
     ])
     .where("d.webhook_id", "=", webhookId)
-    .where("d.status", "=", "pending")
+    // A literal, so that the statement's generic plan can use the partial indexes on pending rows.
+    .where("d.status", "=", sql.lit("pending"))
     .where("d.seq", ">", afterSeq)
     .orderBy("d.seq")
     .limit(limit)
