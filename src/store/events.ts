@@ -1,5 +1,6 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
+import { prepared } from "./prepared.js";
 import type { Event } from "./schema.js";
 
 export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<Event[]> {
@@ -36,11 +37,16 @@ export async function forgetIdempotencyKeys(db: Db, before: Date, limit = 10_000
 
 /**
  * Payloads by event id. The ids are a constant list, so the planner reads only the partitions that hold
- * them, through the primary key.
+ * them, through the primary key. Prepared: the dispatcher runs it for every few attempts.
  */
 export async function loadPayloads(db: Db, eventIds: string[]): Promise<Map<string, string>> {
   if (eventIds.length === 0) return new Map();
-  const rows = await db.selectFrom("events").select(["id", "payload"]).where(sql<boolean>`id = any(${sql.val(eventIds)}::text[])`).execute();
+  const rows = await db
+    .selectFrom("events")
+    .modifyFront(prepared("payloads"))
+    .select(["id", "payload"])
+    .where(sql<boolean>`id = any(${sql.val(eventIds)}::text[])`)
+    .execute();
   return new Map(rows.map((r) => [r.id, r.payload]));
 }
 

@@ -3,9 +3,10 @@ import { sql } from "kysely";
 
 /**
  * Marks a statement to be prepared once per connection under `name`: `.modifyFront(prepared("name"))`.
- * For statements over the partitioned tables that no partition key narrows, planning is most of their
- * cost — each of the ~35 day partitions is planned, every time — and a prepared statement's generic plan
- * is made once. The text must be the same on every call (no lists of varying length).
+ * Postgres then parses and analyses it once, not on every call. Where no partition key narrows the
+ * statement, it also settles on one generic plan after five runs, where planned afresh each of the ~35
+ * day partitions is planned every time. The text must be the same on every call (no lists of varying
+ * length), and a value a partial index depends on must be a literal for the generic plan to use it.
  */
 export function prepared(name: string) {
   return sql.raw(`/* prepared: ${name} */`);
