@@ -36,8 +36,9 @@ export async function forgetIdempotencyKeys(db: Db, before: Date, limit = 10_000
 }
 
 /**
- * Payloads by event id. The ids are a constant list, so the planner reads only the partitions that hold
- * them, through the primary key. Prepared: the dispatcher runs it for every few attempts.
+ * Payloads by event id, through the primary key of the partitions that hold them (the others are left
+ * out when the statement is planned, or when its generic plan starts). Prepared: the dispatcher runs it
+ * for every few attempts.
  */
 export async function loadPayloads(db: Db, eventIds: string[]): Promise<Map<string, string>> {
   if (eventIds.length === 0) return new Map();

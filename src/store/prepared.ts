@@ -3,10 +3,10 @@ import { sql } from "kysely";
 
 /**
  * Marks a statement to be prepared once per connection under `name`: `.modifyFront(prepared("name"))`.
- * Postgres then parses and analyses it once, not on every call. Where no partition key narrows the
- * statement, it also settles on one generic plan after five runs, where planned afresh each of the ~35
- * day partitions is planned every time. The text must be the same on every call (no lists of varying
- * length), and a value a partial index depends on must be a literal for the generic plan to use it.
+ * Postgres then parses and analyses it once, not on every call, and after five runs may settle on one
+ * generic plan: where no partition key narrows a statement, planned afresh it plans each of the ~35 day
+ * partitions every time. The text must be the same on every call (no lists of varying length), and a
+ * value a partial index depends on must be a literal for a generic plan to use that index.
  */
 export function prepared(name: string) {
   return sql.raw(`/* prepared: ${name} */`);
