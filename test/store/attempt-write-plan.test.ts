@@ -157,23 +157,3 @@ test("expireDeliveries reads its deliveries through the primary key too", async 
   assert.deepEqual(rows.map((r) => r.id), [...ids].sort());
   assert.deepEqual(await statusCounts(db), { pending: BACKLOG - BATCH - ids.length, succeeded: BATCH, expired: ids.length });
 });
-
-test("run again and again as a prepared statement, recordAttempts still reads one partition's primary key", async () => {
-  const db = store.db;
-  const pending = await db.selectFrom("deliveries").select("id").where("status", "=", "pending").orderBy("id").execute();
-  const spread = pending.map((r) => r.id).filter((_, i) => i % 500 === 3);
-  const record = (deliveryId: string) => {
-    const at = new Date();
-    return { attemptId: newId("att"), deliveryId, attemptedAt: at, durationMs: 5, responseCode: 500, error: null, responseBody: "no", status: "pending" as const, nextAttemptAt: at };
-  };
-  // Postgres plans a prepared statement afresh for its first five runs, then weighs a generic plan.
-  for (let run = 0; run < 8; run++) await recordAttempts(db, spread.slice(run * 2, run * 2 + 2).map(record));
-  const batch = spread.slice(16, 16 + BATCH);
-  const { before, after } = await measure(db, (conn) => recordAttempts(conn, batch.map(record)));
-  assertProbes(before, after, batch.length);
-  const { rows } = await sql<{ runs: number }>`
-    select (generic_plans + custom_plans)::int as runs from pg_prepared_statements where name = 'record_attempts'`.execute(db);
-  assert.ok((rows[0]?.runs ?? 0) >= 9, `runs of the prepared record_attempts: ${JSON.stringify(rows)}`);
-  const written = await db.selectFrom("deliveries").select("attempts").where("id", "in", batch).execute();
-  assert.deepEqual(written.map((r) => r.attempts), batch.map(() => 1));
-});
