@@ -63,5 +63,14 @@ export async function migrate(db: Db): Promise<string[]> {
 
 /** Kysely errors from pg carry the SQLSTATE in `code`. */
 export function isUniqueViolation(err: unknown): boolean {
-  return typeof err === "object" && err !== null && (err as { code?: string }).code === "23505";
+  return sqlState(err) === "23505";
+}
+
+/** A table the statement names does not exist (a day partition never made, or dropped meanwhile). */
+export function isUndefinedTable(err: unknown): boolean {
+  return sqlState(err) === "42P01";
+}
+
+function sqlState(err: unknown): string | undefined {
+  return typeof err === "object" && err !== null ? (err as { code?: string }).code : undefined;
 }

@@ -1,9 +1,9 @@
 import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
-import type { Db } from "./db.js";
+import { isUndefinedTable, type Db } from "./db.js";
 import { prepared } from "./prepared.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
-import { requeueableSql, requeuedExpiry } from "./partitions.js";
+import { requeueableSql, requeuedExpiry, sharedDayPartition } from "./partitions.js";
 
 export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
 
@@ -181,9 +181,24 @@ export interface AttemptRecord {
 export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<void> {
   if (records.length === 0) return;
   const ids = records.map((r) => r.deliveryId);
-  // Not a prepared statement: a generic plan cannot leave partitions out for `= any($n)` (Postgres 15),
-  // and one that took it read every day partition's primary key for every batch.
-  await sql`
+  // Aimed at the day partition holding the batch, as a prepared statement: Postgres parses and plans it
+  // once per connection (46–65 → 31–39 µs of its CPU per record, batches of 20, a month of partitions).
+  // Not inside a transaction: a missing partition fails the statement, then the parent is used.
+  const partition = sharedDayPartition("deliveries", ids);
+  if (partition) {
+    try {
+      await writeAttempts(db, records, ids, partition);
+      return;
+    } catch (err) {
+      if (!isUndefinedTable(err)) throw err;
+    }
+  }
+  await writeAttempts(db, records, ids);
+}
+
+/** Into `partition` when given, else into the partitioned table (a batch across days, a missing day). */
+async function writeAttempts(db: Db, records: AttemptRecord[], ids: string[], partition?: string): Promise<void> {
+  await sql`${partition ? prepared(`record_attempts_${partition.slice(-8)}`) : sql``}
     with v as (
       select * from unnest(
         ${sql.val(ids)}::text[],
@@ -200,7 +215,7 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
       insert into delivery_attempts (id, delivery_id, attempted_at, duration_ms, response_code, error, response_body)
       select attempt_id, id, attempted_at, duration_ms, code, error, body from v
     )
-    update deliveries as d set
+    update ${sql.table(partition ?? "deliveries")} as d set
       status = v.status,
       attempts = d.attempts + 1,
       next_attempt_at = v.next_attempt_at,
@@ -209,9 +224,9 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
       delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
     from v
     where d.id = v.id and ${stillPending("d")}
-      -- The ids as a constant list: the planner leaves out every other day's partition (planning over
-      -- all of them cost 4× the CPU of the statement with a month of partitions) and reads exactly
-      -- these rows through the primary key, however far apart in the backlog they are.
+      -- Read through the primary key, however far apart in the backlog the rows are. Against the
+      -- partitioned table the ids are a constant list, so the planner leaves out every other day's
+      -- partition (planning over all of them cost 4× the CPU of the statement with a month of them).
       and d.id = any(${sql.val(ids)}::text[])`.execute(db);
 }
 

@@ -1,5 +1,5 @@
 import { sql, type RawBuilder } from "kysely";
-import { idFloor, type IdKind } from "../core/ids.js";
+import { idFloor, idTimestamp, type IdKind } from "../core/ids.js";
 import type { Db } from "./db.js";
 
 /**
@@ -32,6 +32,24 @@ function dayName(ms: number): string {
 }
 
 const PARTITION_NAME_RE = /_p(\d{4})(\d{2})(\d{2})$/;
+
+/**
+ * The day partition of `table` that holds every row keyed by these ids, when they share one day; whether
+ * it exists is for Postgres to say (the rows of a day without one are in the default partition).
+ * A statement aimed at it needs no partition pruning: a prepared statement's generic plan cannot prune
+ * an `id = any($n)` list (Postgres 15) and reads every partition instead.
+ */
+export function sharedDayPartition(table: (typeof PARTITIONED_TABLES)[number]["table"], ids: readonly string[]): string | undefined {
+  let day: number | undefined;
+  for (const id of ids) {
+    const at = idTimestamp(id)?.getTime();
+    if (at === undefined) return undefined;
+    const start = dayStart(at);
+    if (day !== undefined && start !== day) return undefined;
+    day = start;
+  }
+  return day === undefined ? undefined : `${table}_p${dayName(day)}`;
+}
 
 /** The day (start, UTC ms) a partition holds, from its name, or undefined for the default partition. */
 export function partitionDay(name: string): number | undefined {

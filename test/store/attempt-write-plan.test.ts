@@ -6,7 +6,8 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import os from "node:os";
 import { sql } from "kysely";
-import { newId } from "../../src/core/ids.js";
+import { randomBytes } from "node:crypto";
+import { encodeId, newId } from "../../src/core/ids.js";
 import { expireDeliveries, insertDeliveries, recordAttempts, type NewDelivery } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Db, type Store } from "../../src/store/db.js";
 import { insertEvents } from "../../src/store/events.js";
@@ -156,4 +157,53 @@ test("expireDeliveries reads its deliveries through the primary key too", async 
   const rows = await db.selectFrom("deliveries").select("id").where("status", "=", "expired").orderBy("id").execute();
   assert.deepEqual(rows.map((r) => r.id), [...ids].sort());
   assert.deepEqual(await statusCounts(db), { pending: BACKLOG - BATCH - ids.length, succeeded: BATCH, expired: ids.length });
+});
+
+test("as a prepared statement's generic plan too, recordAttempts reads only its day's primary key", async () => {
+  const db = store.db;
+  const pending = await db.selectFrom("deliveries").select("id").where("status", "=", "pending").orderBy("id").execute();
+  const batch = pending.map((r) => r.id).filter((_, i) => i % 900 === 5).slice(0, BATCH);
+  const at = new Date();
+  const { before, after } = await measure(db, async (conn) => {
+    // Whether Postgres keeps planning the statement or takes a generic plan is its choice; both must read alike.
+    await sql`set plan_cache_mode = force_generic_plan`.execute(conn);
+    try {
+      await recordAttempts(conn, batch.map((deliveryId) => ({
+        attemptId: newId("att"), deliveryId, attemptedAt: at, durationMs: 5, responseCode: 503, error: null, responseBody: "busy", status: "pending", nextAttemptAt: at,
+      })));
+    } finally {
+      await sql`reset plan_cache_mode`.execute(conn);
+    }
+  });
+  assertProbes(before, after, batch.length);
+  const rows = await db.selectFrom("deliveries").select("attempts").where("id", "in", batch).execute();
+  assert.deepEqual(rows.map((r) => r.attempts), batch.map(() => 1));
+});
+
+test("a batch of a day without a partition (its rows in the default one) and a batch across two days are written too", async () => {
+  const db = store.db;
+  const now = Date.now();
+  const webhookId = newId("wh");
+  await insertTestWebhook(db, { id: webhookId, shard: 9, at: new Date(now) });
+  const at = (ms: number) => ({ delivery: encodeId("dlv", ms, randomBytes(10)), event: encodeId("evt", ms, randomBytes(10)) });
+  const rows = [at(now - 400 * DAY_MS), at(now), at(now - 2 * DAY_MS)];
+  await insertEvents(db, rows.map((r) => ({
+    id: r.event, tenant_id: DEFAULT_TENANT_ID, event_type: "order.created", payload: "{}", idempotency_key: null, ordering_key: null, delivery_count: 1, created_at: new Date(now),
+  })));
+  await insertDeliveries(db, rows.map((r, i) => ({
+    id: r.delivery, tenant_id: DEFAULT_TENANT_ID, webhook_id: webhookId, event_id: r.event, seq: i + 1, shard: 9, ordering_key: "",
+    status: "pending" as const, next_attempt_at: new Date(now), expires_at: new Date(now + DAY_MS), created_at: new Date(now),
+  })));
+  const { rows: homes } = await sql<{ id: string; part: string }>`select id, tableoid::regclass::text as part from deliveries where webhook_id = ${webhookId}`.execute(db);
+  assert.equal(homes.find((h) => h.id === rows[0]!.delivery)?.part, "deliveries_default", "400 days back has no partition of its own");
+
+  const record = (deliveryId: string) => ({
+    attemptId: newId("att"), deliveryId, attemptedAt: new Date(), durationMs: 5, responseCode: 200, error: null, responseBody: "ok", status: "succeeded" as const, nextAttemptAt: new Date(),
+  });
+  await recordAttempts(db, [record(rows[0]!.delivery)]);
+  await recordAttempts(db, [record(rows[1]!.delivery), record(rows[2]!.delivery)]);
+  const written = await db.selectFrom("deliveries").select(["id", "status", "attempts"]).where("webhook_id", "=", webhookId).orderBy("seq").execute();
+  assert.deepEqual(written.map((r) => [r.status, r.attempts]), [["succeeded", 1], ["succeeded", 1], ["succeeded", 1]]);
+  const attempts = await db.selectFrom("delivery_attempts").select("delivery_id").where("delivery_id", "in", rows.map((r) => r.delivery)).execute();
+  assert.equal(attempts.length, 3, "one attempt row each");
 });
