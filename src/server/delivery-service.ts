@@ -94,9 +94,12 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
       if (removedAt - REQUEUE_MARGIN_MS <= Date.now()) {
         throw failedPrecondition(`delivery ${delivery.id} is past its retention: its records are removed at ${new Date(removedAt).toISOString()}`);
       }
-      await db.transaction().execute(async (trx) => {
-        const requeued = await deliveries.requeueDelivery(trx, delivery.id, deps.eventTtlMs);
-        if (!requeued) throw failedPrecondition(`delivery ${delivery.id} changed state meanwhile; look at it again`);
+      // The answer is the delivery as this call left it, read in its transaction: once committed, a
+      // dispatcher may deliver it before a second read, and the caller would not see what it did.
+      const requeued = await db.transaction().execute(async (trx) => {
+        if (!(await deliveries.requeueDelivery(trx, delivery.id, deps.eventTtlMs))) {
+          throw failedPrecondition(`delivery ${delivery.id} changed state meanwhile; look at it again`);
+        }
         await recordAudit(trx, {
           tenantId: principal.tenantId,
           actor: principal.actor,
@@ -104,11 +107,12 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
           resourceId: delivery.id,
           details: { previous_status: delivery.status },
         });
+        return (await deliveries.getDelivery(trx, principal.tenantId, delivery.id))!;
       });
       // The lane learns of it through the feed; if that fails, its owner's sweep finds it due in Postgres.
       const { jobs } = await loadPendingForLane(db, delivery.webhook_id, delivery.seq - 1, 1);
       await deps.feed.publish(jobs.filter((j) => j.deliveryId === delivery.id));
-      return create(RetryDeliveryResponseSchema, { delivery: toDelivery(await find(principal, delivery.id)) });
+      return create(RetryDeliveryResponseSchema, { delivery: toDelivery(requeued) });
     },
   };
 }
