@@ -99,7 +99,13 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
             await fs.readFile(config.caFile, "utf8"),
           ]
         : undefined;
-      sender = createSender({ addressPolicy: { allowedCidrs: config.allowedCidrs }, timeoutMs: config.deliveryTimeoutMs, resolve: options.resolve, ca });
+      sender = createSender({
+        addressPolicy: { allowedCidrs: config.allowedCidrs },
+        timeoutMs: config.deliveryTimeoutMs,
+        connectionsPerOrigin: config.connectionsPerOrigin,
+        resolve: options.resolve,
+        ca,
+      });
       stops.push(() => sender!.close());
       dispatcher = new Dispatcher({
         db: store.db,

@@ -34,6 +34,8 @@ export interface Config {
   maxInFlight: number;
   /** Attempts in flight at once to one endpoint (webhooks ordered by key can have several). */
   maxInFlightPerEndpoint: number;
+  /** Sockets the sender keeps to one origin (scheme, host, port), shared by every webhook there. */
+  connectionsPerOrigin: number;
   /** A dispatcher silent this long loses its shards to the others. */
   leaseTtlMs: number;
   /** Failures in a row that open an endpoint's circuit; 0 turns the breaker off. */
@@ -140,6 +142,7 @@ export function loadConfig(env: Env = process.env): Config {
     shardCount: parseWith(env, "WEBHOOKD_SHARDS", "64", parsePositiveInt),
     maxInFlight: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT", "512", parsePositiveInt),
     maxInFlightPerEndpoint: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "16", parsePositiveInt),
+    connectionsPerOrigin: parseWith(env, "WEBHOOKD_CONNECTIONS_PER_ORIGIN", "16", parsePositiveInt),
     leaseTtlMs: parseWith(env, "WEBHOOKD_LEASE_TTL", "10s", parseDuration),
     circuitFailures: parseWith(env, "WEBHOOKD_CIRCUIT_FAILURES", "5", parseCount),
     circuitCooldownMs: parseWith(env, "WEBHOOKD_CIRCUIT_COOLDOWN", "30s", parseDuration),

@@ -23,7 +23,7 @@ export interface SendRequest {
 export interface SenderOptions {
   addressPolicy: AddressPolicy;
   timeoutMs: number;
-  /** Sockets per origin: a hanging endpoint holds at most this many. */
+  /** Sockets per origin (WEBHOOKD_CONNECTIONS_PER_ORIGIN): a hanging endpoint holds at most this many. */
   connectionsPerOrigin?: number;
   /** Injected by tests to answer DNS for made-up names. */
   resolve?: (hostname: string) => Promise<{ address: string; family: number }[]>;

@@ -9,6 +9,7 @@ test("endpoint health, replay and stream settings: defaults", () => {
   assert.equal(config.autoDisableAfterMs, 5 * 24 * 3600 * 1000);
   assert.equal(config.replayRate, 20);
   assert.equal(config.maxInFlightPerEndpoint, 16);
+  assert.equal(config.connectionsPerOrigin, 16);
   assert.equal(config.natsStorage, "memory");
 });
 
@@ -19,6 +20,7 @@ test("endpoint health, replay and stream settings: values and off switches", () 
     WEBHOOKD_AUTO_DISABLE_AFTER: "0",
     WEBHOOKD_REPLAY_RATE: "2.5",
     WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT: "4",
+    WEBHOOKD_CONNECTIONS_PER_ORIGIN: "64",
     WEBHOOKD_NATS_STORAGE: "file",
   });
   assert.equal(config.circuitFailures, 0);
@@ -26,6 +28,7 @@ test("endpoint health, replay and stream settings: values and off switches", () 
   assert.equal(config.autoDisableAfterMs, 0);
   assert.equal(config.replayRate, 2.5);
   assert.equal(config.maxInFlightPerEndpoint, 4);
+  assert.equal(config.connectionsPerOrigin, 64);
   assert.equal(config.natsStorage, "file");
 });
 
@@ -38,6 +41,8 @@ test("a bad value names the variable and what it expects", () => {
     [{ WEBHOOKD_REPLAY_RATE: "0" }, /WEBHOOKD_REPLAY_RATE="0" is invalid: expected deliveries per second/],
     [{ WEBHOOKD_REPLAY_RATE: "20000" }, /WEBHOOKD_REPLAY_RATE/],
     [{ WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT: "0" }, /WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT="0" is invalid/],
+    [{ WEBHOOKD_CONNECTIONS_PER_ORIGIN: "0" }, /WEBHOOKD_CONNECTIONS_PER_ORIGIN="0" is invalid/],
+    [{ WEBHOOKD_CONNECTIONS_PER_ORIGIN: "many" }, /WEBHOOKD_CONNECTIONS_PER_ORIGIN="many" is invalid/],
     [{ WEBHOOKD_NATS_STORAGE: "disk" }, /WEBHOOKD_NATS_STORAGE="disk" is invalid: expected "memory" or "file"/],
   ];
   for (const [env, message] of cases) {
