@@ -1,9 +1,9 @@
 import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
-import { isUndefinedTable, type Db } from "./db.js";
+import type { Db } from "./db.js";
 import { prepared } from "./prepared.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
-import { requeueableSql, requeuedExpiry, sharedDayPartition } from "./partitions.js";
+import { onDayPartition, requeueableSql, requeuedExpiry } from "./partitions.js";
 
 export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
 
@@ -183,22 +183,7 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
   const ids = records.map((r) => r.deliveryId);
   // Aimed at the day partition holding the batch, as a prepared statement: Postgres parses and plans it
   // once per connection (46–65 → 31–39 µs of its CPU per record, batches of 20, a month of partitions).
-  // Not inside a transaction: a missing partition fails the statement, then the parent is used.
-  const partition = sharedDayPartition("deliveries", ids);
-  if (partition) {
-    try {
-      await writeAttempts(db, records, ids, partition);
-      return;
-    } catch (err) {
-      if (!isUndefinedTable(err)) throw err;
-    }
-  }
-  await writeAttempts(db, records, ids);
-}
-
-/** Into `partition` when given, else into the partitioned table (a batch across days, a missing day). */
-async function writeAttempts(db: Db, records: AttemptRecord[], ids: string[], partition?: string): Promise<void> {
-  await sql`${partition ? prepared(`record_attempts_${partition.slice(-8)}`) : sql``}
+  await onDayPartition("deliveries", ids, "record_attempts", (target, mark) => sql`${mark}
     with v as (
       select * from unnest(
         ${sql.val(ids)}::text[],
@@ -215,7 +200,7 @@ async function writeAttempts(db: Db, records: AttemptRecord[], ids: string[], pa
       insert into delivery_attempts (id, delivery_id, attempted_at, duration_ms, response_code, error, response_body)
       select attempt_id, id, attempted_at, duration_ms, code, error, body from v
     )
-    update ${sql.table(partition ?? "deliveries")} as d set
+    update ${sql.table(target)} as d set
       status = v.status,
       attempts = d.attempts + 1,
       next_attempt_at = v.next_attempt_at,
@@ -227,7 +212,8 @@ async function writeAttempts(db: Db, records: AttemptRecord[], ids: string[], pa
       -- Read through the primary key, however far apart in the backlog the rows are. Against the
       -- partitioned table the ids are a constant list, so the planner leaves out every other day's
       -- partition (planning over all of them cost 4× the CPU of the statement with a month of them).
-      and d.id = any(${sql.val(ids)}::text[])`.execute(db);
+      and d.id = any(${sql.val(ids)}::text[])`.execute(db),
+  );
 }
 
 /** What a delivery ended without an attempt looks like. */

@@ -1,6 +1,7 @@
 import { sql, type RawBuilder } from "kysely";
 import { idFloor, idTimestamp, type IdKind } from "../core/ids.js";
-import type { Db } from "./db.js";
+import { isUndefinedTable, type Db } from "./db.js";
+import { prepared } from "./prepared.js";
 
 /**
  * Retention by daily partitions. Ids lead with their creation time, so each table is range-partitioned
@@ -34,12 +35,32 @@ function dayName(ms: number): string {
 const PARTITION_NAME_RE = /_p(\d{4})(\d{2})(\d{2})$/;
 
 /**
- * The day partition of `table` that holds every row keyed by these ids, when they share one day; whether
- * it exists is for Postgres to say (the rows of a day without one are in the default partition).
- * A statement aimed at it needs no partition pruning: a prepared statement's generic plan cannot prune
- * an `id = any($n)` list (Postgres 15) and reads every partition instead.
+ * Runs a statement keyed by `ids` against the day partition that holds them all, prepared under `name`
+ * and the day; against the partitioned table, unprepared, when the ids span days or their day has no
+ * partition (its rows are in the default one: the statement fails as "relation does not exist" first).
+ * A prepared statement's generic plan cannot prune an `id = any($n)` list (Postgres 15) and reads every
+ * partition, so such a statement may be prepared only aimed at one. `run` gets the table to name and the
+ * mark to put first. Not inside a transaction: the failed statement would abort it.
  */
-export function sharedDayPartition(table: (typeof PARTITIONED_TABLES)[number]["table"], ids: readonly string[]): string | undefined {
+export async function onDayPartition<T>(
+  table: (typeof PARTITIONED_TABLES)[number]["table"],
+  ids: readonly string[],
+  name: string,
+  run: (target: string, mark: RawBuilder<unknown>) => Promise<T>,
+): Promise<T> {
+  const day = sharedDay(ids);
+  if (day !== undefined) {
+    try {
+      return await run(`${table}_p${dayName(day)}`, prepared(`${name}_${dayName(day)}`));
+    } catch (err) {
+      if (!isUndefinedTable(err)) throw err;
+    }
+  }
+  return run(table, sql``);
+}
+
+/** The day (start, UTC ms) of every id, when they share one. */
+function sharedDay(ids: readonly string[]): number | undefined {
   let day: number | undefined;
   for (const id of ids) {
     const at = idTimestamp(id)?.getTime();
@@ -48,7 +69,7 @@ export function sharedDayPartition(table: (typeof PARTITIONED_TABLES)[number]["t
     if (day !== undefined && start !== day) return undefined;
     day = start;
   }
-  return day === undefined ? undefined : `${table}_p${dayName(day)}`;
+  return day;
 }
 
 /** The day (start, UTC ms) a partition holds, from its name, or undefined for the default partition. */

@@ -8,7 +8,7 @@ import { sql } from "kysely";
  * partitions every time. The text must be the same on every call (no lists of varying length), a value
  * a partial index depends on must be a literal for a generic plan to use that index, and a list of
  * partition keys (`id = any($n)`) must not go to the partitioned table: a generic plan does not prune
- * by it and reads every partition (Postgres 15); aim it at the partition (`sharedDayPartition`).
+ * by it and reads every partition (Postgres 15); aim it at the partition (`onDayPartition`).
  */
 export function prepared(name: string) {
   return sql.raw(`/* prepared: ${name} */`);
