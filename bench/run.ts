@@ -8,6 +8,8 @@
  *   0. raw ceiling: plain keep-alive POSTs of the same 5 KB body straight to the receiver (undici);
  *   1. batch ingest (POST /events/batch, 100 per batch, a few batches at once) and sustained delivery;
  *  1b. delivery alone: the same events published with the webhooks paused, then set active together;
+ *   R. the reference: a plain BullMQ-on-Redis sender (bench/bullmq-reference.ts) given the same events
+ *      in the same batches, to the same receiver — the issue's yardstick, measured in this run;
  *      then the raw ceiling again (the host's speed drifts);
  *   2. single-event ingest (POST /events, ~32 concurrent clients);
  *   3. steady rate (500 events/s paced by a timer): publish → receive latency.
@@ -30,6 +32,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { Pool } from "undici";
 import { deleteStream } from "../src/queue/jetstream.js";
+import { reachable, startReference } from "./bullmq-reference.js";
 import type { PhaseReport } from "./receiver.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -65,6 +68,9 @@ const OPTIONS = {
   maxSeconds: { flag: "max-seconds", env: "BENCH_MAX_SECONDS", def: 175, help: "hard limit for the whole run, cleanup included" },
   postgresUrl: { flag: "postgres-url", env: "BENCH_POSTGRES_URL", def: "postgres://postgres@127.0.0.1:5432/postgres", help: "admin connection (loopback only)" },
   natsUrl: { flag: "nats-url", env: "BENCH_NATS_URL", def: "nats://127.0.0.1:4222", help: "NATS JetStream (loopback only)" },
+  reference: { flag: "reference", env: "BENCH_REFERENCE", def: "bullmq", help: "the reference sender run beside phase 1 on the same machine: bullmq (needs Redis) or none" },
+  referenceConcurrency: { flag: "reference-concurrency", env: "BENCH_REFERENCE_CONCURRENCY", def: 64, help: "jobs the BullMQ worker runs at once" },
+  redisUrl: { flag: "redis-url", env: "BENCH_REDIS_URL", def: "redis://127.0.0.1:6379", help: "Redis for the BullMQ reference (loopback only)" },
   serverNodeArgs: { flag: "server-node-args", env: "BENCH_SERVER_NODE_ARGS", def: "", help: "node flags for the api and dispatcher, e.g. \"--cpu-prof --cpu-prof-dir=/tmp/prof\"" },
 } satisfies Record<string, Option>;
 
@@ -102,7 +108,8 @@ function parseOptions(argv: string[]): Options {
   }
   const options = result as Options;
   options.batchSize = Math.min(100, Math.floor(options.batchSize));
-  for (const url of [options.postgresUrl, options.natsUrl]) {
+  if (!["bullmq", "none"].includes(options.reference)) throw new Error(`--reference must be bullmq or none, got ${JSON.stringify(options.reference)}`);
+  for (const url of [options.postgresUrl, options.natsUrl, options.redisUrl]) {
     const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
     if (!(host === "localhost" || host === "::1" || /^127\./.test(host))) throw new Error(`${url}: the benchmark only talks to loopback addresses`);
   }
@@ -328,7 +335,7 @@ function cpuSampler(pids: Record<string, number>, database: string) {
   // Last ticks seen per pid: a process that exits between samples (a Postgres backend) keeps what it used.
   const last = new Map<number, { group: string; ticks: number }>();
   return (): CpuSample => {
-    const groups: Record<string, number[]> = { postgres: backendsOf(database), nats: pidsNamed("nats-server") };
+    const groups: Record<string, number[]> = { postgres: backendsOf(database), nats: pidsNamed("nats-server"), redis: pidsNamed("redis-server") };
     for (const [name, pid] of Object.entries(pids)) groups[name] = [pid];
     for (const [group, list] of Object.entries(groups)) {
       for (const pid of list) {
@@ -518,7 +525,9 @@ async function main(): Promise<number> {
   const dispatcher = spawnWebhookd("dispatcher", env, options.serverNodeArgs);
   log(`dispatcher started (pid ${dispatcher.child.pid})${tuned.length ? `; passed through: ${tuned.join(", ")}` : ""}`);
 
-  const sample = cpuSampler({ bench: process.pid, receiver: receiver.pid, api: api.child.pid!, dispatcher: dispatcher.child.pid! }, new URL(databaseUrl).pathname.slice(1));
+  // The reference's worker joins once it runs; the sampler reads this object at every sample.
+  const sampled: Record<string, number> = { bench: process.pid, receiver: receiver.pid, api: api.child.pid!, dispatcher: dispatcher.child.pid! };
+  const sample = cpuSampler(sampled, new URL(databaseUrl).pathname.slice(1));
   const cpu: CpuWindow[] = [];
 
   // --- webhooks and warm-up ------------------------------------------------------------------------------
@@ -756,6 +765,59 @@ async function main(): Promise<number> {
     log(`phase 1b: ${fmt(p1bCheck.delivered)}/${fmt(p1bCheck.expected)} delivered, ${fmt(p1bCheck.delivered / ((p1bCheck.lastAt - p1bCheck.firstAt) / 1000))} deliveries/s (first → last receipt)`);
   }
 
+  // --- the reference: a plain BullMQ sender, the same events, the same receiver ----------------------------
+  // The issue's yardstick, measured here rather than quoted: between the two ceilings, like phase 1.
+  const ref = newExpected();
+  let refCheck: DeliveryCheck | undefined;
+  let refNote = "skipped (--reference none)";
+  if (options.reference === "bullmq" && !(await reachable(options.redisUrl))) {
+    refNote = `skipped: no Redis at ${options.redisUrl}`;
+    warn(`reference: ${refNote}`);
+  } else if (options.reference === "bullmq" && timeLeft() < 45_000) {
+    refNote = "skipped (time budget)";
+  } else if (options.reference === "bullmq") {
+    const reference = await startReference({
+      root: ROOT,
+      redisUrl: options.redisUrl,
+      queue: `webhookd-bench-${randomBytes(4).toString("hex")}`,
+      concurrency: Math.floor(options.referenceConcurrency),
+      connectionsPerOrigin: senderCap,
+    });
+    onCleanup("stop the BullMQ reference", () => reference.stop());
+    sampled.bullmq = reference.workerPid;
+    log(`reference: BullMQ worker ready (pid ${reference.workerPid}, concurrency ${Math.floor(options.referenceConcurrency)}); enqueuing ${fmt(N)} events as phase 1 published them`);
+    // The same batches as phase 1, by the same publishers: a webhook's events are enqueued in seq order.
+    const C = Math.max(1, Math.min(Math.floor(options.batchConcurrency), M));
+    const nextSeq = new Array<number>(M).fill(1);
+    const perWorker: { wh: number; seq: number }[][] = Array.from({ length: C }, () => []);
+    for (let i = 0; i < N; i++) perWorker[(i % M) % C]!.push({ wh: i % M, seq: nextSeq[i % M]++ });
+    const s0 = sample();
+    await Promise.all(
+      perWorker.map(async (events) => {
+        for (let i = 0; i < events.length; i += options.batchSize) {
+          const batch = events.slice(i, i + options.batchSize);
+          const sentAt = now();
+          await reference.enqueue(
+            batch.map((e) => ({
+              eventId: `evt_ref_${e.wh}_${e.seq}`,
+              eventType: eventType(e.wh),
+              url: `${hookOrigin(e.wh)}/hook/${e.wh}`,
+              payload: { phase: "ref", wh: e.wh, seq: e.seq, sent_at: sentAt, pad },
+            })),
+          );
+          for (const e of batch) expect(ref, e.wh, e.seq);
+        }
+      }),
+    );
+    refCheck = await awaitDeliveries("ref", ref, options.drainSeconds * 1000);
+    cpu.push(cpuWindow("reference: BullMQ (enqueue + delivery)", s0, sample(), refCheck.delivered, "event delivered"));
+    const rate = refCheck.delivered / ((refCheck.lastAt - refCheck.firstAt) / 1000);
+    refNote = `${fmt(rate)} deliveries/s`;
+    log(`reference: ${fmt(refCheck.delivered)}/${fmt(refCheck.expected)} delivered, ${fmt(rate)} deliveries/s (first → last receipt)`);
+    await reference.stop();
+    delete sampled.bullmq;
+  }
+
   // The host's speed drifts (the development machine is a VM on a shared host: its ceiling moved between
   // 14,000 and 31,000 req/s within an hour), so the ceiling is measured again right after phase 1.
   const rawAfter = await rawCeiling(options.rawConnections, options.rawSeconds);
@@ -903,11 +965,13 @@ async function main(): Promise<number> {
   }
 
   // --- the report ------------------------------------------------------------------------------------------
+  // webhookd's phases only: the reference keeps no order and its losses are not webhookd's.
   const checks = [p1Check, p1bCheck, p2Check, p3Check].filter((c): c is DeliveryCheck => c !== undefined);
   const sum = (f: (c: DeliveryCheck) => number) => checks.reduce((s, c) => s + f(c), 0);
   const p1Span = p1Check ? (p1Check.lastAt - p1Check.firstAt) / 1000 : NaN;
   const p1Rate = p1Check ? p1Check.delivered / p1Span : NaN;
   const p1bRate = p1bCheck ? p1bCheck.delivered / ((p1bCheck.lastAt - p1bCheck.firstAt) / 1000) : NaN;
+  const refRate = refCheck ? refCheck.delivered / ((refCheck.lastAt - refCheck.firstAt) / 1000) : NaN;
   const rows: [string, string][] = [
     [`raw ceiling, ${options.rawConnections} connections (before / after phase 1)`, `${fmt(raw.rps)} / ${fmt(rawAfter.rps)} req/s`],
     [`raw ceiling, ${senderCap} connections (sender's per-origin cap)`, `${fmt(rawAtCap.rps)} req/s`],
@@ -923,6 +987,11 @@ async function main(): Promise<number> {
         ? `${fmt((p1Check.delivered - p1AtIngestEnd.delivered) / ((p1Check.lastAt - p1AtIngestEnd.at) / 1000))} deliveries/s (${fmt(p1Check.delivered - p1AtIngestEnd.delivered)} left at ingest end)`
         : `n/a (${fmt(p1Check ? p1Check.delivered - p1AtIngestEnd.delivered : NaN)} left at ingest end: delivery kept up)`,
     ],
+    [
+      "reference: BullMQ on Redis, same events (unordered, no record)",
+      refCheck ? `${refNote} (${fmt((refRate / raw.rps) * 100, 1)} % / ${fmt((refRate / rawAfter.rps) * 100, 1)} % of the ceiling before / after)` : refNote,
+    ],
+    ["  webhookd phase 1 / reference", refCheck ? `${fmt(p1Rate / refRate, 2)}` : "n/a"],
     [
       "delivery alone, from a backlog (phase 1b)",
       p1bCheck ? `${fmt(p1bRate)} deliveries/s (${fmt((p1bRate / raw.rps) * 100, 1)} % / ${fmt((p1bRate / rawAfter.rps) * 100, 1)} % of the ceiling before / after phase 1)` : "skipped",
@@ -950,10 +1019,10 @@ async function main(): Promise<number> {
   console.log(line);
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
   console.log(line);
-  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check)]) console.log(l);
+  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("reference", refCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check)]) console.log(l);
   console.log(line);
 
-  const names = ["bench", "receiver", "api", "dispatcher", "postgres", "nats"];
+  const names = ["bench", "receiver", "api", "dispatcher", "postgres", "nats", ...(refCheck ? ["bullmq", "redis"] : [])];
   const labelWidth = Math.max(...cpu.map((w) => w.label.length));
   const head = (cols: string[]) => `${"".padEnd(labelWidth)}${cols.map((n) => n.padStart(11)).join("")}`;
   console.log(

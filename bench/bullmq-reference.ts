@@ -1,0 +1,71 @@
+/**
+ * The issue's yardstick, measured in the benchmark's own run: a plain BullMQ-on-Redis sender. The bench
+ * process enqueues (addBulk, straight into Redis: no HTTP API in front, which favours the reference) and a
+ * worker process (bench/bullmq-worker.ts) POSTs each job to the same receiver. Run beside webhookd's
+ * phase 1 on the same machine minutes apart, the two rates compare where the raw ceiling alone drifts.
+ */
+import { fork, type ChildProcess } from "node:child_process";
+import net from "node:net";
+import path from "node:path";
+import { Queue } from "bullmq";
+import type { ReferenceJob } from "./bullmq-worker.js";
+
+export interface Reference {
+  workerPid: number;
+  /** Enqueues one batch in one round trip, in order. */
+  enqueue(jobs: ReferenceJob[]): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/** Resolves when something accepts TCP connections at the URL's host and port, within `timeoutMs`. */
+export function reachable(url: string, timeoutMs = 1_000): Promise<boolean> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: hostname, port: Number(port || 6379) });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once("connect", () => done(true));
+    socket.once("error", () => done(false));
+  });
+}
+
+export async function startReference(options: { root: string; redisUrl: string; queue: string; concurrency: number; connectionsPerOrigin: number }): Promise<Reference> {
+  const redis = new URL(options.redisUrl);
+  const queue = new Queue<ReferenceJob>(options.queue, { connection: { host: redis.hostname, port: Number(redis.port || 6379) } });
+  await queue.waitUntilReady();
+  const worker: ChildProcess = fork(
+    path.join(options.root, "bench", "bullmq-worker.ts"),
+    [options.queue, options.redisUrl, String(options.concurrency), String(options.connectionsPerOrigin)],
+    { cwd: options.root, execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] },
+  );
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the BullMQ worker did not start within 20 s")), 20_000);
+    worker.once("exit", (code) => reject(new Error(`the BullMQ worker exited (${code}) before it was ready`)));
+    worker.once("message", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  return {
+    workerPid: worker.pid!,
+    async enqueue(jobs) {
+      await queue.addBulk(jobs.map((data) => ({ name: data.eventType, data })));
+    },
+    async stop() {
+      if (worker.connected) worker.send("stop");
+      await new Promise<void>((resolve) => {
+        if (worker.exitCode !== null || worker.signalCode !== null) return resolve();
+        const timer = setTimeout(() => worker.kill("SIGKILL"), 5_000);
+        worker.once("exit", () => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      await queue.obliterate({ force: true }).catch(() => undefined);
+      await queue.close();
+    },
+  };
+}
