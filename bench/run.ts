@@ -71,7 +71,13 @@ const OPTIONS = {
   reference: { flag: "reference", env: "BENCH_REFERENCE", def: "bullmq", help: "the reference sender run beside phase 1 on the same machine: bullmq (needs Redis) or none" },
   referenceConcurrency: { flag: "reference-concurrency", env: "BENCH_REFERENCE_CONCURRENCY", def: 64, help: "jobs the BullMQ worker runs at once" },
   redisUrl: { flag: "redis-url", env: "BENCH_REDIS_URL", def: "redis://127.0.0.1:6379", help: "Redis for the BullMQ reference (loopback only)" },
-  serverNodeArgs: { flag: "server-node-args", env: "BENCH_SERVER_NODE_ARGS", def: "", help: "node flags for the api and dispatcher, e.g. \"--cpu-prof --cpu-prof-dir=/tmp/prof\"" },
+  serverNodeArgs: {
+    flag: "server-node-args",
+    env: "BENCH_SERVER_NODE_ARGS",
+    // What README's Commands section runs the server roles with.
+    def: "--max-semi-space-size=64",
+    help: "node flags for the api and dispatcher, e.g. \"--max-semi-space-size=64 --cpu-prof --cpu-prof-dir=/tmp/prof\"",
+  },
 } satisfies Record<string, Option>;
 
 type Options = { [K in keyof typeof OPTIONS]: (typeof OPTIONS)[K]["def"] extends number ? number : string };
