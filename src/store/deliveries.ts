@@ -1,6 +1,7 @@
 import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "./db.js";
+import { insertRows } from "./bulk-insert.js";
 import { prepared } from "./prepared.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
 import { onDayPartition, requeueableSql, requeuedExpiry } from "./partitions.js";
@@ -8,10 +9,26 @@ import { onDayPartition, requeueableSql, requeuedExpiry } from "./partitions.js"
 export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
 
 const INSERT_CHUNK = 1000;
+const DELIVERY_COLUMNS = [
+  "id",
+  "tenant_id",
+  "webhook_id",
+  "event_id",
+  "seq",
+  "shard",
+  "ordering_key",
+  "status",
+  "next_attempt_at",
+  "expires_at",
+  "created_at",
+] as const satisfies readonly (keyof NewDelivery)[];
+// A column added to NewDelivery and not listed above fails to compile here.
+const everyDeliveryColumn: [Exclude<keyof NewDelivery, (typeof DELIVERY_COLUMNS)[number]>] extends [never] ? true : never = true;
+void everyDeliveryColumn;
 
 export async function insertDeliveries(db: Db, rows: NewDelivery[]): Promise<void> {
   for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
-    await db.insertInto("deliveries").values(rows.slice(i, i + INSERT_CHUNK)).execute();
+    await insertRows(db, "deliveries", DELIVERY_COLUMNS, rows.slice(i, i + INSERT_CHUNK));
   }
 }
 

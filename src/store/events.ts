@@ -1,7 +1,13 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
 import { onDayPartition } from "./partitions.js";
+import { insertRows } from "./bulk-insert.js";
 import type { Event } from "./schema.js";
+
+const EVENT_COLUMNS = ["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"] as const satisfies readonly (keyof Event)[];
+// A column added to Event and not listed above fails to compile here.
+const everyEventColumn: [Exclude<keyof Event, (typeof EVENT_COLUMNS)[number]>] extends [never] ? true : never = true;
+void everyEventColumn;
 
 export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<Event[]> {
   if (keys.length === 0) return Promise.resolve([]);
@@ -24,7 +30,7 @@ export async function insertEvents(db: Db, events: Event[]): Promise<void> {
       .values(keyed.map((e) => ({ tenant_id: e.tenant_id, key: e.idempotency_key!, event_id: e.id, created_at: e.created_at })))
       .execute();
   }
-  await db.insertInto("events").values(events).execute();
+  await insertRows(db, "events", EVENT_COLUMNS, events);
 }
 
 /** Forgets idempotency keys claimed before `before`; returns how many. */
