@@ -35,22 +35,24 @@ export class AttemptWriter {
     });
   }
 
-  private kick(): void {
+  private kick(afterFlush = false): void {
     if (this.pending.length === 0 || this.flushing.size >= (this.options.maxConcurrent ?? 1)) return;
-    const full = this.pending.length >= this.options.maxBatch;
-    if (this.timer && !full) return;
+    // Records that queued behind a write have waited for it already: they go at once. Only the first
+    // record after a quiet spell waits maxDelayMs for company.
+    const now = afterFlush || this.pending.length >= this.options.maxBatch;
+    if (this.timer && !now) return;
     clearTimeout(this.timer);
     this.timer = setTimeout(
       () => {
         this.timer = undefined;
         const flush: Promise<void> = this.flush().finally(() => {
           this.flushing.delete(flush);
-          this.kick();
+          this.kick(true);
         });
         this.flushing.add(flush);
         this.kick();
       },
-      full ? 0 : this.options.maxDelayMs,
+      now ? 0 : this.options.maxDelayMs,
     );
   }
 

@@ -42,6 +42,32 @@ async function pendingDelivery(seq: number): Promise<string> {
   return id;
 }
 
+const success = (deliveryId: string, responseBody = "ok") => ({
+  attemptId: newId("att"),
+  deliveryId,
+  attemptedAt: new Date(),
+  durationMs: 3,
+  responseCode: 200,
+  error: null,
+  responseBody,
+  status: "succeeded" as const,
+  nextAttemptAt: new Date(),
+});
+
+test("records that queued behind a write go at once, not after the gathering delay", async () => {
+  // The first two fill a batch and go at once; the third waits for that write, then for nothing more.
+  // It used to wait maxDelayMs again: lanes wait for their record, so every write cost them that delay.
+  const writer = new AttemptWriter(store.db, createLogger("silent", "test"), { maxBatch: 2, maxDelayMs: 5_000 });
+  const ids = await Promise.all([11, 12, 13].map(pendingDelivery));
+  const started = performance.now();
+  await Promise.all(ids.map((id) => writer.write(success(id))));
+  const elapsed = performance.now() - started;
+  await writer.stop();
+  assert.ok(elapsed < 2_500, `three records in two writes took ${Math.round(elapsed)} ms; the gathering delay is 5,000 ms`);
+  const rows = await store.db.selectFrom("deliveries").select("status").where("id", "in", ids).execute();
+  assert.deepEqual(rows.map((r) => r.status), ["succeeded", "succeeded", "succeeded"]);
+});
+
 test("a record Postgres refuses does not stall the records batched with it", async () => {
   const writer = new AttemptWriter(store.db, createLogger("silent", "test"), { maxBatch: 10, maxDelayMs: 20 });
   const ids = await Promise.all([1, 2, 3].map(pendingDelivery));
