@@ -607,7 +607,8 @@ async function main(): Promise<number> {
    * to one of `batchConcurrency` publishers, which sends its batches one after another, so the order the
    * API accepted a webhook's events in is the seq order.
    */
-  async function publishBatches(phase: string, expected: Expected, count: number): Promise<{ errors: number; lastAcceptedAt: number }> {
+  /** `count` events round-robin over the webhooks, split among `batchConcurrency` publishers by webhook. */
+  function publisherPlan(count: number): { wh: number; seq: number }[][] {
     const C = Math.max(1, Math.min(Math.floor(options.batchConcurrency), M));
     const perWorker: { wh: number; seq: number }[][] = Array.from({ length: C }, () => []);
     const nextSeq = new Array<number>(M).fill(1);
@@ -615,6 +616,11 @@ async function main(): Promise<number> {
       const wh = i % M;
       perWorker[wh % C]!.push({ wh, seq: nextSeq[wh]++ });
     }
+    return perWorker;
+  }
+
+  async function publishBatches(phase: string, expected: Expected, count: number): Promise<{ errors: number; lastAcceptedAt: number }> {
+    const perWorker = publisherPlan(count);
     let errors = 0;
     let lastAcceptedAt = now();
     await Promise.all(
@@ -793,10 +799,7 @@ async function main(): Promise<number> {
     sampled.bullmq = reference.workerPid;
     log(`reference: BullMQ worker ready (pid ${reference.workerPid}, concurrency ${Math.floor(options.referenceConcurrency)}); enqueuing ${fmt(N)} events as phase 1 published them`);
     // The same batches as phase 1, by the same publishers: a webhook's events are enqueued in seq order.
-    const C = Math.max(1, Math.min(Math.floor(options.batchConcurrency), M));
-    const nextSeq = new Array<number>(M).fill(1);
-    const perWorker: { wh: number; seq: number }[][] = Array.from({ length: C }, () => []);
-    for (let i = 0; i < N; i++) perWorker[(i % M) % C]!.push({ wh: i % M, seq: nextSeq[i % M]++ });
+    const perWorker = publisherPlan(N);
     const s0 = sample();
     await Promise.all(
       perWorker.map(async (events) => {
