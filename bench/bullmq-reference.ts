@@ -8,6 +8,7 @@ import { fork, type ChildProcess } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
 import { Queue } from "bullmq";
+import { withTimeout } from "../src/core/timeout.js";
 import type { ReferenceJob } from "./bullmq-worker.js";
 
 export interface Reference {
@@ -35,7 +36,11 @@ export function reachable(url: string, timeoutMs = 1_000): Promise<boolean> {
 export async function startReference(options: { root: string; redisUrl: string; queue: string; concurrency: number; connectionsPerOrigin: number }): Promise<Reference> {
   const redis = new URL(options.redisUrl);
   const queue = new Queue<ReferenceJob>(options.queue, { connection: { host: redis.hostname, port: Number(redis.port || 6379) } });
-  await queue.waitUntilReady();
+  // Something else listening on the port (not Redis) would keep the client retrying for ever.
+  await withTimeout(queue.waitUntilReady(), 10_000).catch(async (err: Error) => {
+    await queue.close().catch(() => undefined);
+    throw new Error(`Redis at ${options.redisUrl} did not answer: ${err.message}`);
+  });
   const worker: ChildProcess = fork(
     path.join(options.root, "bench", "bullmq-worker.ts"),
     [options.queue, options.redisUrl, String(options.concurrency), String(options.connectionsPerOrigin)],
@@ -49,23 +54,29 @@ export async function startReference(options: { root: string; redisUrl: string; 
       resolve();
     });
   });
+  let stopping: Promise<void> | undefined;
   return {
     workerPid: worker.pid!,
     async enqueue(jobs) {
       await queue.addBulk(jobs.map((data) => ({ name: data.eventType, data })));
     },
-    async stop() {
-      if (worker.connected) worker.send("stop");
-      await new Promise<void>((resolve) => {
-        if (worker.exitCode !== null || worker.signalCode !== null) return resolve();
-        const timer = setTimeout(() => worker.kill("SIGKILL"), 5_000);
-        worker.once("exit", () => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-      await queue.obliterate({ force: true }).catch(() => undefined);
-      await queue.close();
+    stop() {
+      stopping ??= stop();
+      return stopping;
     },
   };
+
+  async function stop(): Promise<void> {
+    if (worker.connected) worker.send("stop");
+    await new Promise<void>((resolve) => {
+      if (worker.exitCode !== null || worker.signalCode !== null) return resolve();
+      const timer = setTimeout(() => worker.kill("SIGKILL"), 5_000);
+      worker.once("exit", () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    await queue.obliterate({ force: true }).catch(() => undefined);
+    await queue.close();
+  }
 }
