@@ -1,7 +1,7 @@
 import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "./db.js";
-import { insertRows } from "./bulk-insert.js";
+import { everyColumn, insertRows } from "./bulk-insert.js";
 import { prepared } from "./prepared.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
 import { onDayPartition, requeueableSql, requeuedExpiry } from "./partitions.js";
@@ -9,7 +9,7 @@ import { onDayPartition, requeueableSql, requeuedExpiry } from "./partitions.js"
 export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
 
 const INSERT_CHUNK = 1000;
-const DELIVERY_COLUMNS = [
+const DELIVERY_COLUMNS = everyColumn<NewDelivery>()([
   "id",
   "tenant_id",
   "webhook_id",
@@ -21,10 +21,7 @@ const DELIVERY_COLUMNS = [
   "next_attempt_at",
   "expires_at",
   "created_at",
-] as const satisfies readonly (keyof NewDelivery)[];
-// A column added to NewDelivery and not listed above fails to compile here.
-const everyDeliveryColumn: [Exclude<keyof NewDelivery, (typeof DELIVERY_COLUMNS)[number]>] extends [never] ? true : never = true;
-void everyDeliveryColumn;
+]);
 
 export async function insertDeliveries(db: Db, rows: NewDelivery[]): Promise<void> {
   for (let i = 0; i < rows.length; i += INSERT_CHUNK) {

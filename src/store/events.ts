@@ -1,13 +1,10 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
 import { onDayPartition } from "./partitions.js";
-import { insertRows } from "./bulk-insert.js";
+import { everyColumn, insertRows } from "./bulk-insert.js";
 import type { Event } from "./schema.js";
 
-const EVENT_COLUMNS = ["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"] as const satisfies readonly (keyof Event)[];
-// A column added to Event and not listed above fails to compile here.
-const everyEventColumn: [Exclude<keyof Event, (typeof EVENT_COLUMNS)[number]>] extends [never] ? true : never = true;
-void everyEventColumn;
+const EVENT_COLUMNS = everyColumn<Event>()(["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"]);
 
 export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<Event[]> {
   if (keys.length === 0) return Promise.resolve([]);

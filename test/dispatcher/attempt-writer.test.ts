@@ -71,19 +71,8 @@ test("records that queued behind a write go at once, not after the gathering del
 test("a record Postgres refuses does not stall the records batched with it", async () => {
   const writer = new AttemptWriter(store.db, createLogger("silent", "test"), { maxBatch: 10, maxDelayMs: 20 });
   const ids = await Promise.all([1, 2, 3].map(pendingDelivery));
-  const record = (deliveryId: string, responseBody: string) => ({
-    attemptId: newId("att"),
-    deliveryId,
-    attemptedAt: new Date(),
-    durationMs: 3,
-    responseCode: 200,
-    error: null,
-    responseBody,
-    status: "succeeded" as const,
-    nextAttemptAt: new Date(),
-  });
   // A NUL byte is not storable text: this one record makes the whole batch's statement fail.
-  await Promise.all([writer.write(record(ids[0]!, "fine")), writer.write(record(ids[1]!, "bad\u0000body")), writer.write(record(ids[2]!, "fine"))]);
+  await Promise.all([writer.write(success(ids[0]!, "fine")), writer.write(success(ids[1]!, "bad\u0000body")), writer.write(success(ids[2]!, "fine"))]);
   await writer.stop();
   const rows = await store.db.selectFrom("deliveries").select(["id", "status"]).where("id", "in", ids).execute();
   assert.deepEqual(new Set(rows.map((r) => r.status)), new Set(["succeeded"]), "every delivery recorded, the refused one without its body");
