@@ -26,6 +26,8 @@ function isPayloadTooLarge(err: ConnectError): boolean {
 }
 
 export const failedPrecondition = (message: string) => new ConnectError(message, Code.FailedPrecondition);
+/** A write that lost a race it could not win by waiting; the caller may try again as it is. */
+export const aborted = (message: string) => new ConnectError(message, Code.Aborted);
 
 /** The one mapping from Connect codes to REST statuses and error codes. */
 const REST: Partial<Record<Code, { status: number; code: string }>> = {

@@ -3,13 +3,13 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { newId } from "../core/ids.js";
 import { exceedsDepth, isStorableText, MAX_JSON_DEPTH } from "../core/input-limits.js";
-import { matchesEventType, patternsMatching, validateEventType } from "../core/event-types.js";
+import { patternsMatching, validateEventType } from "../core/event-types.js";
 import type { DeliveryFeed } from "../queue/feed.js";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
 import { isUniqueViolation } from "../store/db.js";
 import * as events from "../store/events.js";
-import { insertDeliveries, type NewDelivery } from "../store/deliveries.js";
+import { findSubscribers, planDeliveries, writeIngest } from "../store/ingest.js";
 import type { Event as EventRow } from "../store/schema.js";
 import { deliveriesCreated, eventsIngested } from "../metrics.js";
 import {
@@ -30,13 +30,15 @@ import {
   type PublishEventsResponse,
 } from "../../gen/webhook/v1/event_pb.js";
 import type { Principal } from "./auth.js";
-import { PayloadTooLargeError, invalidArgument, notFound } from "./errors.js";
+import { PayloadTooLargeError, aborted, invalidArgument, notFound } from "./errors.js";
 import { pageOf, readPage } from "./paging.js";
 import { GroupCommit } from "./group-commit.js";
 
 export const MAX_PAYLOAD_BYTES = 256 * 1024;
 export const MAX_BATCH = 100;
 export const MAX_KEY_LENGTH = 256;
+/** Reads of the subscribers an ingest makes before giving up on a tenant whose webhooks keep changing. */
+const MAX_INGEST_PLANS = 5;
 
 export interface EventServiceDeps {
   db: Db;
@@ -82,14 +84,14 @@ export function createEventService(deps: EventServiceDeps) {
   }
 
   /**
-   * Commits the events and one delivery per subscribed webhook in one transaction, then hands the
+   * Commits the events and one delivery per subscribed webhook in one statement, then hands the
    * deliveries to the feed. Once this returns, every delivery exists in Postgres: a feed that fails
    * afterwards only slows them down.
    */
   async function ingest(tenantId: string, batch: Accepted[]): Promise<{ row: EventRow; duplicate: boolean }[]> {
     for (let attempt = 0; ; attempt++) {
       try {
-        const { results, jobs } = await db.transaction().execute((trx) => ingestInTransaction(trx, tenantId, batch));
+        const { results, jobs } = await ingestOnce(tenantId, batch);
         await deps.feed.publish(jobs);
         return results;
       } catch (err) {
@@ -100,13 +102,13 @@ export function createEventService(deps: EventServiceDeps) {
     }
   }
 
-  // One ingest transaction at a time per tenant, taking every call that arrived meanwhile: under load a
-  // commit serves dozens of events, and a tenant's seq reservations never wait on each other's locks.
+  // One ingest at a time per tenant, taking every call that arrived meanwhile: under load a commit
+  // serves dozens of events, and a tenant's seq reservations never wait on each other's locks.
   const groupCommit = new GroupCommit<Accepted, { row: EventRow; duplicate: boolean }>(ingest, 500);
 
-  async function ingestInTransaction(trx: Db, tenantId: string, batch: Accepted[]) {
+  async function ingestOnce(tenantId: string, batch: Accepted[]) {
     const keys = [...new Set(batch.flatMap((e) => (e.idempotencyKey ? [e.idempotencyKey] : [])))];
-    const existing = new Map((await events.findEventsByIdempotencyKeys(trx, tenantId, keys)).map((e) => [e.idempotency_key!, e]));
+    const existing = new Map((await events.findEventsByIdempotencyKeys(db, tenantId, keys)).map((e) => [e.idempotency_key!, e]));
 
     const now = new Date();
     const results: { row: EventRow; duplicate: boolean }[] = [];
@@ -135,41 +137,25 @@ export function createEventService(deps: EventServiceDeps) {
     if (fresh.length === 0) return { results, jobs: [] };
 
     const patterns = [...new Set(fresh.flatMap((e) => patternsMatching(e.event_type)))];
-    const subscribers = await events.lockSubscribers(trx, tenantId, patterns);
-    const matches = fresh.map((event) => subscribers.filter((w) => w.event_types.some((p) => matchesEventType(p, event.event_type))));
-    const counts = new Map<string, number>();
-    for (const list of matches) for (const w of list) counts.set(w.id, (counts.get(w.id) ?? 0) + 1);
-    const lastSeqs = await events.reserveSeqs(trx, counts);
-    const nextSeq = new Map([...counts].map(([id, n]) => [id, lastSeqs.get(id)! - n + 1]));
-
     const expiresAt = new Date(now.getTime() + deps.eventTtlMs);
-    const deliveries: NewDelivery[] = [];
-    const jobs: DeliveryJob[] = [];
-    fresh.forEach((event, i) => {
-      event.delivery_count = matches[i]!.length;
-      for (const webhook of matches[i]!) {
-        const seq = nextSeq.get(webhook.id)!;
-        nextSeq.set(webhook.id, seq + 1);
-        const delivery: NewDelivery = {
-          id: newId("dlv"),
-          tenant_id: tenantId,
-          webhook_id: webhook.id,
-          event_id: event.id,
-          seq,
-          shard: webhook.shard,
-          ordering_key: event.ordering_key ?? "",
-          status: "pending",
-          next_attempt_at: now,
-          expires_at: expiresAt,
-          created_at: now,
-        };
-        deliveries.push(delivery);
-        jobs.push({
-          deliveryId: delivery.id,
-          webhookId: webhook.id,
-          shard: webhook.shard,
-          seq,
-          orderingKey: delivery.ordering_key,
+    for (let plans = 1; ; plans++) {
+      const subscribers = await findSubscribers(db, tenantId, patterns);
+      const deliveries = planDeliveries(subscribers, fresh);
+      const seqs = await writeIngest(db, { tenantId, patterns, subscribers, events: fresh, deliveries, createdAt: now, expiresAt });
+      if (seqs === null) {
+        // A subscriber was added, changed or removed between the read and the write: plan again.
+        if (plans < MAX_INGEST_PLANS) continue;
+        throw aborted(`the tenant's webhooks changed during ${MAX_INGEST_PLANS} attempts to publish; nothing was published, try again`);
+      }
+      const freshById = new Map(fresh.map((e) => [e.id, e]));
+      const jobs: DeliveryJob[] = deliveries.map((d, i) => {
+        const event = freshById.get(d.eventId)!;
+        return {
+          deliveryId: d.id,
+          webhookId: d.webhookId,
+          shard: d.shard,
+          seq: seqs[i]!,
+          orderingKey: d.orderingKey,
           eventId: event.id,
           eventType: event.event_type,
           createdAt: now.getTime(),
@@ -177,14 +163,12 @@ export function createEventService(deps: EventServiceDeps) {
           attempts: 0,
           nextAttemptAt: now.getTime(),
           expiresAt: expiresAt.getTime(),
-        });
-      }
-    });
-    await events.insertEvents(trx, fresh);
-    await insertDeliveries(trx, deliveries);
-    eventsIngested.inc(fresh.length);
-    deliveriesCreated.inc(deliveries.length);
-    return { results, jobs };
+        };
+      });
+      eventsIngested.inc(fresh.length);
+      deliveriesCreated.inc(deliveries.length);
+      return { results, jobs };
+    }
   }
 
   return {

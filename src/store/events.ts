@@ -63,38 +63,3 @@ export function listEvents(db: Db, tenantId: string, eventType: string, afterId:
   return query.orderBy("id").limit(limit).execute();
 }
 
-export interface Subscriber {
-  id: string;
-  event_types: string[];
-  shard: number;
-  ordered_by_key: boolean;
-}
-
-/**
- * The tenant's webhooks subscribed to any of the patterns, row-locked in id order for the rest of the
- * transaction: concurrent ingests into one webhook take their seqs one after another, and a fixed lock
- * order keeps two ingests touching the same webhooks from deadlocking.
- */
-export function lockSubscribers(db: Db, tenantId: string, patterns: string[]): Promise<Subscriber[]> {
-  return db
-    .selectFrom("webhooks")
-    .select(["id", "event_types", "shard", "ordered_by_key"])
-    .where("tenant_id", "=", tenantId)
-    .where("status", "in", ["active", "paused"])
-    .where(sql<boolean>`event_types && ${sql.val(patterns)}::text[]`)
-    .orderBy("id")
-    .forUpdate()
-    .execute();
-}
-
-/** Reserves `count` consecutive seqs per webhook; returns the last one reserved for each. */
-export async function reserveSeqs(db: Db, counts: Map<string, number>): Promise<Map<string, number>> {
-  if (counts.size === 0) return new Map();
-  const ids = [...counts.keys()];
-  const result = await sql<{ id: string; last_seq: number }>`
-    update webhooks as w set last_seq = w.last_seq + v.n
-    from unnest(${sql.val(ids)}::text[], ${sql.val(ids.map((id) => counts.get(id)!))}::int[]) as v(id, n)
-    where w.id = v.id
-    returning w.id, w.last_seq`.execute(db);
-  return new Map(result.rows.map((r) => [r.id, Number(r.last_seq)]));
-}

@@ -1,4 +1,4 @@
-// The ingest transaction's inserts are built by hand (insertRows), not by the query builder: every column
+// The bulk inserts are built by hand (insertRows), not by the query builder: every column
 // must arrive as given, timestamps to the millisecond, on Postgres and on the embedded PGlite.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
@@ -74,7 +74,7 @@ function checks(open: () => Store) {
     );
   });
 
-  test("a refused row fails the whole insert and, in the ingest transaction, leaves nothing behind", async () => {
+  test("a refused row fails the whole insert and, in a transaction, leaves nothing behind", async () => {
     const { db } = open();
     const rows = events(Date.now() + 20_000);
     rows[2]!.payload = "bad\u0000text";

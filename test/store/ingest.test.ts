@@ -1,0 +1,177 @@
+// The ingest write is one statement planned from an unlocked read of the subscribers: it must write the
+// whole plan with seqs following each webhook's last, write nothing when the subscribers changed after the
+// read, and, from many connections at once, hand out every seq once, in order, without a deadlock.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { patternsMatching } from "../../src/core/event-types.js";
+import { newId } from "../../src/core/ids.js";
+import { migrate, openStore, type Db, type Store } from "../../src/store/db.js";
+import { findSubscribers, planDeliveries, writeIngest, type IngestPlan } from "../../src/store/ingest.js";
+import type { Event } from "../../src/store/schema.js";
+import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
+import { insertTestWebhook } from "../support/rows.js";
+import { createTestDatabase } from "../support/postgres.js";
+
+const DAY = 86_400_000;
+
+function newEvents(types: string[], key?: string): Event[] {
+  const now = new Date();
+  return types.map((eventType, i) => ({
+    id: newId("evt"),
+    tenant_id: DEFAULT_TENANT_ID,
+    event_type: eventType,
+    payload: JSON.stringify({ i }),
+    idempotency_key: i === 0 && key ? key : null,
+    ordering_key: null,
+    delivery_count: 0,
+    created_at: now,
+  }));
+}
+
+/** What the event service does: read the subscribers, plan, then write. */
+async function plan(db: Db, events: Event[]): Promise<IngestPlan> {
+  const patterns = [...new Set(events.flatMap((e) => patternsMatching(e.event_type)))];
+  const subscribers = await findSubscribers(db, DEFAULT_TENANT_ID, patterns);
+  const deliveries = planDeliveries(subscribers, events);
+  const createdAt = events[0]!.created_at;
+  return { tenantId: DEFAULT_TENANT_ID, patterns, subscribers, events, deliveries, createdAt, expiresAt: new Date(createdAt.getTime() + DAY) };
+}
+
+async function webhook(db: Db, eventTypes: string[]): Promise<string> {
+  const id = newId("wh");
+  await insertTestWebhook(db, { id, shard: 5 });
+  await db.updateTable("webhooks").set({ event_types: eventTypes }).where("id", "=", id).execute();
+  return id;
+}
+
+async function snapshot(db: Db, webhookIds: string[]) {
+  const [events, keys, deliveries, seqs] = await Promise.all([
+    db.selectFrom("events").select(db.fn.countAll<number>().as("n")).executeTakeFirstOrThrow(),
+    db.selectFrom("idempotency_keys").select(db.fn.countAll<number>().as("n")).executeTakeFirstOrThrow(),
+    db.selectFrom("deliveries").select(db.fn.countAll<number>().as("n")).executeTakeFirstOrThrow(),
+    db.selectFrom("webhooks").select(["id", "last_seq"]).where("id", "in", webhookIds).orderBy("id").execute(),
+  ]);
+  return { events: Number(events.n), keys: Number(keys.n), deliveries: Number(deliveries.n), seqs };
+}
+
+function checks(open: () => Store) {
+  test("a plan is written whole: events, keys, and deliveries whose seqs follow each webhook's last", async () => {
+    const { db } = open();
+    const orders = await webhook(db, ["ingest1.order.*"]);
+    const created = await webhook(db, ["ingest1.order.created", "ingest1.invoice.paid"]);
+    const first = await plan(db, newEvents(["ingest1.order.created", "ingest1.order.shipped", "ingest1.order.created"], `k-${newId("evt")}`));
+    // Subscribers in id order (orders first): order.created → both, order.shipped → orders only.
+    assert.deepEqual(await writeIngest(db, first), [1, 1, 2, 3, 2]);
+    const second = await plan(db, newEvents(["ingest1.order.created", "ingest1.other"]));
+    assert.deepEqual(await writeIngest(db, second), [4, 3]);
+
+    const rows = await db.selectFrom("deliveries").select(["id", "webhook_id", "event_id", "seq", "status", "shard"]).where("webhook_id", "in", [orders, created]).execute();
+    const planned = [...first.deliveries, ...second.deliveries];
+    assert.equal(rows.length, planned.length);
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const seqs = [1, 1, 2, 3, 2, 4, 3];
+    planned.forEach((d, i) => assert.deepEqual(byId.get(d.id), { id: d.id, webhook_id: d.webhookId, event_id: d.eventId, seq: seqs[i], status: "pending", shard: 5 }));
+    const events = await db.selectFrom("events").select(["id", "delivery_count"]).where("id", "in", [...first.events, ...second.events].map((e) => e.id)).orderBy("id").execute();
+    assert.deepEqual(events.map((e) => e.delivery_count), [2, 1, 2, 2, 0]);
+    const key = await db.selectFrom("idempotency_keys").select("event_id").where("key", "=", first.events[0]!.idempotency_key!).execute();
+    assert.deepEqual(key, [{ event_id: first.events[0]!.id }]);
+    const last = await db.selectFrom("webhooks").select(["id", "last_seq"]).where("id", "in", [orders, created]).execute();
+    assert.deepEqual(Object.fromEntries(last.map((w) => [w.id, Number(w.last_seq)])), { [orders]: 4, [created]: 3 });
+  });
+
+  const changes: [string, (db: Db, subscribed: string) => Promise<unknown>][] = [
+    ["a subscriber's event types changed", (db, id) => db.updateTable("webhooks").set({ event_types: ["ingest2.other"] }).where("id", "=", id).execute()],
+    ["a subscriber was disabled", (db, id) => db.updateTable("webhooks").set({ status: "disabled" }).where("id", "=", id).execute()],
+    ["a subscriber was deleted", (db, id) => db.deleteFrom("webhooks").where("id", "=", id).execute()],
+    ["a webhook subscribed", (db) => webhook(db, ["ingest2.*"])],
+  ];
+  for (const [change, make] of changes) {
+    test(`nothing is written when ${change} after the read`, async () => {
+      const { db } = open();
+      const subscribed = await webhook(db, ["ingest2.thing.made"]);
+      const other = await webhook(db, ["ingest2.*"]);
+      const stale = await plan(db, newEvents(["ingest2.thing.made", "ingest2.thing.made"], `k-${newId("evt")}`));
+      assert.ok(stale.deliveries.length >= 4);
+      await make(db, subscribed);
+      const before = await snapshot(db, [subscribed, other]);
+      assert.equal(await writeIngest(db, stale), null);
+      assert.deepEqual(await snapshot(db, [subscribed, other]), before);
+      // Planned again from a fresh read, it goes through.
+      const fresh = await plan(db, stale.events);
+      assert.notEqual(await writeIngest(db, fresh), null);
+      assert.equal((await snapshot(db, [subscribed, other])).events, before.events + 2);
+    });
+  }
+}
+
+describe("the ingest write on Postgres", () => {
+  let database: Awaited<ReturnType<typeof createTestDatabase>>;
+  let store: Store;
+  before(async () => {
+    database = await createTestDatabase("ingest");
+    store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 12 });
+    await migrate(store.db);
+    await ensureDefaultTenant(store.db);
+  });
+  after(async () => {
+    await store?.close();
+    await database?.drop();
+  });
+  checks(() => store);
+
+  test("ingests from many connections at once into overlapping webhooks take every seq once, in order, without a deadlock", async () => {
+    const { db } = store;
+    // Webhook i takes "ingest3.t<i>" and the catch-all "ingest3.all"; each ingest touches a different subset.
+    const ids = await Promise.all(Array.from({ length: 8 }, (_, i) => webhook(db, [`ingest3.t${i}`, "ingest3.all"])));
+    const written: { plan: IngestPlan; seqs: number[] }[] = [];
+    await Promise.all(
+      Array.from({ length: 12 }, async (_, writer) => {
+        for (let round = 0; round < 15; round++) {
+          const types = Array.from({ length: 1 + ((writer + round) % 5) }, (_, k) => (k === 4 ? "ingest3.all" : `ingest3.t${(writer * 3 + round * 5 + k * 7) % 8}`));
+          for (;;) {
+            const p = await plan(db, newEvents(types));
+            const seqs = await writeIngest(db, p);
+            if (seqs === null) continue; // not expected here, but a concurrent change would be planned again
+            written.push({ plan: p, seqs });
+            break;
+          }
+        }
+      }),
+    );
+    assert.equal(written.length, 12 * 15);
+    const rows = await db.selectFrom("deliveries").select(["id", "webhook_id", "seq"]).where("webhook_id", "in", ids).execute();
+    const seqOf = new Map(rows.map((r) => [r.id, Number(r.seq)]));
+    for (const { plan: p, seqs } of written) {
+      p.deliveries.forEach((d, i) => assert.equal(seqOf.get(d.id), seqs[i], "the seq returned is the one stored"));
+      // Within one ingest a webhook's deliveries take consecutive seqs, in event order.
+      const perWebhook = new Map<string, number[]>();
+      p.deliveries.forEach((d, i) => perWebhook.set(d.webhookId, [...(perWebhook.get(d.webhookId) ?? []), seqs[i]!]));
+      for (const list of perWebhook.values()) list.forEach((seq, k) => assert.equal(seq, list[0]! + k));
+    }
+    const last = await db.selectFrom("webhooks").select(["id", "last_seq"]).where("id", "in", ids).execute();
+    for (const w of last) {
+      const seqs = rows.filter((r) => r.webhook_id === w.id).map((r) => Number(r.seq)).sort((a, b) => a - b);
+      assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1), `webhook ${w.id}: every seq once, none skipped`);
+      assert.equal(Number(w.last_seq), seqs.length);
+    }
+  });
+});
+
+describe("the ingest write on PGlite", () => {
+  let dataDir: string;
+  let store: Store;
+  before(async () => {
+    dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-ingest-"));
+    store = await openStore({ databaseUrl: undefined, dataDir });
+    await migrate(store.db);
+    await ensureDefaultTenant(store.db);
+  });
+  after(async () => {
+    await store?.close();
+    await fs.rm(dataDir, { recursive: true, force: true });
+  });
+  checks(() => store);
+});
