@@ -243,6 +243,30 @@ function conformance(feed: Feed) {
       assert.equal(rows.length, 0);
     });
 
+    test('the very next event sees a webhook added, re-subscribed or deleted', async () => {
+      // The API plans an ingest from the subscribers it last saw; each change below must reach the next publish.
+      const publish = async (expected: number, step: string) => {
+        const res = await rest('POST', '/events', { event_type: 'plan.made', payload: { step } });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+        assert.equal(res.body.delivery_count, expected, step);
+        const rows = await app.store.db.selectFrom('deliveries').select('webhook_id').where('event_id', '=', res.body.event_id).execute();
+        return rows.map((r) => r.webhook_id).sort();
+      };
+      assert.deepEqual(await publish(0, 'nobody subscribed yet'), []);
+      assert.deepEqual(await publish(0, 'still nobody'), []);
+      const exact = await createWebhook('/plan-exact', ['plan.made']);
+      assert.deepEqual(await publish(1, 'one webhook added'), [exact.id]);
+      const wildcard = await createWebhook('/plan-wildcard', ['plan.*']);
+      assert.deepEqual(await publish(2, 'a wildcard added'), [exact.id, wildcard.id].sort());
+      assert.equal((await rest('PUT', `/webhooks/${exact.id}`, { event_types: ['plan.other'] })).status, 200);
+      assert.deepEqual(await publish(1, 'the exact one re-subscribed elsewhere'), [wildcard.id]);
+      assert.equal((await rest('DELETE', `/webhooks/${wildcard.id}`)).status, 200);
+      assert.deepEqual(await publish(0, 'the wildcard deleted'), []);
+      assert.equal((await rest('PUT', `/webhooks/${exact.id}`, { event_types: ['plan.made'] })).status, 200);
+      assert.deepEqual(await publish(1, 'subscribed back'), [exact.id]);
+      await receiver.waitFor(() => receiver.forPath('/plan-exact').length >= 2, 10_000, 'the exact webhook\'s two deliveries');
+    });
+
     test('a payload over 256 KB is refused: REST 413, Connect invalid_argument naming the limit; nothing written', async () => {
       await createWebhook('/big', ['big.created']);
       const payload = { blob: 'x'.repeat(270 * 1024) };
