@@ -9,7 +9,7 @@ import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
 import { isUniqueViolation } from "../store/db.js";
 import * as events from "../store/events.js";
-import { findSubscribers, planDeliveries, writeIngest, type Subscriber } from "../store/ingest.js";
+import { findSubscribers, planDeliveries, writeIngest } from "../store/ingest.js";
 import type { Event as EventRow } from "../store/schema.js";
 import { deliveriesCreated, eventsIngested } from "../metrics.js";
 import {
@@ -33,14 +33,13 @@ import type { Principal } from "./auth.js";
 import { PayloadTooLargeError, aborted, invalidArgument, notFound } from "./errors.js";
 import { pageOf, readPage } from "./paging.js";
 import { GroupCommit } from "./group-commit.js";
+import { SubscriberLists } from "./subscriber-lists.js";
 
 export const MAX_PAYLOAD_BYTES = 256 * 1024;
 export const MAX_BATCH = 100;
 export const MAX_KEY_LENGTH = 256;
 /** Reads of the subscribers an ingest makes before giving up on a tenant whose webhooks keep changing. */
 const MAX_INGEST_PLANS = 5;
-/** Subscriber lists kept (per tenant and set of event-type patterns); all are dropped when it is full. */
-const MAX_CACHED_SUBSCRIBER_LISTS = 10_000;
 
 export interface EventServiceDeps {
   db: Db;
@@ -108,10 +107,7 @@ export function createEventService(deps: EventServiceDeps) {
   // serves dozens of events, and a tenant's seq reservations never wait on each other's locks.
   const groupCommit = new GroupCommit<Accepted, { row: EventRow; duplicate: boolean }>(ingest, 500);
 
-  // The subscribers each ingest was last planned from. The ingest statement checks, under lock, that
-  // they are still the ones, so a stale list costs one statement that writes nothing and a fresh read,
-  // never a wrong delivery; a current one saves the read, half the round trips of an ingest.
-  const subscriberLists = new Map<string, Subscriber[]>();
+  const subscriberLists = new SubscriberLists();
 
   async function ingestOnce(tenantId: string, batch: Accepted[]) {
     const keys = [...new Set(batch.flatMap((e) => (e.idempotencyKey ? [e.idempotencyKey] : [])))];
@@ -145,19 +141,18 @@ export function createEventService(deps: EventServiceDeps) {
 
     const patterns = [...new Set(fresh.flatMap((e) => patternsMatching(e.event_type)))];
     const expiresAt = new Date(now.getTime() + deps.eventTtlMs);
-    const listKey = `${tenantId} ${[...patterns].sort().join(" ")}`;
+    const listKey = SubscriberLists.key(tenantId, patterns);
     for (let plans = 1; ; plans++) {
       let subscribers = subscriberLists.get(listKey);
       if (!subscribers) {
         subscribers = await findSubscribers(db, tenantId, patterns);
-        if (subscriberLists.size >= MAX_CACHED_SUBSCRIBER_LISTS) subscriberLists.clear();
         subscriberLists.set(listKey, subscribers);
       }
       const deliveries = planDeliveries(subscribers, fresh);
       const seqs = await writeIngest(db, { tenantId, patterns, subscribers, events: fresh, deliveries, createdAt: now, expiresAt });
       if (seqs === null) {
         // A subscriber was added, changed or removed since the list was read: read it again and re-plan.
-        if (subscriberLists.get(listKey) === subscribers) subscriberLists.delete(listKey);
+        subscriberLists.forget(listKey, subscribers);
         if (plans < MAX_INGEST_PLANS) continue;
         throw aborted(`the tenant's webhooks changed during ${MAX_INGEST_PLANS} attempts to publish; nothing was published, try again`);
       }
