@@ -24,14 +24,13 @@ export interface Subscriber {
   id: string;
   event_types: string[];
   shard: number;
-  ordered_by_key: boolean;
 }
 
 /** The tenant's webhooks that take events of any of these patterns (active or paused), in id order. */
 export function findSubscribers(db: Db, tenantId: string, patterns: string[]): Promise<Subscriber[]> {
   return db
     .selectFrom("webhooks")
-    .select(["id", "event_types", "shard", "ordered_by_key"])
+    .select(["id", "event_types", "shard"])
     .where("tenant_id", "=", tenantId)
     .where("status", "in", ["active", "paused"])
     .where(sql<boolean>`event_types && ${sql.val(patterns)}::text[]`)

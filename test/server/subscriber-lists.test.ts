@@ -6,7 +6,7 @@ import { SubscriberLists } from "../../src/server/subscriber-lists.js";
 import type { Subscriber } from "../../src/store/ingest.js";
 
 const subscribers = (n: number, prefix = "wh"): Subscriber[] =>
-  Array.from({ length: n }, (_, i) => ({ id: `${prefix}_${i}`, event_types: ["*"], shard: i % 64, ordered_by_key: false }));
+  Array.from({ length: n }, (_, i) => ({ id: `${prefix}_${i}`, event_types: ["*"], shard: i % 64 }));
 
 test("a list is keyed by tenant and by the set of patterns, whatever their order", () => {
   assert.equal(SubscriberLists.key("ten_a", ["a.b", "a.*", "*"]), SubscriberLists.key("ten_a", ["*", "a.b", "a.*"]));
