@@ -38,6 +38,8 @@ import { SubscriberLists } from "./subscriber-lists.js";
 export const MAX_PAYLOAD_BYTES = 256 * 1024;
 export const MAX_BATCH = 100;
 export const MAX_KEY_LENGTH = 256;
+/** Payload characters one ingest statement carries at most, unless a single call brings more. */
+const MAX_INGEST_PAYLOAD_CHARS = 16 * 1024 * 1024;
 /** Reads of the subscribers an ingest makes before giving up on a tenant whose webhooks keep changing. */
 const MAX_INGEST_PLANS = 5;
 
@@ -104,8 +106,10 @@ export function createEventService(deps: EventServiceDeps) {
   }
 
   // One ingest at a time per tenant, taking every call that arrived meanwhile: under load a commit
-  // serves dozens of events, and a tenant's seq reservations never wait on each other's locks.
-  const groupCommit = new GroupCommit<Accepted, { row: EventRow; duplicate: boolean }>(ingest, 500);
+  // serves dozens of events, and a tenant's seq reservations never wait on each other's locks. Up to
+  // 16 MB of payloads: the payloads travel as one array parameter, escaped, and 500 events of 256 KB
+  // would make it a string of 128–256 MB.
+  const groupCommit = new GroupCommit<Accepted, { row: EventRow; duplicate: boolean }>(ingest, 500, (e) => e.payloadJson.length, MAX_INGEST_PAYLOAD_CHARS);
 
   const subscriberLists = new SubscriberLists();
 

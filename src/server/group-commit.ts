@@ -7,9 +7,15 @@ export class GroupCommit<I, O> {
   private readonly queues = new Map<string, { items: I[]; resolve: (out: O[]) => void; reject: (err: unknown) => void }[]>();
   private readonly running = new Set<string>();
 
+  /**
+   * A group takes whole calls while it stays within `maxItems` and, with `weigh`, within `maxWeight`
+   * (e.g. bytes, so that one commit's statement stays a sane size); the first call always goes.
+   */
   constructor(
     private readonly commit: (key: string, items: I[]) => Promise<O[]>,
     private readonly maxItems: number,
+    private readonly weigh: (item: I) => number = () => 0,
+    private readonly maxWeight = Infinity,
   ) {}
 
   submit(key: string, items: I[]): Promise<O[]> {
@@ -29,9 +35,14 @@ export class GroupCommit<I, O> {
         if (!queue || queue.length === 0) break;
         // Whole calls only, so a caller's batch commits together; the first always goes, however large.
         let count = 0;
+        let weight = 0;
         let calls = 0;
-        while (calls < queue.length && (calls === 0 || count + queue[calls]!.items.length <= this.maxItems)) {
-          count += queue[calls]!.items.length;
+        while (calls < queue.length) {
+          const items = queue[calls]!.items;
+          const callWeight = items.reduce((sum, item) => sum + this.weigh(item), 0);
+          if (calls > 0 && (count + items.length > this.maxItems || weight + callWeight > this.maxWeight)) break;
+          count += items.length;
+          weight += callWeight;
           calls++;
         }
         const group = queue.splice(0, calls);
