@@ -1,18 +1,15 @@
 // The bulk inserts are built by hand (insertRows), not by the query builder: every column
 // must arrive as given, timestamps to the millisecond, on Postgres and on the embedded PGlite.
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { encodeId } from "../../src/core/ids.js";
-import { migrate, openStore, type Store } from "../../src/store/db.js";
+import type { Store } from "../../src/store/db.js";
 import { insertDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
 import { insertEvents } from "../../src/store/events.js";
-import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
+import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
 import type { Event } from "../../src/store/schema.js";
-import { createTestDatabase } from "../support/postgres.js";
+import { suiteStore } from "../support/store.js";
 
 function events(at: number): Event[] {
   const row = (i: number, payload: string, keys: { idempotency_key: string | null; ordering_key: string | null }): Event => ({
@@ -87,33 +84,9 @@ function checks(open: () => Store) {
 }
 
 describe("bulk inserts on Postgres", () => {
-  let database: Awaited<ReturnType<typeof createTestDatabase>>;
-  let store: Store;
-  before(async () => {
-    database = await createTestDatabase("bulk_insert");
-    store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir() });
-    await migrate(store.db);
-    await ensureDefaultTenant(store.db);
-  });
-  after(async () => {
-    await store?.close();
-    await database?.drop();
-  });
-  checks(() => store);
+  checks(suiteStore("postgres", "bulk_insert"));
 });
 
 describe("bulk inserts on PGlite", () => {
-  let dataDir: string;
-  let store: Store;
-  before(async () => {
-    dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-bulk-"));
-    store = await openStore({ databaseUrl: undefined, dataDir });
-    await migrate(store.db);
-    await ensureDefaultTenant(store.db);
-  });
-  after(async () => {
-    await store?.close();
-    await fs.rm(dataDir, { recursive: true, force: true });
-  });
-  checks(() => store);
+  checks(suiteStore("pglite", "bulk"));
 });

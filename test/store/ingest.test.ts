@@ -1,19 +1,16 @@
 // The ingest write is one statement planned from an unlocked read of the subscribers: it must write the
 // whole plan with seqs following each webhook's last, write nothing when the subscribers changed after the
 // read, and, from many connections at once, hand out every seq once, in order, without a deadlock.
-import { after, before, describe, test } from "node:test";
+import { describe, test } from "node:test";
 import assert from "node:assert/strict";
-import fs from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { patternsMatching } from "../../src/core/event-types.js";
 import { newId } from "../../src/core/ids.js";
-import { migrate, openStore, type Db, type Store } from "../../src/store/db.js";
+import type { Db, Store } from "../../src/store/db.js";
 import { findSubscribers, planDeliveries, writeIngest, type IngestPlan } from "../../src/store/ingest.js";
 import type { Event } from "../../src/store/schema.js";
-import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
+import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
 import { insertTestWebhook } from "../support/rows.js";
-import { createTestDatabase } from "../support/postgres.js";
+import { suiteStore } from "../support/store.js";
 
 const DAY = 86_400_000;
 
@@ -108,22 +105,11 @@ function checks(open: () => Store) {
 }
 
 describe("the ingest write on Postgres", () => {
-  let database: Awaited<ReturnType<typeof createTestDatabase>>;
-  let store: Store;
-  before(async () => {
-    database = await createTestDatabase("ingest");
-    store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 12 });
-    await migrate(store.db);
-    await ensureDefaultTenant(store.db);
-  });
-  after(async () => {
-    await store?.close();
-    await database?.drop();
-  });
-  checks(() => store);
+  const store = suiteStore("postgres", "ingest", { poolSize: 12 });
+  checks(store);
 
   test("ingests from many connections at once into overlapping webhooks take every seq once, in order, without a deadlock", async () => {
-    const { db } = store;
+    const { db } = store();
     // Webhook i takes "ingest3.t<i>" and the catch-all "ingest3.all"; each ingest touches a different subset.
     const ids = await Promise.all(Array.from({ length: 8 }, (_, i) => webhook(db, [`ingest3.t${i}`, "ingest3.all"])));
     const written: { plan: IngestPlan; seqs: number[] }[] = [];
@@ -161,17 +147,5 @@ describe("the ingest write on Postgres", () => {
 });
 
 describe("the ingest write on PGlite", () => {
-  let dataDir: string;
-  let store: Store;
-  before(async () => {
-    dataDir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-ingest-"));
-    store = await openStore({ databaseUrl: undefined, dataDir });
-    await migrate(store.db);
-    await ensureDefaultTenant(store.db);
-  });
-  after(async () => {
-    await store?.close();
-    await fs.rm(dataDir, { recursive: true, force: true });
-  });
-  checks(() => store);
+  checks(suiteStore("pglite", "ingest"));
 });
