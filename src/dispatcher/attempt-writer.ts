@@ -3,13 +3,17 @@ import { recordAttempts, type AttemptRecord } from "../store/deliveries.js";
 import type { Db } from "../store/db.js";
 
 /**
- * Batches attempt records into one transaction every few milliseconds: the throughput of the dispatcher
- * is the throughput of these writes. `write` resolves once its record is committed, so a lane moves on
+ * Batches attempt records into one statement (group commit): one write in flight, and what arrives
+ * meanwhile goes in the next, whole, as soon as it ends. The throughput of the dispatcher is the
+ * throughput of these writes. A gathering delay (`maxDelayMs`) for the first record after a quiet spell
+ * is off by default: 1 ms of it took a loop of 10 lanes on real Postgres from 5,767–7,264 records/s to
+ * 3,061–4,095, and saved no CPU per record, in Node or in Postgres. `write` resolves once its record is committed, so a lane moves on
  * only after its head's outcome is durable; while Postgres is down the batch waits and retries.
  */
 export class AttemptWriter {
   private pending: { record: AttemptRecord; resolve: () => void }[] = [];
-  private timer: NodeJS.Timeout | undefined;
+  /** The next flush, when one is scheduled: on the next turn of the event loop, or after the gathering delay. */
+  private scheduled: { immediate: boolean; cancel(): void } | undefined;
   /**
    * Writes in flight. One by default: what arrives during a write goes in the next, whole (group commit).
    * Three at once made batches a third the size (about 16 records), and each statement costs Postgres
@@ -23,7 +27,7 @@ export class AttemptWriter {
     private readonly log: Logger,
     private readonly options: { maxBatch: number; maxDelayMs: number; maxConcurrent?: number } = {
       maxBatch: 500,
-      maxDelayMs: 1,
+      maxDelayMs: 0,
       maxConcurrent: 1,
     },
   ) {}
@@ -37,23 +41,28 @@ export class AttemptWriter {
 
   private kick(afterFlush = false): void {
     if (this.pending.length === 0 || this.flushing.size >= (this.options.maxConcurrent ?? 1)) return;
-    // Records that queued behind a write have waited for it already: they go at once. Only the first
-    // record after a quiet spell waits maxDelayMs for company.
-    const now = afterFlush || this.pending.length >= this.options.maxBatch;
-    if (this.timer && !now) return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(
-      () => {
-        this.timer = undefined;
-        const flush: Promise<void> = this.flush().finally(() => {
-          this.flushing.delete(flush);
-          this.kick(true);
-        });
-        this.flushing.add(flush);
-        this.kick();
-      },
-      now ? 0 : this.options.maxDelayMs,
-    );
+    // Records that queued behind a write have waited for it already: they go at once, and so does every
+    // record unless a gathering delay is set. "At once" is the next turn of the event loop, so the records
+    // of this turn go together; not a timer of 0 ms, which Node makes 1 ms.
+    const now = afterFlush || this.pending.length >= this.options.maxBatch || this.options.maxDelayMs <= 0;
+    if (this.scheduled && (this.scheduled.immediate || !now)) return;
+    this.scheduled?.cancel();
+    const start = () => {
+      this.scheduled = undefined;
+      const flush: Promise<void> = this.flush().finally(() => {
+        this.flushing.delete(flush);
+        this.kick(true);
+      });
+      this.flushing.add(flush);
+      this.kick();
+    };
+    if (now) {
+      const immediate = setImmediate(start);
+      this.scheduled = { immediate: true, cancel: () => clearImmediate(immediate) };
+    } else {
+      const timer = setTimeout(start, this.options.maxDelayMs);
+      this.scheduled = { immediate: false, cancel: () => clearTimeout(timer) };
+    }
   }
 
   private async flush(): Promise<void> {
@@ -98,7 +107,7 @@ export class AttemptWriter {
   }
 
   async stop(): Promise<void> {
-    while (this.pending.length > 0 || this.flushing.size > 0 || this.timer) {
+    while (this.pending.length > 0 || this.flushing.size > 0 || this.scheduled) {
       this.kick();
       await (this.flushing.size > 0 ? Promise.race(this.flushing) : new Promise((r) => setTimeout(r, 1)));
     }

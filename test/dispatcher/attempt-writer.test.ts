@@ -1,4 +1,4 @@
-import { after, before, test } from "node:test";
+import { after, before, mock, test } from "node:test";
 import assert from "node:assert/strict";
 import { createTestDatabase } from "../support/postgres.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
@@ -66,6 +66,32 @@ test("records that queued behind a write go at once, not after the gathering del
   assert.ok(elapsed < 2_500, `three records in two writes took ${Math.round(elapsed)} ms; the gathering delay is 5,000 ms`);
   const rows = await store.db.selectFrom("deliveries").select("status").where("id", "in", ids).execute();
   assert.deepEqual(rows.map((r) => r.status), ["succeeded", "succeeded", "succeeded"]);
+});
+
+test("records that queued behind a write go on the next turn of the event loop, with no timer", async () => {
+  // setTimeout(fn, 0) is a 1 ms timer in Node: under load, every write made the lanes waiting for their
+  // records wait that much more. With setTimeout frozen, only the first write (after a quiet spell, so
+  // it gathers for maxDelayMs) needs the clock; the write queued behind it must not.
+  const writer = new AttemptWriter(store.db, createLogger("silent", "test"), { maxBatch: 100, maxDelayMs: 5_000 });
+  const ids = await Promise.all([21, 22].map(pendingDelivery));
+  mock.timers.enable({ apis: ["setTimeout"] });
+  try {
+    const first = writer.write(success(ids[0]!));
+    mock.timers.tick(5_000);
+    const second = writer.write(success(ids[1]!));
+    let guard: NodeJS.Timeout | undefined;
+    const stuck = new Promise<"stuck">((resolve) => {
+      guard = setInterval(() => resolve("stuck"), 3_000);
+    });
+    const outcome = await Promise.race([Promise.all([first, second]).then(() => "written" as const), stuck]);
+    clearInterval(guard);
+    assert.equal(outcome, "written", "the record queued behind a write waited for a timer");
+  } finally {
+    mock.timers.reset();
+  }
+  await writer.stop();
+  const rows = await store.db.selectFrom("deliveries").select("status").where("id", "in", ids).execute();
+  assert.deepEqual(rows.map((r) => r.status), ["succeeded", "succeeded"]);
 });
 
 test("a record Postgres refuses does not stall the records batched with it", async () => {
