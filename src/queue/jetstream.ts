@@ -75,20 +75,56 @@ export async function createJetStreamFeed(options: {
     reconnectTimeWait: 500,
   });
   const log = options.logger.child({ component: "jetstream" });
+  const storage = options.storage ?? "memory";
+  const jsm: JetStreamManager = await jetstreamManager(nc);
+  const js: JetStreamClient = jetstream(nc);
+  await ensureStream(jsm, names, storage, log);
+
+  const subscriptions = new Set<FeedSubscription>();
+  /** The consumers this process reads, by durable name, for `restore`. */
+  const consumed = new Map<string, { filter: string; repull(): Promise<void> }>();
+  let closing = false;
+
+  /**
+   * Puts back the stream and this process's consumers. A restarted server forgets a memory stream (its
+   * configuration too), and an operator may delete either: until they are back, publishes go nowhere and
+   * every job waits for the sweep, seconds instead of milliseconds.
+   */
+  let restoring: Promise<void> | undefined;
+  const restore = (reason: string) => {
+    restoring ??= (async () => {
+      for (let backoff = 250; !closing && !nc.isClosed(); backoff = Math.min(backoff * 2, 5_000)) {
+        try {
+          const streamCreated = await ensureStream(jsm, names, storage, log);
+          let consumersCreated = 0;
+          for (const [durable, { filter, repull }] of consumed) {
+            if (!(await ensureConsumer(jsm, names, durable, filter, log))) continue;
+            // The pulls made before the consumer was lost are retried on a 30 s interval: pull afresh now.
+            await repull();
+            consumersCreated++;
+          }
+          if (streamCreated || consumersCreated > 0) log.warn({ reason, streamCreated, consumersCreated }, "stream or consumers were missing; put back");
+          return;
+        } catch (err) {
+          // JetStream answers "not available" for a moment after a server starts.
+          log.warn({ err, reason }, "could not restore the stream and consumers yet; retrying");
+          await new Promise((resolve) => setTimeout(resolve, backoff));
+        }
+      }
+    })().finally(() => {
+      restoring = undefined;
+    });
+  };
+
   let connected = true;
   void (async () => {
     for await (const status of nc.status()) {
       if (status.type === "disconnect") connected = false;
       if (status.type === "reconnect") connected = true;
       if (status.type === "disconnect" || status.type === "reconnect") log.warn({ status: status.type }, "nats connection");
+      if (status.type === "reconnect") restore("reconnected");
     }
   })();
-
-  const jsm: JetStreamManager = await jetstreamManager(nc);
-  const js: JetStreamClient = jetstream(nc);
-  await ensureStream(jsm, names, options.storage ?? "memory", log);
-
-  const subscriptions = new Set<FeedSubscription>();
 
   // Acks of every shard wait for the end of the turn and leave together: one socket write (and one read
   // for the server) for all the messages that arrived at once, instead of one each.
@@ -129,28 +165,52 @@ export async function createJetStreamFeed(options: {
 
     async consume(shard, onJob) {
       const durable = `${names.consumerPrefix}_${shard}`;
-      await ensureConsumer(jsm, names, durable, `${names.subjectRoot}.${shard}.>`);
+      const filter = `${names.subjectRoot}.${shard}.>`;
+      await ensureConsumer(jsm, names, durable, filter, log);
       const consumer = await js.consumers.get(names.stream, durable);
-      const messages = await consumer.consume({ max_messages: 500 });
-      const done = (async () => {
-        for await (const m of messages) {
-          let jobs: DeliveryJob[] = [];
-          try {
-            jobs = decodeJobHeads(m.data);
-          } catch (err) {
-            log.error({ err, shard }, "undecodable feed message dropped; the sweep finds its jobs in Postgres");
+      const open = async () => {
+        const messages = await consumer.consume({ max_messages: 500 });
+        void (async () => {
+          for await (const status of messages.status()) {
+            if (status.type === "stream_not_found" || status.type === "consumer_not_found" || status.type === "consumer_deleted") restore(status.type);
           }
-          for (const job of jobs) onJob(job);
-          // Acked as soon as it is read: from here Postgres and the dispatcher carry its jobs, so nothing
-          // parks in the consumer's ack window however long a delivery waits.
-          ackSoon(m);
-        }
-      })();
+        })();
+        const done = (async () => {
+          for await (const m of messages) {
+            let jobs: DeliveryJob[] = [];
+            try {
+              jobs = decodeJobHeads(m.data);
+            } catch (err) {
+              log.error({ err, shard }, "undecodable feed message dropped; the sweep finds its jobs in Postgres");
+            }
+            for (const job of jobs) onJob(job);
+            // Acked as soon as it is read: from here Postgres and the dispatcher carry its jobs, so nothing
+            // parks in the consumer's ack window however long a delivery waits.
+            ackSoon(m);
+          }
+        })();
+        return { messages, done };
+      };
+      const close = async ({ messages, done }: Awaited<ReturnType<typeof open>>) => {
+        await messages.close();
+        await done.catch(() => undefined);
+      };
+      let reading = await open();
+      let stopped = false;
+      consumed.set(durable, {
+        filter,
+        async repull() {
+          await close(reading);
+          if (!stopped) reading = await open();
+          if (stopped) await close(reading);
+        },
+      });
       const subscription: FeedSubscription = {
         async stop() {
+          stopped = true;
           subscriptions.delete(subscription);
-          await messages.close();
-          await done.catch(() => undefined);
+          consumed.delete(durable);
+          await close(reading);
         },
       };
       subscriptions.add(subscription);
@@ -160,6 +220,7 @@ export async function createJetStreamFeed(options: {
     healthy: () => connected && !nc.isClosed(),
 
     async close() {
+      closing = true;
       await Promise.allSettled([...subscriptions].map((s) => s.stop()));
       ackAll();
       await nc.drain().catch(() => nc.close());
@@ -170,7 +231,8 @@ export async function createJetStreamFeed(options: {
 /** What a memory-backed stream may hold; past it the oldest jobs are dropped and the sweep sends them. */
 const MEMORY_STREAM_MAX_BYTES = 256 * 1024 * 1024;
 
-async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storage: "memory" | "file", log: Logger): Promise<void> {
+/** Creates the stream, or brings its limits to today's; true when it had to be created. */
+async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storage: "memory" | "file", log: Logger): Promise<boolean> {
   const limits = {
     subjects: [`${names.subjectRoot}.>`],
     duplicate_window: DUPLICATE_WINDOW_NS,
@@ -183,6 +245,7 @@ async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storag
       log.warn({ stream: names.stream, storage: info.config.storage, wanted: storage }, "the stream's storage cannot change in place; delete the stream to change it (the sweep resends what it held)");
     }
     await jsm.streams.update(names.stream, { ...limits, max_bytes: info.config.storage === StorageType.Memory ? MEMORY_STREAM_MAX_BYTES : -1 });
+    return false;
   } catch (err) {
     if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
     await jsm.streams.add({
@@ -192,12 +255,18 @@ async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storag
       retention: RetentionPolicy.Workqueue,
       storage: storage === "memory" ? StorageType.Memory : StorageType.File,
     });
+    return true;
   }
 }
 
-async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, durable: string, filter: string): Promise<void> {
+/** What every shard's consumer is, besides its name and filter. */
+const CONSUMER_SETTINGS = { ack_wait: 30 * 1e9, max_ack_pending: 10_000 };
+
+/** Creates the consumer, or brings one an earlier release made to today's settings; true when it had to be created. */
+async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, durable: string, filter: string, log: Logger): Promise<boolean> {
+  let config;
   try {
-    await jsm.consumers.info(names.stream, durable);
+    ({ config } = await jsm.consumers.info(names.stream, durable));
   } catch (err) {
     if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
     await jsm.consumers.add(names.stream, {
@@ -205,10 +274,19 @@ async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, dura
       filter_subject: filter,
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
-      ack_wait: 30 * 1e9,
-      max_ack_pending: 10_000,
+      ...CONSUMER_SETTINGS,
     });
+    return true;
   }
+  if (config.filter_subject === filter && config.ack_wait === CONSUMER_SETTINGS.ack_wait && config.max_ack_pending === CONSUMER_SETTINGS.max_ack_pending) return false;
+  try {
+    await jsm.consumers.update(names.stream, durable, { filter_subject: filter, ...CONSUMER_SETTINGS });
+    log.info({ durable }, "consumer settings updated");
+  } catch (err) {
+    // NATS 2.9 cannot change a consumer's filter (2.10 can): the consumer goes on as it is.
+    log.warn({ err, durable, filter, had: config.filter_subject }, "consumer settings could not be updated; delete the consumer to recreate it");
+  }
+  return false;
 }
 
 /** Deletes a stream, for tests that made their own. */

@@ -1,13 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs/promises';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
 import pg from 'pg';
 import { createTestDatabase } from '../support/postgres.js';
-import { NATS_URL, natsPrefix } from '../support/nats.js';
+import { NATS_URL, natsPrefix, startNatsServer } from '../support/nats.js';
 import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
 import { spawnBin, type Spawned } from '../support/processes.js';
 import { startReceiver, verifyDelivery } from '../support/receiver.js';
@@ -96,14 +91,6 @@ async function waitAllSucceeded(client: pg.Client, expected: number, timeoutMs =
     if (Date.now() > deadline) throw new Error(`deliveries not all succeeded: ${JSON.stringify(byStatus)} (expected ${expected})`);
     await sleep(200);
   }
-}
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 describe('failover', () => {
@@ -244,36 +231,12 @@ describe('failover', () => {
   });
 
   test('NATS killed and restarted mid-run: ingest keeps answering 201 and everything is delivered', async () => {
-    const port = await freePort();
-    const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'webhookd-nats-'));
-    cleanups.push(() => fs.rm(storeDir, { recursive: true, force: true }));
-    let server: ChildProcess | undefined;
-    const startNats = async () => {
-      const child = spawn('/usr/sbin/nats-server', ['-a', '127.0.0.1', '-p', String(port), '-js', '-sd', storeDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-      child.stderr!.on('data', (c: Buffer) => (out += c.toString()));
-      const deadline = Date.now() + 10_000;
-      while (!/Server is ready/.test(out)) {
-        if (child.exitCode !== null || Date.now() > deadline) throw new Error(`nats-server did not start:\n${out}`);
-        await sleep(50);
-      }
-      server = child;
-    };
-    const killNats = async () => {
-      const child = server;
-      server = undefined;
-      if (!child || child.exitCode !== null) return;
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGKILL');
-      await exited;
-    };
-    cleanups.push(killNats);
-    await startNats();
+    const nats = await startNatsServer();
+    cleanups.push(() => nats.stop());
 
     const receiver = await startReceiver();
     cleanups.push(() => receiver.close());
-    const env = { DATABASE_URL: db.url, NATS_URL: `nats://127.0.0.1:${port}`, WEBHOOKD_NATS_PREFIX: 'NATSRESTART' };
+    const env = { DATABASE_URL: db.url, NATS_URL: nats.url, WEBHOOKD_NATS_PREFIX: 'NATSRESTART' };
     const { app: api, url } = await startTestApp(env, ['api']);
     cleanups.push(() => api.stop());
     const { app: dispatcher } = await startTestApp(env, ['dispatcher']);
@@ -288,7 +251,7 @@ describe('failover', () => {
     }
     await receiver.waitFor(() => receiver.received.length >= 100, 20_000, 'the first 100 via NATS');
 
-    await killNats();
+    await nats.kill();
     const slowest: number[] = [];
     for (; round < 20; round++) {
       slowest.push(await publishRound(rest, hooks, round));
@@ -298,7 +261,7 @@ describe('failover', () => {
     // Postgres is the record: the owner's sweep delivers these without NATS.
     await receiver.waitFor(() => receiver.received.length >= 200, 30_000, '100 more with NATS down');
 
-    await startNats();
+    await nats.start();
     for (; round < 30; round++) {
       await publishRound(rest, hooks, round);
       await sleep(30);

@@ -7,7 +7,7 @@ import { createJetStreamFeed, jetStreamNames } from "../../src/queue/jetstream.j
 import type { DeliveryFeed } from "../../src/queue/feed.js";
 import type { DeliveryJob } from "../../src/queue/job.js";
 import { createLogger } from "../../src/logger.js";
-import { NATS_URL, natsPrefix } from "../support/nats.js";
+import { NATS_URL, natsPrefix, startNatsServer } from "../support/nats.js";
 import { eventually, sleep } from "../support/wait.js";
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -92,4 +92,85 @@ test("a message that is not a list of job heads is acked and dropped; the ones a
   await subscription.stop();
   assert.deepEqual(received.map((j) => j.seq), [2]);
   assert.equal(await messagesOn(NATS_URL, prefix, 4), 0, "both messages acked (work-queue retention removes them)");
+});
+
+test("a publish repeated with the same jobs (the same Nats-Msg-Id) is delivered once; a manual retry's is not a repeat", async () => {
+  const { feed } = await feedOn(NATS_URL, "dedup");
+  const jobs = [job("wh_d", 9, 1, 100), job("wh_d", 9, 2, 100)];
+  await feed.publish(jobs);
+  await feed.publish(jobs);
+  // The same delivery sent again by hand carries its attempt count: it must get through.
+  await feed.publish([{ ...jobs[0]!, attempts: 1 }]);
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(9, (j) => received.push(j));
+  await eventually(async () => received.length, (n) => n >= 3, "the first publish and the retry", 10_000);
+  await sleep(300);
+  await subscription.stop();
+  assert.deepEqual(
+    received.map((j) => `${j.seq}:${j.attempts}`),
+    ["1:0", "2:0", "1:1"],
+  );
+});
+
+test("a consumer an earlier release left with other settings is brought to today's", async () => {
+  const { feed, prefix } = await feedOn(NATS_URL, "upgrade");
+  const names = jetStreamNames(prefix);
+  const durable = `${names.consumerPrefix}_3`;
+  const nc = await connect({ servers: NATS_URL });
+  cleanups.push(() => nc.close());
+  const { jetstreamManager, AckPolicy, DeliverPolicy } = await import("@nats-io/jetstream");
+  const jsm = await jetstreamManager(nc);
+  await jsm.consumers.add(names.stream, {
+    durable_name: durable,
+    filter_subject: `${names.subjectRoot}.3.>`,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: 5 * 1e9,
+    max_ack_pending: 7,
+  });
+  const subscription = await feed.consume(3, () => undefined);
+  const { config } = await jsm.consumers.info(names.stream, durable);
+  await subscription.stop();
+  assert.equal(config.ack_wait, 30 * 1e9);
+  assert.equal(config.max_ack_pending, 10_000);
+});
+
+test("a restarted server's lost memory stream is put back, and the feed carries jobs again", async () => {
+  // A memory stream does not outlive its server, configuration included: without the feed putting it
+  // back, publishes went nowhere for good and every job waited for the owners' sweep.
+  const nats = await startNatsServer();
+  cleanups.push(() => nats.stop());
+  const { feed, prefix } = await feedOn(nats.url, "restart");
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(5, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await feed.publish([job("wh_r", 5, 1, 100)]);
+  await eventually(async () => received.length, (n) => n === 1, "the job before the restart", 10_000);
+
+  await nats.kill();
+  await nats.start();
+  let seq = 2;
+  let lastPublish = 0;
+  await eventually(
+    async () => {
+      // One a second: whatever went in before the stream was back is lost, as the sweep would find.
+      if (Date.now() - lastPublish >= 1_000) {
+        lastPublish = Date.now();
+        await feed.publish([job("wh_r", 5, seq++, 100)]);
+      }
+      return received.length;
+    },
+    (n) => n >= 2,
+    "a job published after the restart, through the feed",
+    15_000,
+  );
+  const nc = await connect({ servers: nats.url });
+  try {
+    const { jetstreamManager } = await import("@nats-io/jetstream");
+    const info = await (await jetstreamManager(nc)).streams.info(jetStreamNames(prefix).stream);
+    assert.equal(info.config.storage, "memory");
+    assert.equal(info.state.consumer_count, 1);
+  } finally {
+    await nc.close();
+  }
 });
