@@ -184,11 +184,15 @@ export function createEventService(deps: EventServiceDeps) {
     }
   }
 
+  function published({ row, duplicate }: { row: EventRow; duplicate: boolean }): PublishEventResponse {
+    // The caller has the payload: echoing it back would cost a parse and a serialisation per event.
+    return create(PublishEventResponseSchema, { event: toEvent(row, false), duplicate, eventId: row.id });
+  }
+
   return {
     async publishEvent(principal: Principal, req: PublishEventRequest): Promise<PublishEventResponse> {
       const [result] = await groupCommit.submit(principal.tenantId, [accept(req, "")]);
-      // The caller has the payload: echoing it back would cost a parse and a serialisation per event.
-      return create(PublishEventResponseSchema, { event: toEvent(result!.row, false), duplicate: result!.duplicate });
+      return published(result!);
     },
 
     async publishEvents(principal: Principal, req: PublishEventsRequest): Promise<PublishEventsResponse> {
@@ -197,7 +201,7 @@ export function createEventService(deps: EventServiceDeps) {
       const accepted = req.events.map((e: EventInput, i) => accept(e, `events[${i}].`));
       const results = await groupCommit.submit(principal.tenantId, accepted);
       return create(PublishEventsResponseSchema, {
-        events: results.map((r) => create(PublishEventResponseSchema, { event: toEvent(r.row, false), duplicate: r.duplicate })),
+        events: results.map(published),
       });
     },
 

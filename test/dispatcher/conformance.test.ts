@@ -108,7 +108,10 @@ function conformance(feed: Feed) {
               assert.equal(res.body.events.length, BATCH);
               for (const r of res.body.events) {
                 assert.equal(r.event.deliveryCount, 1);
-                eventIds[i]!.push(r.event.eventId);
+                // CONTRACT.md: the events in order, each with its eventId.
+                assert.match(r.eventId, /^evt_/);
+                assert.equal(r.eventId, r.event.eventId);
+                eventIds[i]!.push(r.eventId);
               }
             }
           } else {
@@ -214,6 +217,7 @@ function conformance(feed: Feed) {
       const viaRpc = await rpc('EventService', 'PublishEvent', { eventType: 'idem.created', payload: { a: 3 }, idempotencyKey: 'order-42' });
       assert.equal(viaRpc.status, 200);
       assert.equal(viaRpc.body.event.eventId, first.body.event_id);
+      assert.equal(viaRpc.body.eventId, first.body.event_id);
       assert.equal(viaRpc.body.duplicate, true);
       // Inside one batch too.
       const batch = await rpc('EventService', 'PublishEvents', {
@@ -224,6 +228,7 @@ function conformance(feed: Feed) {
       });
       assert.equal(batch.status, 200);
       assert.equal(batch.body.events[0].event.eventId, batch.body.events[1].event.eventId);
+      assert.equal(batch.body.events[1].eventId, batch.body.events[0].eventId, 'the duplicate answers with the first event id');
       await receiver.waitFor(() => receiver.forPath('/idem').length >= 2, 10_000, 'two idempotent deliveries');
       await sleep(1_000);
       assert.equal(receiver.forPath('/idem').length, 2, 'one delivery per distinct event');
