@@ -31,9 +31,17 @@ import { MAX_BATCH, MAX_PAYLOAD_BYTES } from "./event-service.js";
 type Request = IncomingMessage | Http2ServerRequest;
 type Response = ServerResponse | Http2ServerResponse;
 
-/** A whole batch of maximal payloads plus their envelopes. */
+/** A maximal payload plus its envelope. */
 export const MAX_REST_BODY_BYTES = MAX_PAYLOAD_BYTES + 64 * 1024;
-const MAX_BATCH_BODY_BYTES = 8 * 1024 * 1024;
+
+/** The most a route reads of a body, and what a refusal says besides the number. */
+interface BodyLimit {
+  bytes: number;
+  note?: string;
+}
+const PAYLOAD_LIMIT_NOTE = `an event's payload may be at most ${MAX_PAYLOAD_BYTES} bytes (256 KB)`;
+const EVENT_BODY_LIMIT: BodyLimit = { bytes: MAX_REST_BODY_BYTES, note: PAYLOAD_LIMIT_NOTE };
+const BATCH_BODY_LIMIT: BodyLimit = { bytes: 8 * 1024 * 1024, note: `split the batch; ${PAYLOAD_LIMIT_NOTE}` };
 
 interface Reply {
   status: number;
@@ -49,9 +57,9 @@ type Handler = (ctx: { params: string[]; query: URLSearchParams; body: () => Pro
  */
 export function createRestRouter(services: Services) {
   const { auth } = services;
-  const routes: { method: string; pattern: RegExp; handler: Handler; maxBody?: number }[] = [];
-  const route = (method: string, path: string, handler: Handler, maxBody?: number) =>
-    routes.push({ method, pattern: new RegExp(`^${path.replace(/:\w+/g, "([^/]+)")}$`), handler, maxBody });
+  const routes: { method: string; pattern: RegExp; handler: Handler; bodyLimit?: BodyLimit }[] = [];
+  const route = (method: string, path: string, handler: Handler, bodyLimit?: BodyLimit) =>
+    routes.push({ method, pattern: new RegExp(`^${path.replace(/:\w+/g, "([^/]+)")}$`), handler, bodyLimit });
 
   route("POST", "/webhooks", async ({ body, headers }) => {
     const principal = await auth.authenticate(headers);
@@ -121,7 +129,7 @@ export function createRestRouter(services: Services) {
     const principal = await auth.authenticate(headers);
     const res = await services.events.publishEvent(principal, create(PublishEventRequestSchema, eventInput(await body(), "")));
     return { status: res.duplicate ? 200 : 201, body: { ...eventJson(res.event!), duplicate: res.duplicate } };
-  });
+  }, EVENT_BODY_LIMIT);
 
   route(
     "POST",
@@ -140,7 +148,7 @@ export function createRestRouter(services: Services) {
       const res = await services.events.publishEvents(principal, create(PublishEventsRequestSchema, { events }));
       return { status: 201, body: { events: res.events.map((r) => ({ ...eventJson(r.event!), duplicate: r.duplicate })) } };
     },
-    MAX_BATCH_BODY_BYTES,
+    BATCH_BODY_LIMIT,
   );
 
   route("GET", "/events/:id", async ({ params, headers }) => {
@@ -227,7 +235,7 @@ export function createRestRouter(services: Services) {
         reply = { status: 405, body: { error: { code: "method_not_allowed", message: `${req.method} is not allowed on ${url.pathname}; use ${matched.map((r) => r.method).join(", ")}` } } };
       } else {
         const params = found.pattern.exec(url.pathname)!.slice(1).map(decodePathSegment);
-        reply = await found.handler({ params, query: url.searchParams, headers, body: () => readJson(req, found.maxBody ?? MAX_REST_BODY_BYTES) });
+        reply = await found.handler({ params, query: url.searchParams, headers, body: () => readJson(req, found.bodyLimit ?? { bytes: MAX_REST_BODY_BYTES }) });
       }
     } catch (err) {
       if (err instanceof HttpError) reply = { status: err.status, body: { error: { code: err.code, message: err.message } } };
@@ -271,15 +279,16 @@ function toHeaders(req: Request): Headers {
   return headers;
 }
 
-async function readJson(req: Request, maxBytes: number): Promise<Record<string, unknown>> {
+async function readJson(req: Request, limit: BodyLimit): Promise<Record<string, unknown>> {
   // The body is read as JSON whatever its content-type says: `curl -d` labels JSON as a form.
+  const note = limit.note ? `: ${limit.note}` : "";
   const declared = Number(req.headers["content-length"] ?? 0);
-  if (declared > maxBytes) throw new HttpError(413, "payload_too_large", `request body is ${declared} bytes; the limit is ${maxBytes} bytes`);
+  if (declared > limit.bytes) throw new HttpError(413, "payload_too_large", `request body is ${declared} bytes; the limit is ${limit.bytes} bytes${note}`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > maxBytes) throw new HttpError(413, "payload_too_large", `request body is larger than ${maxBytes} bytes`);
+    if (size > limit.bytes) throw new HttpError(413, "payload_too_large", `request body is larger than ${limit.bytes} bytes${note}`);
     chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString("utf8");
