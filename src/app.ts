@@ -7,6 +7,7 @@ import type { Config } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
 import { migrate, openStore, type Store } from "./store/db.js";
 import { ensureDefaultTenant } from "./store/tenants.js";
+import { forgetAllDispatchers } from "./store/leases.js";
 import type { DeliveryFeed } from "./queue/feed.js";
 import { createEmbeddedFeed } from "./queue/embedded.js";
 import { createJetStreamFeed } from "./queue/jetstream.js";
@@ -71,6 +72,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     const applied = await migrate(store.db);
     if (applied.length > 0) log.info({ applied }, "migrations applied");
     await ensureDefaultTenant(store.db);
+    if (store.embedded) await forgetAllDispatchers(store.db);
 
     let adminKey = config.adminKey;
     let generatedAdminKey: string | undefined;

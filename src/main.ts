@@ -1,6 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { ConfigError, loadConfig, parseListen, type Config } from "./config.js";
 import { StartupError, startWebhookd, type Role } from "./app.js";
+import { DataDirInUseError } from "./store/data-dir-lock.js";
 import { migrate, openStore } from "./store/db.js";
 
 /** The webhookd entry point: reads the configuration once, then runs the roles asked for until a signal. */
@@ -61,7 +62,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    if (err instanceof ConfigError || err instanceof StartupError) {
+    if (err instanceof ConfigError || err instanceof StartupError || err instanceof DataDirInUseError) {
       console.error(`webhookd: ${err.message}`);
       return 2;
     }

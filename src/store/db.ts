@@ -5,6 +5,7 @@ import { Kysely, Migrator, PostgresDialect } from "kysely";
 import pg from "pg";
 import { migrationProvider } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
+import { lockDataDir } from "./data-dir-lock.js";
 import { PreparingClient } from "./prepared.js";
 import { ensurePartitions } from "./partitions.js";
 import type { Database } from "./schema.js";
@@ -42,9 +43,22 @@ export async function openStore(options: StoreOptions): Promise<Store> {
   }
   const dir = path.join(options.dataDir, "pg");
   await fs.mkdir(dir, { recursive: true });
-  const pglite = await PGlite.create(dir, { parsers: { [INT8_OID]: (value: string) => Number(value) } });
-  const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
-  return { db, embedded: true, close: () => db.destroy() };
+  const lock = await lockDataDir(options.dataDir);
+  try {
+    const pglite = await PGlite.create(dir, { parsers: { [INT8_OID]: (value: string) => Number(value) } });
+    const db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
+    return {
+      db,
+      embedded: true,
+      async close() {
+        await db.destroy();
+        await lock.release();
+      },
+    };
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
 }
 
 /** Applies every pending migration; an error names the migration that failed. */

@@ -65,3 +65,13 @@ export async function removeDispatcher(db: Db, dispatcherId: string): Promise<vo
   await db.deleteFrom("shard_leases").where("owner", "=", dispatcherId).execute();
   await db.deleteFrom("dispatchers").where("id", "=", dispatcherId).execute();
 }
+
+/**
+ * Forgets every dispatcher and lease. Only for the embedded database, which one process holds at a time
+ * (its lock): whatever is there was left by a process that died, and waiting out its leases would hold
+ * every delivery back for the lease TTL after a crash.
+ */
+export async function forgetAllDispatchers(db: Db): Promise<void> {
+  await db.deleteFrom("shard_leases").execute();
+  await db.deleteFrom("dispatchers").execute();
+}

@@ -1,0 +1,55 @@
+// The embedded database's lock: one process per data dir, and nothing left by a crash keeps a new start out.
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { DataDirInUseError, lockDataDir } from "../../src/store/data-dir-lock.js";
+
+const dirs: string[] = [];
+after(async () => {
+  for (const dir of dirs) await fs.rm(dir, { recursive: true, force: true });
+});
+
+async function dataDir(name = "d"): Promise<string> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-lock-"));
+  dirs.push(dir);
+  const sub = path.join(dir, name);
+  await fs.mkdir(sub, { recursive: true });
+  return sub;
+}
+
+test("a second holder is refused while the first holds the lock, and let in once it is released", async () => {
+  const dir = await dataDir();
+  const first = await lockDataDir(dir);
+  await assert.rejects(lockDataDir(dir), (err: Error) => err instanceof DataDirInUseError && err.message.includes(dir) && /DATABASE_URL/.test(err.message));
+  await first.release();
+  const second = await lockDataDir(dir);
+  await second.release();
+});
+
+test("a lock left by a process killed with SIGKILL does not keep the next start out", async () => {
+  const dir = await dataDir();
+  // Another process takes the lock and dies without releasing it: its socket file stays behind.
+  const child = spawn(process.execPath, ["-e", "require('net').createServer().listen(process.argv[1], () => console.log('held'))", path.join(dir, "webhookd.lock")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve) => child.stdout!.once("data", () => resolve()));
+  await assert.rejects(lockDataDir(dir), DataDirInUseError, "held while that process lives");
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await exited;
+  await fs.access(path.join(dir, "webhookd.lock"));
+  const lock = await lockDataDir(dir);
+  await lock.release();
+});
+
+test("a data dir whose path is too long for a socket is locked all the same", async () => {
+  const dir = await dataDir("x".repeat(120));
+  const first = await lockDataDir(dir);
+  await assert.rejects(lockDataDir(dir), DataDirInUseError);
+  await first.release();
+  const again = await lockDataDir(dir);
+  await again.release();
+});
