@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { Webhook as SvixWebhook } from 'svix';
 import { createTestDatabase } from '../support/postgres.js';
 import { NATS_URL, natsPrefix } from '../support/nats.js';
-import { startTestApp, restClient, TEST_ADMIN_KEY } from '../support/app.js';
+import { connectClient, startTestApp, restClient, TEST_ADMIN_KEY } from '../support/app.js';
 import { startReceiver, verifyDelivery } from '../support/receiver.js';
 import { eventually, sleep } from '../support/wait.js';
 
@@ -16,18 +16,6 @@ const WEBHOOKS = 50;
 const EVENTS_PER_WEBHOOK = 100;
 const BATCH = 10;
 
-
-function connectClient(baseUrl: string) {
-  return async (service: string, method: string, body: unknown) => {
-    const res = await fetch(`${baseUrl}/webhook.v1.${service}/${method}`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${TEST_ADMIN_KEY}`, 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
-    const text = await res.text();
-    return { status: res.status, body: JSON.parse(text) as any };
-  };
-}
 
 type Feed = 'embedded' | 'jetstream';
 
@@ -71,7 +59,7 @@ function conformance(feed: Feed) {
       app = started.app;
       assert.equal(app.feed.kind, feed);
       rest = restClient(started.url, TEST_ADMIN_KEY);
-      rpc = connectClient(started.url);
+      rpc = connectClient(started.url, TEST_ADMIN_KEY);
     });
 
     after(async () => {

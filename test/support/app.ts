@@ -31,23 +31,31 @@ export async function startTestApp(env: Record<string, string>, roles: Role[] = 
 
 /** fetch against the REST API with a bearer key. */
 export function restClient(baseUrl: string, apiKey: string, tenantId?: string) {
-  return async (method: string, path: string, body?: unknown) => {
-    const res = await fetch(`${baseUrl}${path}`, {
+  return (method: string, path: string, body?: unknown) =>
+    fetchJson(`${baseUrl}${path}`, {
       method,
-      headers: {
-        authorization: `Bearer ${apiKey}`,
-        "content-type": "application/json",
-        ...(tenantId ? { "x-tenant-id": tenantId } : {}),
-      },
+      headers: authHeaders(apiKey, tenantId),
       body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
     });
-    const text = await res.text();
-    let json: any;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = text;
-    }
-    return { status: res.status, body: json };
-  };
+}
+
+/** Connect's JSON protocol over fetch, as any HTTP client calls it: `rpc("EventService", "PublishEvent", {...})`. */
+export function connectClient(baseUrl: string, apiKey: string, tenantId?: string) {
+  return (service: string, method: string, body: unknown) =>
+    fetchJson(`${baseUrl}/webhook.v1.${service}/${method}`, { method: "POST", headers: authHeaders(apiKey, tenantId), body: JSON.stringify(body) });
+}
+
+function authHeaders(apiKey: string, tenantId: string | undefined): Record<string, string> {
+  return { authorization: `Bearer ${apiKey}`, "content-type": "application/json", ...(tenantId ? { "x-tenant-id": tenantId } : {}) };
+}
+
+/** The status and the body, parsed when it is JSON. */
+async function fetchJson(url: string, init: RequestInit): Promise<{ status: number; body: any }> {
+  const res = await fetch(url, init);
+  const text = await res.text();
+  try {
+    return { status: res.status, body: JSON.parse(text) };
+  } catch {
+    return { status: res.status, body: text };
+  }
 }
