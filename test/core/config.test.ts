@@ -11,6 +11,9 @@ test("endpoint health, replay and stream settings: defaults", () => {
   assert.equal(config.maxInFlightPerEndpoint, 16);
   assert.equal(config.connectionsPerOrigin, 16);
   assert.equal(config.natsStorage, "memory");
+  assert.equal(config.deliveryTimeoutMs, 15_000);
+  // With the renewal every 2 s, a dead dispatcher's shards are taken within about 12 s (the issue: 15).
+  assert.equal(config.leaseTtlMs, 10_000);
 });
 
 test("endpoint health, replay and stream settings: values and off switches", () => {
@@ -22,6 +25,8 @@ test("endpoint health, replay and stream settings: values and off switches", () 
     WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT: "4",
     WEBHOOKD_CONNECTIONS_PER_ORIGIN: "64",
     WEBHOOKD_NATS_STORAGE: "file",
+    WEBHOOKD_DELIVERY_TIMEOUT: "2500ms",
+    WEBHOOKD_LEASE_TTL: "30s",
   });
   assert.equal(config.circuitFailures, 0);
   assert.equal(config.circuitCooldownMs, 120_000);
@@ -30,6 +35,8 @@ test("endpoint health, replay and stream settings: values and off switches", () 
   assert.equal(config.maxInFlightPerEndpoint, 4);
   assert.equal(config.connectionsPerOrigin, 64);
   assert.equal(config.natsStorage, "file");
+  assert.equal(config.deliveryTimeoutMs, 2_500);
+  assert.equal(config.leaseTtlMs, 30_000);
 });
 
 test("a bad value names the variable and what it expects", () => {
@@ -44,6 +51,8 @@ test("a bad value names the variable and what it expects", () => {
     [{ WEBHOOKD_CONNECTIONS_PER_ORIGIN: "0" }, /WEBHOOKD_CONNECTIONS_PER_ORIGIN="0" is invalid/],
     [{ WEBHOOKD_CONNECTIONS_PER_ORIGIN: "many" }, /WEBHOOKD_CONNECTIONS_PER_ORIGIN="many" is invalid/],
     [{ WEBHOOKD_NATS_STORAGE: "disk" }, /WEBHOOKD_NATS_STORAGE="disk" is invalid: expected "memory" or "file"/],
+    [{ WEBHOOKD_DELIVERY_TIMEOUT: "15" }, /WEBHOOKD_DELIVERY_TIMEOUT="15" is invalid/],
+    [{ WEBHOOKD_LEASE_TTL: "forever" }, /WEBHOOKD_LEASE_TTL="forever" is invalid/],
   ];
   for (const [env, message] of cases) {
     assert.throws(() => loadConfig(env), (err: unknown) => err instanceof ConfigError && message.test(err.message), JSON.stringify(env));
