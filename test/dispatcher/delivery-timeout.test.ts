@@ -32,7 +32,7 @@ test("an attempt past WEBHOOKD_DELIVERY_TIMEOUT is ended, recorded as a timeout,
   assert.equal(published.status, 201);
   const listed = await eventually(
     async () => (await rest("GET", `/webhooks/${hook.body.webhook_id}/deliveries`)).body.deliveries,
-    (d: { attempts: number }[]) => d.length === 1 && d[0]!.attempts === 1,
+    (d: { delivery_id: string; status: string; attempts: number }[]) => d.length === 1 && d[0]!.attempts === 1,
     "one attempt recorded",
     8_000,
   );
