@@ -124,6 +124,7 @@ function conformance(feed: Feed) {
       console.log(`# ${feed}: published ${total} in ${published - started} ms, all delivered ${delivered - started} ms after the first publish`);
 
       let svixChecked = 0;
+      const svix = new Map(hooks.map((h) => [h.secret, new SvixWebhook(h.secret)]));
       for (const [i, hook] of hooks.entries()) {
         const got = receiver.forPath(hook.path);
         assert.equal(got.length, EVENTS_PER_WEBHOOK, `${hook.path}: ${got.length} requests (no duplicates without a crash)`);
@@ -144,18 +145,17 @@ function conformance(feed: Feed) {
           assert.deepEqual(payload, { webhook: i, n: payload.n, note: 'ü€' });
           assert.equal(body.event_id, eventIds[i]![payload.n], `${hook.path}: event ${payload.n} carries the id publish answered`);
           seen.push(payload.n);
-          if (svixChecked < 60 && payload.n % 17 === 0) {
-            new SvixWebhook(hook.secret).verify(entry.body, {
-              'webhook-id': String(entry.headers['webhook-id']),
-              'webhook-timestamp': String(entry.headers['webhook-timestamp']),
-              'webhook-signature': String(entry.headers['webhook-signature']),
-            });
-            svixChecked++;
-          }
+          // The issue asks for both reference verifiers on every delivery.
+          svix.get(hook.secret)!.verify(entry.body, {
+            'webhook-id': String(entry.headers['webhook-id']),
+            'webhook-timestamp': String(entry.headers['webhook-timestamp']),
+            'webhook-signature': String(entry.headers['webhook-signature']),
+          });
+          svixChecked++;
         }
         assert.deepEqual(seen, Array.from({ length: EVENTS_PER_WEBHOOK }, (_, n) => n), `${hook.path} received in publish order`);
       }
-      assert.ok(svixChecked >= 50, `svix verified ${svixChecked}`);
+      assert.equal(svixChecked, total, 'svix verified every delivery');
 
       // The record agrees: every delivery succeeded on its first attempt.
       const hook = hooks[7]!;
