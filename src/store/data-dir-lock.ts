@@ -12,16 +12,31 @@ export class DataDirInUseError extends Error {}
 /**
  * One process per embedded database: PGlite keeps the database's pages in its own memory, so a second
  * process on the same files corrupts them, and both would send the same lanes. The lock is a Unix socket
- * the owner listens on. The kernel stops it answering when the process dies, however it dies, so a crash
- * leaves nothing a new start could take for a live owner (a pid file can, once its pid is reused).
+ * (a named pipe on Windows) the owner listens on. The kernel stops it answering when the process dies,
+ * however it dies, so a crash leaves nothing a new start could take for a live owner (a pid file can,
+ * once its pid is reused).
  */
 export async function lockDataDir(dir: string): Promise<{ release(): Promise<void> }> {
-  let socketPath = path.join(dir, "webhookd.lock");
-  if (socketPath.length > MAX_SOCKET_PATH) {
-    // Too long for a socket: one in the temp dir, named for the data dir, does the same job on this host.
-    const real = await fs.realpath(dir);
-    socketPath = path.join(os.tmpdir(), `webhookd-${createHash("sha256").update(real).digest("hex").slice(0, 16)}.lock`);
+  const named = `webhookd-${createHash("sha256").update(await fs.realpath(dir)).digest("hex").slice(0, 16)}.lock`;
+  // In the data dir where a socket can be made there; else one in the temp dir, named for the data dir,
+  // does the same job on this host (a path too long for a socket, a file system without sockets).
+  const places =
+    process.platform === "win32"
+      ? [`\\\\.\\pipe\\${named}`]
+      : [path.join(dir, "webhookd.lock"), path.join(os.tmpdir(), named)].filter((p) => p.length <= MAX_SOCKET_PATH);
+  let failure: unknown;
+  for (const socketPath of places) {
+    try {
+      return await lockAt(socketPath, dir);
+    } catch (err) {
+      if (err instanceof DataDirInUseError) throw err;
+      failure = err;
+    }
   }
+  throw failure;
+}
+
+async function lockAt(socketPath: string, dir: string): Promise<{ release(): Promise<void> }> {
   for (let attempt = 0; ; attempt++) {
     const server = net.createServer((socket) => socket.end());
     try {

@@ -53,3 +53,14 @@ test("a data dir whose path is too long for a socket is locked all the same", as
   const again = await lockDataDir(dir);
   await again.release();
 });
+
+test("where no socket can be made in the data dir, the lock is taken in the temp dir, for that data dir", async () => {
+  const dir = await dataDir();
+  // Something that is not a socket sits where the lock would go (as on a file system without sockets).
+  await fs.mkdir(path.join(dir, "webhookd.lock"));
+  const first = await lockDataDir(dir);
+  await assert.rejects(lockDataDir(dir), DataDirInUseError);
+  const other = await lockDataDir(await dataDir());
+  await other.release();
+  await first.release();
+});
