@@ -219,6 +219,8 @@ export class Dispatcher {
   }
 
   private async subscribe(shard: number): Promise<FeedSubscription | undefined> {
+    // A feed that is down says so once; the lease tick subscribes when it is back.
+    if (!this.options.feed.healthy()) return undefined;
     try {
       return await this.options.feed.consume(shard, (job) => this.onJob(job));
     } catch (err) {

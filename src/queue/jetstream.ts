@@ -1,4 +1,4 @@
-import { connect, headers, type NatsConnection } from "@nats-io/transport-node";
+import { connect, ConnectionError, headers, type NatsConnection } from "@nats-io/transport-node";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -68,18 +68,13 @@ export async function createJetStreamFeed(options: {
   storage?: "memory" | "file";
 }): Promise<DeliveryFeed> {
   const names = jetStreamNames(options.prefix);
-  const nc: NatsConnection = await connect({
-    servers: options.url,
-    name: options.name,
-    maxReconnectAttempts: -1,
-    reconnectTimeWait: 500,
-  });
   const log = options.logger.child({ component: "jetstream" });
   const storage = options.storage ?? "memory";
-  const jsm: JetStreamManager = await jetstreamManager(nc);
-  const js: JetStreamClient = jetstream(nc);
-  await ensureStream(jsm, names, storage, log);
+  const connectOptions = { servers: options.url, name: options.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 };
 
+  /** The connection and its JetStream handles, once NATS has answered. */
+  let link: { nc: NatsConnection; jsm: JetStreamManager; js: JetStreamClient } | undefined;
+  let connected = false;
   const subscriptions = new Set<FeedSubscription>();
   /** The consumers this process reads, by durable name, for `restore`. */
   const consumed = new Map<string, { filter: string; repull(): Promise<void> }>();
@@ -91,8 +86,9 @@ export async function createJetStreamFeed(options: {
    * every job waits for the sweep, seconds instead of milliseconds.
    */
   let restoring: Promise<void> | undefined;
-  const restore = (reason: string) => {
-    restoring ??= (async () => {
+  const restore = (reason: string): Promise<void> => {
+    const { nc, jsm } = link!;
+    return (restoring ??= (async () => {
       for (let backoff = 250; !closing && !nc.isClosed(); backoff = Math.min(backoff * 2, 5_000)) {
         try {
           const streamCreated = await ensureStream(jsm, names, storage, log);
@@ -113,18 +109,55 @@ export async function createJetStreamFeed(options: {
       }
     })().finally(() => {
       restoring = undefined;
-    });
+    }));
   };
 
-  let connected = true;
-  void (async () => {
-    for await (const status of nc.status()) {
-      if (status.type === "disconnect") connected = false;
-      if (status.type === "reconnect") connected = true;
-      if (status.type === "disconnect" || status.type === "reconnect") log.warn({ status: status.type }, "nats connection");
-      if (status.type === "reconnect") restore("reconnected");
+  /** Takes the connection; the feed is on (`connected`) once the stream is known to be there. */
+  const attach = async (nc: NatsConnection) => {
+    link = { nc, jsm: await jetstreamManager(nc), js: jetstream(nc) };
+    void (async () => {
+      for await (const status of nc.status()) {
+        if (status.type === "disconnect") connected = false;
+        if (status.type === "reconnect") connected = true;
+        if (status.type === "disconnect" || status.type === "reconnect") log.warn({ status: status.type }, "nats connection");
+        if (status.type === "reconnect") void restore("reconnected");
+      }
+    })();
+  };
+
+  try {
+    await attach(await connect(connectOptions));
+    await ensureStream(link!.jsm, names, storage, log);
+    connected = true;
+  } catch (err) {
+    if (!(err instanceof ConnectionError)) {
+      await link?.nc.close();
+      throw err;
     }
-  })();
+    // Postgres is the record and the owners' sweep sends what the feed does not: NATS being down at
+    // start (or starting after webhookd) slows delivery down, it does not stop webhookd.
+    log.warn({ err, url: options.url }, "NATS is not reachable; the feed joins when it is, the sweep delivers until then");
+    void (async () => {
+      for (let wait = 500; !closing; wait = Math.min(wait * 2, 5_000)) {
+        // An unref'd timer: a process told to stop does not wait for NATS to come.
+        await new Promise((resolve) => setTimeout(resolve, wait).unref());
+        if (closing) return;
+        let nc: NatsConnection;
+        try {
+          nc = await connect(connectOptions);
+        } catch (again) {
+          if (again instanceof ConnectionError) continue;
+          throw again;
+        }
+        if (closing) return nc.close();
+        await attach(nc);
+        await restore("connected");
+        connected = !nc.isClosed();
+        log.warn({ url: options.url }, "NATS reached; the feed is on");
+        return;
+      }
+    })().catch((later) => log.error({ err: later }, "the feed could not join NATS; the sweep delivers everything"));
+  }
 
   // Acks of every shard wait for the end of the turn and leave together: one socket write (and one read
   // for the server) for all the messages that arrived at once, instead of one each.
@@ -141,7 +174,8 @@ export async function createJetStreamFeed(options: {
   return {
     kind: "jetstream",
     async publish(jobs: DeliveryJob[]) {
-      if (!connected || jobs.length === 0) return;
+      if (!link || !connected || jobs.length === 0) return;
+      const { nc } = link;
       // Plain publishes into the stream's subjects and one flush, not a request and a PubAck per job:
       // Postgres holds every job already and the owners' sweep sends whatever the stream missed, so an
       // acknowledgement would only tell us what the sweep finds out anyway. A webhook's jobs of one call
@@ -164,6 +198,8 @@ export async function createJetStreamFeed(options: {
     },
 
     async consume(shard, onJob) {
+      if (!link) throw new Error(`NATS at ${options.url} has not been reached yet`);
+      const { jsm, js } = link;
       const durable = `${names.consumerPrefix}_${shard}`;
       const filter = `${names.subjectRoot}.${shard}.>`;
       await ensureConsumer(jsm, names, durable, filter, log);
@@ -172,7 +208,7 @@ export async function createJetStreamFeed(options: {
         const messages = await consumer.consume({ max_messages: 500 });
         void (async () => {
           for await (const status of messages.status()) {
-            if (status.type === "stream_not_found" || status.type === "consumer_not_found" || status.type === "consumer_deleted") restore(status.type);
+            if (status.type === "stream_not_found" || status.type === "consumer_not_found" || status.type === "consumer_deleted") void restore(status.type);
           }
         })();
         const done = (async () => {
@@ -217,13 +253,14 @@ export async function createJetStreamFeed(options: {
       return subscription;
     },
 
-    healthy: () => connected && !nc.isClosed(),
+    healthy: () => link !== undefined && connected && !link.nc.isClosed(),
 
     async close() {
       closing = true;
       await Promise.allSettled([...subscriptions].map((s) => s.stop()));
       ackAll();
-      await nc.drain().catch(() => nc.close());
+      const nc = link?.nc;
+      await nc?.drain().catch(() => nc.close());
     },
   };
 }

@@ -3,6 +3,9 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { createTestDatabase } from '../support/postgres.js';
 import { NATS_URL, natsPrefix, startNatsProxy, startNatsServer } from '../support/nats.js';
+import { connect } from '@nats-io/transport-node';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { eventually } from '../support/wait.js';
 import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
 import { spawnBin, type Spawned } from '../support/processes.js';
 import { startReceiver, verifyDelivery } from '../support/receiver.js';
@@ -272,6 +275,40 @@ describe('failover', () => {
     assert.equal([...duplicates.values()].reduce((a, b) => a + b, 0), 0, 'no duplicates');
     await dispatcher.stop();
     for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await resetDatabase();
+  });
+
+  test('webhookd started before NATS: accepts and delivers from the start, and takes up the feed when NATS comes', async () => {
+    const nats = await startNatsServer({ started: false });
+    cleanups.push(() => nats.stop());
+    const receiver = await startReceiver();
+    cleanups.push(() => receiver.close());
+    const env = { DATABASE_URL: db.url, NATS_URL: nats.url, WEBHOOKD_NATS_PREFIX: 'LATENATS' };
+    const { app: api, url } = await startTestApp(env, ['api']);
+    cleanups.push(() => api.stop());
+    const { app: dispatcher } = await startTestApp(env, ['dispatcher']);
+    cleanups.push(() => dispatcher.stop());
+    assert.equal(api.feed.healthy(), false);
+    const rest = restClient(url, TEST_ADMIN_KEY);
+    const hooks = await createHooks(rest, receiver, 5, 'ln');
+    for (let round = 0; round < 3; round++) await publishRound(rest, hooks, round);
+    await receiver.waitFor(() => receiver.received.length >= 15, 20_000, 'the first 15 from Postgres alone');
+
+    await nats.start();
+    await eventually(async () => api.feed.healthy() && dispatcher.feed.healthy(), (up) => up, 'both feeds on', 15_000);
+    // The dispatcher subscribes its shards on its next lease tick: one consumer per shard.
+    const nc = await connect({ servers: nats.url });
+    cleanups.push(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    await eventually(async () => (await jsm.streams.info('LATENATS_DELIVERIES')).state.consumer_count, (n) => n === 64, 'a consumer per shard', 15_000);
+    for (let round = 3; round < 6; round++) await publishRound(rest, hooks, round);
+    await receiver.waitFor(() => receiver.received.length >= 30, 20_000, '30 deliveries');
+    await waitAllSucceeded(client, 30);
+    await sleep(300);
+    const duplicates = checkReceived(receiver, hooks);
+    assert.equal([...duplicates.values()].reduce((a, b) => a + b, 0), 0, 'no duplicates');
+    await dispatcher.stop();
+    await api.stop();
     await resetDatabase();
   });
 

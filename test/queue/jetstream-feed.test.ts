@@ -174,3 +174,21 @@ test("a restarted server's lost memory stream is put back, and the feed carries 
     await nc.close();
   }
 });
+
+test("a feed made while NATS is down is up at once, off, and on by itself when NATS comes", async () => {
+  const nats = await startNatsServer({ started: false });
+  cleanups.push(() => nats.stop());
+  const { feed } = await feedOn(nats.url, "late");
+  assert.equal(feed.healthy(), false);
+  await feed.publish([job("wh_l", 2, 1, 100)]);
+  await assert.rejects(feed.consume(2, () => undefined), /has not been reached yet/);
+
+  await nats.start();
+  await eventually(async () => feed.healthy(), (up) => up, "the feed connected", 10_000);
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(2, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await feed.publish([job("wh_l", 2, 2, 100)]);
+  await eventually(async () => received.map((j) => j.seq), (seqs) => seqs.length === 1, "the job published once connected", 10_000);
+  assert.deepEqual(received.map((j) => j.seq), [2], "what was published before NATS existed is the sweep's");
+});

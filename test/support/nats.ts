@@ -16,9 +16,10 @@ export function natsPrefix(label: string): { prefix: string; cleanup(): Promise<
 
 /**
  * A NATS server of the test's own, with JetStream, on a free port and a store directory of its own, to
- * kill (SIGKILL) and start again on the same port and store. `stop()` kills it and removes the store.
+ * kill (SIGKILL) and start again on the same port and store (`started: false`: not started yet). `stop()`
+ * kills it and removes the store.
  */
-export async function startNatsServer(): Promise<{ url: string; start(): Promise<void>; kill(): Promise<void>; stop(): Promise<void> }> {
+export async function startNatsServer(options: { started?: boolean } = {}): Promise<{ url: string; start(): Promise<void>; kill(): Promise<void>; stop(): Promise<void> }> {
   const port = await freePort();
   const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-nats-"));
   let server: ChildProcess | undefined;
@@ -44,7 +45,7 @@ export async function startNatsServer(): Promise<{ url: string; start(): Promise
     child.kill("SIGKILL");
     await exited;
   };
-  await start();
+  if (options.started ?? true) await start();
   return {
     url: `nats://127.0.0.1:${port}`,
     start,
