@@ -104,7 +104,7 @@ export async function createJetStreamFeed(options: {
         } catch (err) {
           // JetStream answers "not available" for a moment after a server starts.
           log.warn({ err, reason }, "could not restore the stream and consumers yet; retrying");
-          await new Promise((resolve) => setTimeout(resolve, backoff));
+          await new Promise((resolve) => setTimeout(resolve, backoff).unref());
         }
       }
     })().finally(() => {
