@@ -6,6 +6,7 @@ import { NATS_URL, natsPrefix, startNatsProxy, startNatsServer } from '../suppor
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { eventually } from '../support/wait.js';
+import { withTimeout } from '../../src/core/timeout.js';
 import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
 import { spawnBin, type Spawned } from '../support/processes.js';
 import { startReceiver, verifyDelivery } from '../support/receiver.js';
@@ -108,7 +109,8 @@ describe('failover', () => {
   });
 
   after(async () => {
-    for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((err) => console.error('cleanup failed', err));
+    // One cleanup that hangs must not keep the database and the streams from being removed.
+    for (const cleanup of cleanups.splice(0).reverse()) await withTimeout(cleanup(), 15_000).catch((err) => console.error('cleanup failed', err));
     await client?.end();
     await db?.drop();
   });

@@ -40,7 +40,7 @@ export async function startNatsServer(options: { started?: boolean } = {}): Prom
   const kill = async () => {
     const child = server;
     server = undefined;
-    if (!child || child.exitCode !== null) return;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise((resolve) => child.once("exit", resolve));
     child.kill("SIGKILL");
     await exited;
