@@ -1,33 +1,11 @@
 import { sql } from "kysely";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "./db.js";
-import { everyColumn, insertRows } from "./bulk-insert.js";
 import { prepared } from "./prepared.js";
 import type { Delivery, DeliveryAttempt, DeliveryStatus } from "./schema.js";
 import { onDayPartition, requeueableSql, requeuedExpiry } from "./partitions.js";
 
 export type NewDelivery = Omit<Delivery, "attempts" | "last_response_code" | "last_error" | "delivered_at" | "replay_id">;
-
-const INSERT_CHUNK = 1000;
-const DELIVERY_COLUMNS = everyColumn<NewDelivery>()([
-  "id",
-  "tenant_id",
-  "webhook_id",
-  "event_id",
-  "seq",
-  "shard",
-  "ordering_key",
-  "status",
-  "next_attempt_at",
-  "expires_at",
-  "created_at",
-]);
-
-export async function insertDeliveries(db: Db, rows: NewDelivery[]): Promise<void> {
-  for (let i = 0; i < rows.length; i += INSERT_CHUNK) {
-    await insertRows(db, "deliveries", DELIVERY_COLUMNS, rows.slice(i, i + INSERT_CHUNK));
-  }
-}
 
 /** Ends every pending delivery of a webhook; returns how many. */
 export async function cancelPendingDeliveries(db: Db, webhookId: string): Promise<number> {

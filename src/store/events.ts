@@ -1,10 +1,7 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
 import { onDayPartition } from "./partitions.js";
-import { everyColumn, insertRows } from "./bulk-insert.js";
 import type { Event } from "./schema.js";
-
-const EVENT_COLUMNS = everyColumn<Event>()(["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"]);
 
 export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<Event[]> {
   if (keys.length === 0) return Promise.resolve([]);
@@ -15,19 +12,6 @@ export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: stri
     .where("k.tenant_id", "=", tenantId)
     .where("k.key", "in", keys)
     .execute();
-}
-
-/** Inserts the events and claims their idempotency keys; a key claimed meanwhile is a unique violation. */
-export async function insertEvents(db: Db, events: Event[]): Promise<void> {
-  if (events.length === 0) return;
-  const keyed = events.filter((e) => e.idempotency_key !== null);
-  if (keyed.length > 0) {
-    await db
-      .insertInto("idempotency_keys")
-      .values(keyed.map((e) => ({ tenant_id: e.tenant_id, key: e.idempotency_key!, event_id: e.id, created_at: e.created_at })))
-      .execute();
-  }
-  await insertRows(db, "events", EVENT_COLUMNS, events);
 }
 
 /** Forgets idempotency keys claimed before `before`; returns how many. */

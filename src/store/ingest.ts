@@ -1,7 +1,6 @@
 import { CompiledQuery, sql } from "kysely";
 import { matchesEventType } from "../core/event-types.js";
 import { newId } from "../core/ids.js";
-import { everyColumn } from "./bulk-insert.js";
 import type { Db } from "./db.js";
 import type { NewDelivery } from "./deliveries.js";
 import type { Event } from "./schema.js";
@@ -77,10 +76,20 @@ export function planDeliveries(subscribers: Subscriber[], events: Event[]): Plan
   return deliveries;
 }
 
+/**
+ * The column list of a row type, checked whole: `everyColumn<Row>()(["a", "b"])` fails to compile when
+ * Row has a column the list leaves out, so a column added to the type cannot be dropped on insert.
+ */
+export function everyColumn<T>() {
+  return <const C extends readonly (keyof T & string)[]>(
+    columns: C & ([Exclude<keyof T, C[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, C[number]> }),
+  ): C => columns;
+}
+
 // Spelled out in the statement below; listed here so that a column added to either table fails to
 // compile until the statement writes it too.
-const EVENT_COLUMNS = everyColumn<Event>()(["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"]);
-const DELIVERY_COLUMNS = everyColumn<NewDelivery>()(["id", "tenant_id", "webhook_id", "event_id", "seq", "shard", "ordering_key", "status", "next_attempt_at", "expires_at", "created_at"]);
+export const EVENT_COLUMNS = everyColumn<Event>()(["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"]);
+export const DELIVERY_COLUMNS = everyColumn<NewDelivery>()(["id", "tenant_id", "webhook_id", "event_id", "seq", "shard", "ordering_key", "status", "next_attempt_at", "expires_at", "created_at"]);
 
 /** A subscriber as the statement compares it: its id and event types. Event types never contain a space or a comma. */
 function signature(webhook: { id: string; event_types: string[] }): string {

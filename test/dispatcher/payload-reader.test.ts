@@ -7,10 +7,10 @@ import type { KyselyPlugin } from "kysely";
 import { newId } from "../../src/core/ids.js";
 import { PayloadReader } from "../../src/dispatcher/payload-reader.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
-import { insertEvents } from "../../src/store/events.js";
 import type { Event } from "../../src/store/schema.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
 import { createTestDatabase } from "../support/postgres.js";
+import { insertEvents } from "../support/rows.js";
 
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
 let store: Store;

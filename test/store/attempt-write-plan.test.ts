@@ -8,13 +8,12 @@ import os from "node:os";
 import { sql } from "kysely";
 import { randomBytes } from "node:crypto";
 import { encodeId, newId } from "../../src/core/ids.js";
-import { expireDeliveries, insertDeliveries, recordAttempts, type NewDelivery } from "../../src/store/deliveries.js";
+import { expireDeliveries, recordAttempts, type NewDelivery } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Db, type Store } from "../../src/store/db.js";
-import { insertEvents } from "../../src/store/events.js";
 import { DAY_MS, dayStart, ensurePartitions, listPartitions } from "../../src/store/partitions.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
 import { createTestDatabase } from "../support/postgres.js";
-import { insertTestWebhook } from "../support/rows.js";
+import { insertDeliveries, insertEvents, insertTestWebhook } from "../support/rows.js";
 
 const BACKLOG = 20_000;
 const WEBHOOKS = 4;

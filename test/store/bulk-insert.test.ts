@@ -1,15 +1,16 @@
-// The bulk inserts are built by hand (insertRows), not by the query builder: every column
-// must arrive as given, timestamps to the millisecond, on Postgres and on the embedded PGlite.
+// The store tests' row fixtures (test/support/rows.ts) write events and deliveries by hand, not through the
+// query builder: every column must arrive as given, timestamps to the millisecond, on Postgres and on the
+// embedded PGlite, or the tests built on them test something else.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { encodeId } from "../../src/core/ids.js";
 import type { Store } from "../../src/store/db.js";
-import { insertDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
-import { insertEvents } from "../../src/store/events.js";
+import { type NewDelivery } from "../../src/store/deliveries.js";
 import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
 import type { Event } from "../../src/store/schema.js";
 import { suiteStore } from "../support/store.js";
+import { insertDeliveries, insertEvents } from "../support/rows.js";
 
 function events(at: number): Event[] {
   const row = (i: number, payload: string, keys: { idempotency_key: string | null; ordering_key: string | null }): Event => ({

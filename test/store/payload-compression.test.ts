@@ -8,13 +8,14 @@ import { Migrator, sql } from "kysely";
 import { randomBytes } from "node:crypto";
 import { encodeId } from "../../src/core/ids.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
-import { insertEvents, loadPayloads } from "../../src/store/events.js";
+import { loadPayloads } from "../../src/store/events.js";
 import { hasLz4 } from "../../src/store/migrations/2026-11-29-007-payload-lz4.js";
 import { migrationProvider } from "../../src/store/migrations/index.js";
 import { DAY_MS, ensurePartitions } from "../../src/store/partitions.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
 import type { Event } from "../../src/store/schema.js";
 import { createTestDatabase } from "../support/postgres.js";
+import { insertEvents } from "../support/rows.js";
 
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
 let store: Store;

@@ -6,13 +6,12 @@ import assert from "node:assert/strict";
 import os from "node:os";
 import { sql } from "kysely";
 import { newId } from "../../src/core/ids.js";
-import { insertDeliveries, loadPendingForLane } from "../../src/store/deliveries.js";
+import { loadPendingForLane } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
-import { insertEvents } from "../../src/store/events.js";
 import { DAY_MS, dayStart, ensurePartitions } from "../../src/store/partitions.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
 import { createTestDatabase } from "../support/postgres.js";
-import { insertTestWebhook } from "../support/rows.js";
+import { insertDeliveries, insertEvents, insertTestWebhook } from "../support/rows.js";
 
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
 let store: Store;

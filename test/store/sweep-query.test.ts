@@ -6,11 +6,11 @@ import assert from "node:assert/strict";
 import os from "node:os";
 import { sql } from "kysely";
 import { idFloor, newId } from "../../src/core/ids.js";
-import { findWebhooksWithDueDeliveries, insertDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
+import { findWebhooksWithDueDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
 import { createTestDatabase } from "../support/postgres.js";
-import { insertTestWebhook } from "../support/rows.js";
+import { insertDeliveries, insertTestWebhook } from "../support/rows.js";
 
 const MINUTE = 60_000;
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
