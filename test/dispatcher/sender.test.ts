@@ -6,6 +6,7 @@ import type { AddressInfo } from "node:net";
 import { Webhook } from "standardwebhooks";
 import { buildDeliveryBody } from "../../src/core/signing.js";
 import { createSender, type SendRequest, type SendResult, type Sender, type SenderOptions } from "../../src/dispatcher/sender.js";
+import { freePort } from "../support/ports.js";
 
 /**
  * One HTTP attempt against a real loopback server: what the receiver gets, what the attempt reports,
@@ -220,10 +221,7 @@ test("time queued behind the per-origin connection cap counts toward the deadlin
 });
 
 test("a refused connection is an error, not a blocked address", { timeout: 5_000 }, async () => {
-  const closedServer = http.createServer();
-  await new Promise<void>((resolve) => closedServer.listen(0, "127.0.0.1", resolve));
-  const deadPort = (closedServer.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => closedServer.close(() => resolve()));
+  const deadPort = await freePort();
   const result = await sender.send(delivery("/", { url: `http://127.0.0.1:${deadPort}/hook` }));
   assert.ok(result.kind === "error", JSON.stringify(result));
   assert.equal(result.blocked, false);

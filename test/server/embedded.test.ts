@@ -2,23 +2,15 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createTestDatabase } from "../support/postgres.js";
 import { restClient } from "../support/app.js";
+import { freePort } from "../support/ports.js";
 import { runBin, spawnBin, type Spawned } from "../support/processes.js";
 import { startReceiver, verifyDelivery, type Received } from "../support/receiver.js";
 
 const PUBLIC_URL = "https://93.184.216.34/hook";
-
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** `webhookd serve` on a free port of its own, in embedded mode on `dataDir`; resolves once it listens. */
 async function serveOn(dataDir: string, running: Spawned[], env: Record<string, string> = {}): Promise<{ proc: Spawned; url: string }> {

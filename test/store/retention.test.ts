@@ -4,7 +4,6 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { Migrator, sql } from "kysely";
@@ -20,6 +19,7 @@ import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.
 import { getWebhook } from "../../src/store/webhooks.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
 import { createTestDatabase } from "../support/postgres.js";
+import { freePort } from "../support/ports.js";
 import { insertDeliveries, insertEvents, insertTestWebhook } from "../support/rows.js";
 import { startReceiver } from "../support/receiver.js";
 import { eventually, sleep } from "../support/wait.js";
@@ -54,14 +54,6 @@ async function pgStore(label: string): Promise<{ store: Store; url: string; clie
   await client.connect();
   cleanups.push(() => client.end());
   return { store, url: database.url, client };
-}
-
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** The partition (relation) a row lives in. */
@@ -320,7 +312,7 @@ describe("retention on Postgres", () => {
     const rest = restClient(apiUrl, TEST_ADMIN_KEY);
     await checkFreshPartitions(db);
 
-    const down = await rest("POST", "/webhooks", { url: `http://127.0.0.1:${await closedPort()}/down`, event_types: ["order.created"] });
+    const down = await rest("POST", "/webhooks", { url: `http://127.0.0.1:${await freePort()}/down`, event_types: ["order.created"] });
     assert.equal(down.status, 201, JSON.stringify(down.body));
     const up = await rest("POST", "/webhooks", { url: receiver.url("/up"), event_types: ["ping.sent"] });
     assert.equal(up.status, 201, JSON.stringify(up.body));
