@@ -5,111 +5,17 @@ import { createTestDatabase } from '../support/postgres.js';
 import { NATS_URL, natsPrefix, startNatsProxy, startNatsServer } from '../support/nats.js';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { eventually } from '../support/wait.js';
+import { eventually, sleep } from '../support/wait.js';
 import { withTimeout } from '../../src/core/timeout.js';
 import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
 import { spawnBin, type Spawned } from '../support/processes.js';
-import { startReceiver, verifyDelivery } from '../support/receiver.js';
+import { startReceiver } from '../support/receiver.js';
+import { checkReceived, createHooks, expectEachOnce, publishRound, waitAllSucceeded } from '../support/hooks.js';
 
 /**
  * Invariants 1–3 and 5 across crashes: a SIGKILLed dispatcher, an API that committed but never published,
  * a NATS server killed and restarted. Postgres is the record; the feed is only the fast path.
  */
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-type Receiver = Awaited<ReturnType<typeof startReceiver>>;
-type Rest = ReturnType<typeof restClient>;
-
-interface Hook {
-  id: string;
-  secret: string;
-  path: string;
-  type: string;
-  /** Event ids in publish order. */
-  published: string[];
-}
-
-async function createHooks(rest: Rest, receiver: Receiver, count: number, label: string): Promise<Hook[]> {
-  const hooks: Hook[] = [];
-  for (let i = 0; i < count; i++) {
-    const type = `${label}${i}.created`;
-    const res = await rest('POST', '/webhooks', { url: receiver.url(`/${label}${i}`), event_types: [type] });
-    assert.equal(res.status, 201, JSON.stringify(res.body));
-    hooks.push({ id: res.body.webhook_id, secret: res.body.secret, path: `/${label}${i}`, type, published: [] });
-  }
-  return hooks;
-}
-
-/** One event per webhook, in one batch; a webhook's events are published strictly one after another. */
-async function publishRound(rest: Rest, hooks: Hook[], round: number): Promise<number> {
-  const started = Date.now();
-  const res = await rest('POST', '/events/batch', { events: hooks.map((h) => ({ event_type: h.type, payload: { round } })) });
-  assert.equal(res.status, 201, `round ${round}: ${res.status} ${JSON.stringify(res.body).slice(0, 300)}`);
-  res.body.events.forEach((e: { event_id: string; delivery_count: number }, i: number) => {
-    assert.equal(e.delivery_count, 1);
-    hooks[i]!.published.push(e.event_id);
-  });
-  return Date.now() - started;
-}
-
-/**
- * Every event reached every webhook; per webhook the order of first receipt is publish order; each
- * duplicate is a repeat of an event already received (never an event arriving ahead of its
- * predecessor). Returns the number of duplicates per webhook path.
- */
-function checkReceived(receiver: Receiver, hooks: Hook[]): Map<string, number> {
-  const duplicates = new Map<string, number>();
-  for (const hook of hooks) {
-    const got = receiver.forPath(hook.path);
-    const firstSeen: string[] = [];
-    const seen = new Map<string, number>();
-    for (const entry of got) {
-      const verified = verifyDelivery(entry, hook.secret);
-      assert.equal(entry.headers['webhook-id'], verified.event_id);
-      const id = verified.event_id;
-      const times = (seen.get(id) ?? 0) + 1;
-      seen.set(id, times);
-      if (times === 1) {
-        // The next new event must be exactly the next one published.
-        assert.equal(id, hook.published[firstSeen.length], `${hook.path}: first receipt #${firstSeen.length} is out of publish order`);
-        firstSeen.push(id);
-      } else {
-        // A repeat may only be of the event most recently first-received (the head that was in flight).
-        assert.equal(id, firstSeen.at(-1), `${hook.path}: ${id} repeated after a later event had been received`);
-      }
-    }
-    assert.deepEqual(firstSeen, hook.published, `${hook.path}: every event received`);
-    for (const [id, times] of seen) assert.ok(times <= 2, `${hook.path}: ${id} arrived ${times} times`);
-    duplicates.set(hook.path, got.length - firstSeen.length);
-  }
-  return duplicates;
-}
-
-async function waitAllSucceeded(client: pg.Client, expected: number, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const { rows } = await client.query<{ status: string; n: string }>('select status, count(*) as n from deliveries group by status');
-    const byStatus = Object.fromEntries(rows.map((r) => [r.status, Number(r.n)]));
-    if (byStatus.succeeded === expected && rows.length === 1) return;
-    if (Date.now() > deadline) throw new Error(`deliveries not all succeeded: ${JSON.stringify(byStatus)} (expected ${expected})`);
-    await sleep(200);
-  }
-}
-
-/**
- * Every event published to the hooks arrives exactly once, in publish order per webhook, and the record
- * says every delivery succeeded.
- */
-async function expectEachOnce(client: pg.Client, receiver: Receiver, hooks: Hook[], timeoutMs: number, what: string, noDuplicates = 'no duplicates'): Promise<void> {
-  const total = hooks.reduce((n, h) => n + h.published.length, 0);
-  await receiver.waitFor(() => receiver.received.length >= total, timeoutMs, what);
-  await waitAllSucceeded(client, total);
-  // Anything extra (a duplicate) would show up now.
-  await sleep(300);
-  const duplicates = checkReceived(receiver, hooks);
-  assert.equal([...duplicates.values()].reduce((a, b) => a + b, 0), 0, noDuplicates);
-}
 
 describe('failover', () => {
   let db: Awaited<ReturnType<typeof createTestDatabase>>;

@@ -9,6 +9,7 @@ import { restClient, TEST_ADMIN_KEY } from "../support/app.js";
 import { spawnBin, type Spawned } from "../support/processes.js";
 import { startReceiver, verifyDelivery, type Received } from "../support/receiver.js";
 import { eventually, sleep } from "../support/wait.js";
+import { publishRound, type Hook as BaseHook, type Receiver, type Rest } from "../support/hooks.js";
 
 const RETRY_MS = 6_000;
 const JITTER = 0.2;
@@ -17,17 +18,9 @@ const LEASE_TTL_MS = 3_000;
 const SLACK_MS = 3_000;
 const SHARDS = 64;
 
-type Rest = ReturnType<typeof restClient>;
-type Receiver = Awaited<ReturnType<typeof startReceiver>>;
-
-interface Hook {
-  id: string;
-  secret: string;
-  path: string;
-  type: string;
+/** A webhook of the scenario, with the shard it hashes to. */
+interface Hook extends BaseHook {
   shard: number;
-  /** Event ids in publish order. */
-  published: string[];
 }
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -98,16 +91,6 @@ async function createHook(rest: Rest, client: pg.Client, receiver: Receiver, lab
   assert.equal(res.status, 201, JSON.stringify(res.body));
   const { rows } = await client.query<{ shard: number }>("select shard from webhooks where id = $1", [res.body.webhook_id]);
   return { id: res.body.webhook_id, secret: res.body.secret, path: `/${label}`, type, shard: rows[0]!.shard, published: [] };
-}
-
-/** One event per webhook, in one batch. */
-async function publishRound(rest: Rest, hooks: Hook[], round: number): Promise<void> {
-  const res = await rest("POST", "/events/batch", { events: hooks.map((h) => ({ event_type: h.type, payload: { round } })) });
-  assert.equal(res.status, 201, JSON.stringify(res.body));
-  res.body.events.forEach((e: { event_id: string; delivery_count: number }, i: number) => {
-    assert.equal(e.delivery_count, 1);
-    hooks[i]!.published.push(e.event_id);
-  });
 }
 
 interface Deliveries {

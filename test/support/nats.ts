@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { deleteStream } from "../../src/queue/jetstream.js";
 import { freePort } from "./ports.js";
+import { startTcpProxy } from "./tcp-proxy.js";
 
 export const NATS_URL = process.env.TEST_NATS_URL ?? "nats://127.0.0.1:4222";
 
@@ -59,38 +59,12 @@ export async function startNatsServer(options: { started?: boolean } = {}): Prom
 }
 
 /**
- * A TCP proxy in front of a NATS server that can stop passing the client's bytes on (`hold()`) while the
- * server's still reach the client: the client stays connected, and what it publishes from then on never
- * reaches the server — a process that commits and dies before its publish reaches NATS, made exact.
+ * A TCP proxy in front of a NATS server (see startTcpProxy): with `hold()`, what the client publishes
+ * from then on never reaches the server — a process that commits and dies before its publish reaches
+ * NATS, made exact.
  */
 export async function startNatsProxy(target = NATS_URL): Promise<{ url: string; hold(): void; close(): Promise<void> }> {
   const { hostname, port } = new URL(target);
-  let holding = false;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(Number(port), hostname);
-    for (const s of [client, upstream]) {
-      sockets.add(s);
-      s.on("close", () => sockets.delete(s));
-      s.on("error", () => undefined);
-    }
-    client.on("data", (chunk) => {
-      if (!holding) upstream.write(chunk);
-    });
-    upstream.pipe(client);
-    client.on("close", () => upstream.destroy());
-    upstream.on("close", () => client.destroy());
-  });
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port: proxyPort } = server.address() as net.AddressInfo;
-  return {
-    url: `nats://127.0.0.1:${proxyPort}`,
-    hold() {
-      holding = true;
-    },
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+  const proxy = await startTcpProxy(hostname, Number(port));
+  return { url: `nats://127.0.0.1:${proxy.port}`, hold: proxy.hold, close: proxy.close };
 }

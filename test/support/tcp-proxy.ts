@@ -1,0 +1,53 @@
+import net from "node:net";
+
+/**
+ * A TCP proxy on a loopback port of its own in front of `host:port`, to break a client's connections in
+ * ways a healthy server never does:
+ * - `hold()`: the client's bytes stop reaching the server while the server's still reach the client
+ *   (the client stays connected, and what it sends from then on is lost);
+ * - `mute()`: the server's bytes stop reaching the client on the connections open now (what the client
+ *   sends still arrives: a statement commits, and its reply is lost);
+ * - `cut()`: every connection open now is closed under the client, with no word from the server.
+ */
+export async function startTcpProxy(host: string, port: number): Promise<{ port: number; hold(): void; mute(): void; cut(): void; close(): Promise<void> }> {
+  let holding = false;
+  const muted = new WeakSet<net.Socket>();
+  const upstreams = new Set<net.Socket>();
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, host);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => undefined);
+    }
+    client.on("data", (chunk) => {
+      if (!holding) upstream.write(chunk);
+    });
+    upstreams.add(upstream);
+    upstream.on("close", () => upstreams.delete(upstream));
+    upstream.on("data", (chunk) => {
+      if (!muted.has(upstream)) client.write(chunk);
+    });
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const cut = () => {
+    for (const s of sockets) s.destroy();
+  };
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    hold() {
+      holding = true;
+    },
+    mute() {
+      for (const u of upstreams) muted.add(u);
+    },
+    cut,
+    async close() {
+      cut();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
