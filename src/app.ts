@@ -62,7 +62,8 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     databaseUrl: config.databaseUrl,
     dataDir: config.dataDir,
     poolSize: 20,
-    onConnectionError: (err) => log.warn({ err }, "an idle Postgres connection was lost; the next statement opens a new one"),
+    // The message only: pg hangs the whole client (config, statements) on the error.
+    onConnectionError: (err) => log.warn({ reason: err.message }, "an idle Postgres connection was lost; the next statement opens a new one"),
   });
   const stops: (() => Promise<unknown>)[] = [() => store.close()];
   const stopAll = async () => {

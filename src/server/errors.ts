@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { isDatabaseUnavailable } from "../store/db.js";
 
 export const invalidArgument = (message: string) => new ConnectError(message, Code.InvalidArgument);
 export const notFound = (kind: string, id: string) => new ConnectError(`${kind} ${id} not found`, Code.NotFound);
@@ -51,6 +52,11 @@ const REST: Partial<Record<Code, { status: number; code: string }>> = {
  */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
+  if (isDatabaseUnavailable(err)) {
+    // A publish that ends here may still have committed (the connection can go between the commit and
+    // its reply): sent again with its idempotency keys, it returns the events it made, never a second.
+    return new ConnectError("the database is unavailable; try again shortly", Code.Unavailable, { "retry-after": "1" });
+  }
   const code = (err as { code?: unknown })?.code;
   if (typeof code === "string" && code.startsWith("22")) {
     return new ConnectError(`the request holds a value the database cannot store (${(err as Error).message})`, Code.InvalidArgument);

@@ -38,6 +38,10 @@ export async function openStore(options: StoreOptions): Promise<Store> {
   if (options.databaseUrl) {
     const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, Client: PreparingClient });
     pool.on("error", (err) => options.onConnectionError?.(err));
+    // pg also emits 'error' on a client whose connection ends while it is checked out, and the pool
+    // listens only to idle ones: unheard, that event ends the process. The statement running on it
+    // fails with the same error, which its caller handles; the pool drops the client when it returns.
+    pool.on("connect", (client) => client.on("error", () => undefined));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
     return { db, embedded: false, close: () => db.destroy() };
   }
@@ -83,6 +87,21 @@ export function isUniqueViolation(err: unknown): boolean {
 /** A table the statement names does not exist (a day partition never made, or dropped meanwhile). */
 export function isUndefinedTable(err: unknown): boolean {
   return sqlState(err) === "42P01";
+}
+
+/** Node's codes for a connection that could not be made or was cut. */
+const CONNECTION_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "ENOTFOUND", "EAI_AGAIN"]);
+
+/**
+ * The database could not be reached, or went away mid-statement: a refused or cut connection, a server
+ * shutting down, crashing or still starting (SQLSTATE class 08, 57P01–57P03). The statement may be tried
+ * again once it is back; nothing about the request was wrong.
+ */
+export function isDatabaseUnavailable(err: unknown): boolean {
+  const code = sqlState(err);
+  if (code !== undefined && (CONNECTION_ERRNOS.has(code) || code.startsWith("08") || /^57P0[123]$/.test(code))) return true;
+  // pg reports a connection lost under a running statement without a code.
+  return err instanceof Error && /^Connection terminated|connection error and is not queryable/.test(err.message);
 }
 
 function sqlState(err: unknown): string | undefined {
