@@ -1,6 +1,6 @@
 import type { Logger } from "pino";
 import { recordAttempts, type AttemptRecord } from "../store/deliveries.js";
-import type { Db } from "../store/db.js";
+import { isUniqueViolation, type Db } from "../store/db.js";
 
 /**
  * Batches attempt records into one statement (group commit): one write in flight, and what arrives
@@ -67,7 +67,7 @@ export class AttemptWriter {
 
   private async flush(): Promise<void> {
     const batch = this.pending.splice(0, this.options.maxBatch);
-    for (let backoff = 100; ; backoff = Math.min(backoff * 2, 5_000)) {
+    for (let backoff = 100, retry = false; ; backoff = Math.min(backoff * 2, 5_000), retry = true) {
       try {
         await recordAttempts(
           this.db,
@@ -77,6 +77,12 @@ export class AttemptWriter {
         return;
       } catch (err) {
         if (this.stopped) throw err;
+        if (retry && isUniqueViolation(err)) {
+          // A batch is one statement and its attempt ids are new: meeting them stored, a retry learns that
+          // the try before it committed and only its reply was lost with the connection.
+          for (const b of batch) b.resolve();
+          return;
+        }
         if (isRejectedData(err)) {
           // Postgres refuses something in the batch itself: retrying it whole would stall every lane.
           await this.writeOneByOne(batch);

@@ -5,6 +5,8 @@ import { migrate, openStore, type Store } from "../../src/store/db.js";
 import { AttemptWriter } from "../../src/dispatcher/attempt-writer.js";
 import { createLogger } from "../../src/logger.js";
 import { newId } from "../../src/core/ids.js";
+import { pino } from "pino";
+import { startTcpProxy } from "../support/tcp-proxy.js";
 
 let db: Awaited<ReturnType<typeof createTestDatabase>>;
 let store: Store;
@@ -105,4 +107,37 @@ test("a record Postgres refuses does not stall the records batched with it", asy
   const bodies = await store.db.selectFrom("delivery_attempts").select(["delivery_id", "response_body"]).where("delivery_id", "in", ids).execute();
   assert.equal(bodies.length, 3);
   assert.equal(bodies.find((b) => b.delivery_id === ids[1])!.response_body, null);
+});
+
+test("a write whose commit was hidden by a lost connection is not written again, nor reported dropped", async () => {
+  // The writer reaches Postgres through a proxy: the batch's statement gets through and commits, its reply
+  // is lost, the connection dies. The retry then meets its own attempt ids: the batch is done.
+  const target = new URL(db.url);
+  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  const viaProxy = new URL(db.url);
+  viaProxy.port = String(proxy.port);
+  const proxied = await openStore({ databaseUrl: viaProxy.toString(), dataDir: "/nonexistent", onConnectionError: () => undefined });
+  const lines: { level: number; msg: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  try {
+    const writer = new AttemptWriter(proxied.db, log);
+    const ids = [await pendingDelivery(1), await pendingDelivery(2)];
+    const retry = { ...success(ids[1]!), responseCode: 503, status: "pending" as const, nextAttemptAt: new Date(Date.now() + 60_000) };
+    await proxied.db.selectFrom("deliveries").select("id").limit(1).execute(); // the pool's connection is open
+    proxy.mute();
+    const written = Promise.all([writer.write(success(ids[0]!)), writer.write(retry)]);
+    const committed = async () => Number((await store.db.selectFrom("delivery_attempts").select((eb) => eb.fn.countAll().as("n")).where("delivery_id", "in", ids).executeTakeFirstOrThrow()).n);
+    while ((await committed()) < 2) await new Promise((r) => setTimeout(r, 10));
+    proxy.cut();
+    await written;
+    await writer.stop();
+
+    const rows = await store.db.selectFrom("deliveries").select(["id", "status", "attempts"]).where("id", "in", ids).orderBy("seq").execute();
+    assert.deepEqual(rows.map((r) => [r.status, r.attempts]), [["succeeded", 1], ["pending", 1]]);
+    assert.equal(await committed(), 2, "one attempt row each");
+    assert.deepEqual(lines.filter((l) => l.level >= 50 && !/retrying/.test(l.msg)).map((l) => l.msg), [], "no record reported refused or dropped");
+  } finally {
+    await proxied.close();
+    await proxy.close();
+  }
 });
