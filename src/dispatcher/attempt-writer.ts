@@ -67,7 +67,8 @@ export class AttemptWriter {
 
   private async flush(): Promise<void> {
     const batch = this.pending.splice(0, this.options.maxBatch);
-    for (let backoff = 100, retry = false; ; backoff = Math.min(backoff * 2, 5_000), retry = true) {
+    // Capped at 1 s: lanes wait on these records, and a try a second costs a down Postgres nothing.
+    for (let backoff = 100, retry = false; ; backoff = Math.min(backoff * 2, 1_000), retry = true) {
       try {
         await recordAttempts(
           this.db,
