@@ -1,5 +1,10 @@
+import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import pg from "pg";
+import { freePort } from "./ports.js";
 
 export const ADMIN_URL = process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -37,6 +42,68 @@ export async function createTestDatabase(label: string): Promise<{ url: string; 
       } finally {
         await client.end();
       }
+    },
+  };
+}
+
+/**
+ * A Postgres server of the test's own (initdb in a temp dir, a free port), to crash and start again on
+ * the same port and files: what a test of the shared server cannot do without breaking every other test.
+ * `crash()` is an immediate shutdown (SIGQUIT to the postmaster: every backend exits at once, no
+ * checkpoint), so the next `start()` runs crash recovery. `stop()` ends it and removes its files. As
+ * root, the server runs as the `postgres` user (Postgres refuses to run as root).
+ */
+export async function startPostgresServer(): Promise<{ url: string; start(): Promise<void>; crash(): Promise<void>; stop(): Promise<void> }> {
+  const bin = process.env.TEST_POSTGRES_BIN ?? execFileSync("pg_config", ["--bindir"], { encoding: "utf8" }).trim();
+  const asUser =
+    process.getuid?.() === 0
+      ? { uid: Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" })), gid: Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" })) }
+      : {};
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-pg-"));
+  if (asUser.uid !== undefined) await fs.chown(dir, asUser.uid, asUser.gid!);
+  const data = path.join(dir, "data");
+  const run = (cmd: string, args: string[]) =>
+    new Promise<void>((resolve, reject) =>
+      execFile(path.join(bin, cmd), args, { ...asUser, cwd: dir }, (err, _stdout, stderr) => (err ? reject(new Error(`${cmd} failed: ${stderr || err.message}`)) : resolve())),
+    );
+  await run("initdb", ["-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+  const port = await freePort();
+  const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
+  let server: ChildProcess | undefined;
+  let output = "";
+
+  const start = async () => {
+    const child = spawn(path.join(bin, "postgres"), ["-D", data, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1"], {
+      ...asUser,
+      cwd: dir,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    output = "";
+    child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
+    child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
+    const deadline = Date.now() + 20_000;
+    while (!/ready to accept connections/.test(output)) {
+      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`postgres did not start:\n${output}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    server = child;
+  };
+  const crash = async () => {
+    const child = server;
+    server = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((resolve) => child.once("exit", resolve));
+    child.kill("SIGQUIT");
+    await exited;
+  };
+  await start();
+  return {
+    url,
+    start,
+    crash,
+    async stop() {
+      await crash();
+      await fs.rm(dir, { recursive: true, force: true });
     },
   };
 }
