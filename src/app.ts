@@ -5,7 +5,7 @@ import { generateApiKey } from "./server/auth.js";
 import { SecretBox } from "./core/secret-box.js";
 import type { Config } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
-import { migrate, openStore, type Store } from "./store/db.js";
+import { awaitDatabase, describeDatabase, migrate, openStore, type Store } from "./store/db.js";
 import { ensureDefaultTenant } from "./store/tenants.js";
 import { forgetAllDispatchers } from "./store/leases.js";
 import type { DeliveryFeed } from "./queue/feed.js";
@@ -35,6 +35,8 @@ export interface Webhookd {
 export interface StartOptions {
   roles: Role[];
   logger?: Logger;
+  /** How long a start waits for Postgres to answer (30 s); tests shorten it. */
+  databaseWaitMs?: number;
   /** Tests answer DNS for made-up names with this. */
   resolve?: Resolver;
   dispatcherTimings?: {
@@ -48,6 +50,9 @@ export interface StartOptions {
 }
 
 export class StartupError extends Error {}
+
+/** Long enough for a database started beside webhookd (a compose file, a fresh VM) to come up. */
+export const DATABASE_WAIT_MS = 30_000;
 
 export async function startWebhookd(config: Config, options: StartOptions): Promise<Webhookd> {
   const log = options.logger ?? createLogger(config.logLevel, "webhookd");
@@ -70,6 +75,13 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     for (const stop of stops.splice(0).reverse()) await stop().catch((err) => log.warn({ err }, "shutdown step failed"));
   };
   try {
+    if (config.databaseUrl) {
+      const timeoutMs = options.databaseWaitMs ?? DATABASE_WAIT_MS;
+      await awaitDatabase(store.db, config.databaseUrl, {
+        timeoutMs,
+        onWait: (reason) => log.warn({ database: describeDatabase(config.databaseUrl!), reason }, `Postgres is not reachable yet; waiting up to ${timeoutMs / 1000} s`),
+      });
+    }
     const applied = await migrate(store.db);
     if (applied.length > 0) log.info({ applied }, "migrations applied");
     await ensureDefaultTenant(store.db);

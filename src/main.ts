@@ -1,8 +1,8 @@
 import { Command, CommanderError } from "commander";
 import { ConfigError, loadConfig, parseListen, type Config } from "./config.js";
-import { StartupError, startWebhookd, type Role } from "./app.js";
+import { DATABASE_WAIT_MS, StartupError, startWebhookd, type Role } from "./app.js";
 import { DataDirInUseError } from "./store/data-dir-lock.js";
-import { migrate, openStore } from "./store/db.js";
+import { awaitDatabase, DatabaseUnreachableError, describeDatabase, migrate, openStore } from "./store/db.js";
 
 /** The webhookd entry point: reads the configuration once, then runs the roles asked for until a signal. */
 export async function main(argv: string[]): Promise<number> {
@@ -50,6 +50,12 @@ export async function main(argv: string[]): Promise<number> {
       const config = loadConfig();
       const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
       try {
+        if (config.databaseUrl) {
+          await awaitDatabase(store.db, config.databaseUrl, {
+            timeoutMs: DATABASE_WAIT_MS,
+            onWait: (reason) => console.error(`webhookd: Postgres at ${describeDatabase(config.databaseUrl!)} is not reachable yet (${reason}); waiting up to ${DATABASE_WAIT_MS / 1000} s`),
+          });
+        }
         const applied = await migrate(store.db);
         console.log(applied.length > 0 ? `applied: ${applied.join(", ")}` : "database is up to date");
       } finally {
@@ -62,7 +68,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    if (err instanceof ConfigError || err instanceof StartupError || err instanceof DataDirInUseError) {
+    if (err instanceof ConfigError || err instanceof StartupError || err instanceof DataDirInUseError || err instanceof DatabaseUnreachableError) {
       console.error(`webhookd: ${err.message}`);
       return 2;
     }

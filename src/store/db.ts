@@ -1,7 +1,7 @@
 import fs from "node:fs/promises";
 import path from "node:path";
 import { PGlite } from "@electric-sql/pglite";
-import { Kysely, Migrator, PostgresDialect } from "kysely";
+import { Kysely, Migrator, PostgresDialect, sql } from "kysely";
 import pg from "pg";
 import { migrationProvider } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
@@ -62,6 +62,47 @@ export async function openStore(options: StoreOptions): Promise<Store> {
   } catch (err) {
     await lock.release();
     throw err;
+  }
+}
+
+/** The database could not be reached at start, or refused this process; the message says which and where. */
+export class DatabaseUnreachableError extends Error {}
+
+/**
+ * Waits until Postgres answers, up to `timeoutMs`: a deployment's processes often start before their
+ * database is ready. A server that answers and refuses (no such database, a wrong password) fails at
+ * once. `onWait` hears the first failure and one every 5 s.
+ */
+export async function awaitDatabase(db: Db, databaseUrl: string, options: { timeoutMs: number; onWait?: (reason: string) => void }): Promise<void> {
+  const where = describeDatabase(databaseUrl);
+  const deadline = Date.now() + options.timeoutMs;
+  let told = 0;
+  for (let backoff = 100; ; backoff = Math.min(backoff * 2, 1_000)) {
+    try {
+      await sql`select 1`.execute(db);
+      return;
+    } catch (err) {
+      const reason = (err as Error).message;
+      if (!isDatabaseUnavailable(err)) throw new DatabaseUnreachableError(`Postgres at ${where} refused this process: ${reason}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new DatabaseUnreachableError(`cannot reach Postgres at ${where} (${reason}); waited ${Math.round(options.timeoutMs / 1000)} s`);
+      if (Date.now() - told >= 5_000) {
+        told = Date.now();
+        options.onWait?.(reason);
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(backoff, left)));
+    }
+  }
+}
+
+/** host:port/database of a connection URL, never its password; the URL's scheme alone when it has no host. */
+export function describeDatabase(databaseUrl: string): string {
+  try {
+    const url = new URL(databaseUrl);
+    const host = url.hostname || url.searchParams.get("host") || "localhost";
+    return `${host}:${url.port || "5432"}${url.pathname.length > 1 ? url.pathname : ""}`;
+  } catch {
+    return "DATABASE_URL";
   }
 }
 

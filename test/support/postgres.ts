@@ -51,9 +51,10 @@ export async function createTestDatabase(label: string): Promise<{ url: string; 
  * the same port and files: what a test of the shared server cannot do without breaking every other test.
  * `crash()` is an immediate shutdown (SIGQUIT to the postmaster: every backend exits at once, no
  * checkpoint), so the next `start()` runs crash recovery. `stop()` ends it and removes its files. As
- * root, the server runs as the `postgres` user (Postgres refuses to run as root).
+ * root, the server runs as the `postgres` user (Postgres refuses to run as root). `started: false`: made
+ * (initdb), its port chosen, not started yet.
  */
-export async function startPostgresServer(): Promise<{ url: string; start(): Promise<void>; crash(): Promise<void>; stop(): Promise<void> }> {
+export async function startPostgresServer(options: { started?: boolean } = {}): Promise<{ url: string; start(): Promise<void>; crash(): Promise<void>; stop(): Promise<void> }> {
   const bin = process.env.TEST_POSTGRES_BIN ?? execFileSync("pg_config", ["--bindir"], { encoding: "utf8" }).trim();
   const asUser =
     process.getuid?.() === 0
@@ -96,7 +97,7 @@ export async function startPostgresServer(): Promise<{ url: string; start(): Pro
     child.kill("SIGQUIT");
     await exited;
   };
-  await start();
+  if (options.started ?? true) await start();
   return {
     url,
     start,

@@ -1,0 +1,51 @@
+// webhookd started against a Postgres that is not there yet, never comes, or refuses it: it waits for a
+// database that comes, and otherwise stops with one line naming where and why (no stack, no password).
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { DatabaseUnreachableError } from "../../src/store/db.js";
+import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
+import { ADMIN_URL, startPostgresServer } from "../support/postgres.js";
+import { freePort } from "../support/ports.js";
+import { runBin } from "../support/processes.js";
+import { sleep } from "../support/wait.js";
+
+const cleanups: (() => Promise<unknown>)[] = [];
+after(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((err) => console.error("cleanup failed", err));
+});
+
+test("started before Postgres: the start waits for it, then serves", async () => {
+  const server = await startPostgresServer({ started: false });
+  cleanups.push(() => server.stop());
+  const t0 = Date.now();
+  const starting = startTestApp({ DATABASE_URL: server.url }, ["api"]);
+  await sleep(1_500);
+  await server.start();
+  const { app, url } = await starting;
+  cleanups.push(() => app.stop());
+  assert.ok(Date.now() - t0 >= 1_500, "the start waited for the database");
+  const res = await restClient(url, TEST_ADMIN_KEY)("GET", "/webhooks");
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+});
+
+test("Postgres never comes: the start fails after the wait, naming where, without the password", async () => {
+  const port = await freePort();
+  const t0 = Date.now();
+  await assert.rejects(startTestApp({ DATABASE_URL: `postgres://webhookd:s3cret@127.0.0.1:${port}/hooks` }, ["api"], { databaseWaitMs: 1_000 }), (err: Error) => {
+    assert.ok(err instanceof DatabaseUnreachableError, String(err));
+    assert.equal(err.message, `cannot reach Postgres at 127.0.0.1:${port}/hooks (connect ECONNREFUSED 127.0.0.1:${port}); waited 1 s`);
+    return true;
+  });
+  const took = Date.now() - t0;
+  assert.ok(took >= 900 && took < 5_000, `gave up after the wait (${took} ms)`);
+});
+
+test("a database that does not exist: the binary exits 2 at once with one line naming it", async () => {
+  const url = new URL(ADMIN_URL);
+  url.pathname = "/webhookd_no_such_database";
+  const t0 = Date.now();
+  const { code, output } = await runBin("webhookd", ["api"], { DATABASE_URL: url.toString(), WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0" });
+  assert.equal(code, 2, output);
+  assert.equal(output, `webhookd: Postgres at ${url.hostname}:${url.port || 5432}/webhookd_no_such_database refused this process: database "webhookd_no_such_database" does not exist\n`);
+  assert.ok(Date.now() - t0 < 10_000, "no wait for a server that answered");
+});
