@@ -30,6 +30,13 @@ const CLAIM_LOOKAHEAD_MS = 60_000;
  * whole backlog every period cost 0.8 µs a delivery — 40 % of a core for a million.
  */
 const SWEEP_RECENT_MS = 120_000;
+/**
+ * Attempts start only within this share of the lease TTL after the renewal that confirmed the leases
+ * was asked for. The lease runs at least the TTL from then (the database starts it later), and no other
+ * process can take the shard before it ends; the rest of the TTL is for attempts already under way to
+ * reach their receiver first. Renewals come every 2 s of a 10 s TTL, so a healthy process never waits.
+ */
+const LEASE_USABLE_SHARE = 0.75;
 const FULL_SWEEP_EVERY_MS = 60_000;
 
 export interface DispatcherOptions {
@@ -84,6 +91,8 @@ export class Dispatcher {
   private nextHousekeepingAt = 0;
   private nextFullSweepAt = 0;
   private readonly payloads: PayloadReader;
+  /** performance.now() until which the shards held are known to be ours (see LEASE_USABLE_SHARE). */
+  private leasesConfirmedUntil = 0;
 
   constructor(private readonly options: DispatcherOptions) {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
@@ -99,6 +108,8 @@ export class Dispatcher {
       execute: (job, webhook) => this.execute(job, webhook),
       prefetch: (job) => this.prefetch(job),
       saveHealth: (webhookId, health) => this.saveHealth(webhookId, health),
+      // A process cut off from Postgres (or stalled) past its TTL may have lost its shards without knowing.
+      mayStart: (shard) => this.owned.has(shard) && performance.now() < this.leasesConfirmedUntil,
       circuitPolicy: options.circuitPolicy,
       maxInFlight: options.maxInFlight,
       maxInFlightPerLane: options.maxInFlightPerEndpoint,
@@ -146,6 +157,7 @@ export class Dispatcher {
 
   private async rebalance(): Promise<void> {
     const { db, shardCount } = this.options;
+    const asked = performance.now();
     await leases.heartbeat(db, this.id);
     const held = new Set(await leases.renewLeases(db, this.id, this.leaseTtlMs));
     for (const shard of [...this.owned.keys()]) {
@@ -154,6 +166,9 @@ export class Dispatcher {
         void this.letGo(shard);
       }
     }
+    // Shards claimed below are confirmed from this point too: their leases start later than it.
+    this.leasesConfirmedUntil = asked + this.leaseTtlMs * LEASE_USABLE_SHARE;
+    this.engine.leasesConfirmed();
     const live = Math.max(1, await leases.countLiveDispatchers(db, this.leaseTtlMs));
     const target = Math.ceil(shardCount / live);
     for (const shard of this.shards.slice(target)) {

@@ -33,6 +33,11 @@ export interface LaneEngineDeps {
   prefetch?(job: DeliveryJob): void;
   /** The endpoint's health changed; called in order per webhook. */
   saveHealth(webhookId: string, health: EndpointHealth): void;
+  /**
+   * Whether attempts may start on the shard now: this process's lease on it is confirmed. When not, its
+   * lanes wait until `leasesConfirmed()`. Absent: always.
+   */
+  mayStart?(shard: number): boolean;
   circuitPolicy: CircuitPolicy;
   maxInFlight: number;
   log: Logger;
@@ -69,6 +74,7 @@ const PAYLOADS_KEPT = 2;
 export class LaneEngine {
   private readonly lanes = new Map<string, Lane>();
   private readonly waitingForSlot = new Set<Lane>();
+  private readonly waitingForLease = new Set<Lane>();
   private inFlight = 0;
   private readonly idle: Set<() => void> = new Set();
   private readonly sweeper: NodeJS.Timeout;
@@ -124,6 +130,19 @@ export class LaneEngine {
     lane.close();
     if (this.lanes.get(lane.webhookId) === lane) this.lanes.delete(lane.webhookId);
     this.waitingForSlot.delete(lane);
+    this.waitingForLease.delete(lane);
+  }
+
+  /** A lane whose shard's lease is unconfirmed waits here rather than on a timer of its own. */
+  waitForLease(lane: Lane): void {
+    this.waitingForLease.add(lane);
+  }
+
+  /** The leases were confirmed again: the lanes that waited for it go on. */
+  leasesConfirmed(): void {
+    const waiting = [...this.waitingForLease];
+    this.waitingForLease.clear();
+    for (const lane of waiting) lane.pump();
   }
 
   /** A lane asks for a global slot; false means it is queued and will be pumped when one frees. */
@@ -342,6 +361,11 @@ class Lane {
   private async pumpOnce(): Promise<void> {
     if (this.queue.length === 0) {
       if (this.truncated || this.ahead.size > 0) this.load();
+      return;
+    }
+    if (this.engine.deps.mayStart?.(this.shard) === false) {
+      // Another process may own the shard by now: sending beside it would break the lane's order.
+      this.engine.waitForLease(this);
       return;
     }
     const webhook = await this.engine.deps.getWebhook(this.webhookId);

@@ -10,6 +10,7 @@ import { withTimeout } from '../../src/core/timeout.js';
 import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
 import { spawnBin, type Spawned } from '../support/processes.js';
 import { startReceiver } from '../support/receiver.js';
+import { startTcpProxy } from '../support/tcp-proxy.js';
 import { checkReceived, createHooks, expectEachOnce, publishRound, waitAllSucceeded } from '../support/hooks.js';
 
 /**
@@ -132,6 +133,68 @@ describe('failover', () => {
     );
     console.log(`# sigkill: ${total} events, ${[...duplicates.values()].reduce((a, b) => a + b, 0)} duplicates over ${victimHooks.length} webhooks on the victim`);
     for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await resetDatabase();
+  });
+
+  test('a dispatcher cut off from Postgres past its lease TTL does not send beside the one that took its shards', async () => {
+    const nats = natsPrefix('partition');
+    cleanups.push(() => nats.cleanup());
+    const target = new URL(db.url);
+    const proxy = await startTcpProxy(target.hostname, Number(target.port));
+    cleanups.push(() => proxy.close());
+    const viaProxy = new URL(db.url);
+    viaProxy.port = String(proxy.port);
+    const receiver = await startReceiver(() => ({ delayMs: 20 }));
+    cleanups.push(() => receiver.close());
+    const env = { NATS_URL, WEBHOOKD_NATS_PREFIX: nats.prefix };
+    // Lease ticks as far apart as the TTL allows (production: TTL / 5): between two of them a process
+    // goes on with what it believes it holds.
+    const timings = { dispatcherTimings: { leaseTtlMs: 3_000, leaseIntervalMs: 1_500, sweepIntervalMs: 500, sweepGraceMs: 500 } };
+    const { app: api, url } = await startTestApp({ ...env, DATABASE_URL: db.url }, ['api']);
+    cleanups.push(() => api.stop());
+    const { app: cutOff } = await startTestApp({ ...env, DATABASE_URL: viaProxy.toString() }, ['dispatcher'], timings);
+    cleanups.push(() => cutOff.stop());
+    const { app: survivor } = await startTestApp({ ...env, DATABASE_URL: db.url }, ['dispatcher'], timings);
+    cleanups.push(() => survivor.stop());
+    const held = async () => (await client.query<{ n: number }>('select count(*)::int as n from shard_leases where owner = $1 and expires_at > now()', [survivor.dispatcher!.id])).rows[0]!.n;
+    await eventually(held, (n) => n === 32, 'the shards split between the two', 15_000);
+    const rest = restClient(url, TEST_ADMIN_KEY);
+    const hooks = await createHooks(rest, receiver, 20, 'pt');
+    const cutOffShards = new Set(cutOff.dispatcher!.shards);
+    const shards = new Map((await client.query<{ id: string; shard: number }>('select id, shard from webhooks')).rows.map((r) => [r.id, r.shard]));
+    assert.ok(hooks.some((h) => cutOffShards.has(shards.get(h.id)!)), 'some webhooks are on the process to be cut off');
+
+    let round = 0;
+    for (; round < 5; round++) await publishRound(rest, hooks, round);
+    proxy.block();
+    // The survivor takes every shard once the cut-off process's leases lapse, and sends their lanes.
+    await eventually(held, (n) => n === 64, 'the survivor holding every shard', 15_000);
+    for (; round < 15; round++) {
+      await publishRound(rest, hooks, round);
+      await sleep(50);
+    }
+    // Back in touch: its attempt records go through at once; its lanes must not go on before it learns,
+    // at its next lease tick, that the shards are not its own any more.
+    proxy.unblock();
+    for (; round < 25; round++) {
+      await publishRound(rest, hooks, round);
+      await sleep(50);
+    }
+    const total = hooks.length * round;
+    await receiver.waitFor(() => new Set(receiver.received.map((r) => `${r.path} ${r.headers['webhook-id']}`)).size >= total, 30_000, `${total} distinct deliveries`);
+    await waitAllSucceeded(client, total);
+    await sleep(2_000);
+    const duplicates = checkReceived(receiver, hooks);
+    for (const hook of hooks) {
+      const dup = duplicates.get(hook.path)!;
+      if (cutOffShards.has(shards.get(hook.id)!)) assert.ok(dup <= 1, `${hook.path}: ${dup} repeats; only the head in flight at the cut may repeat`);
+      else assert.equal(dup, 0, `${hook.path} was the survivor's throughout: no repeats`);
+    }
+    // Back in touch, it takes its share again.
+    await eventually(async () => cutOff.dispatcher!.shards.length, (n) => n === 32, 'the two sharing the shards again', 15_000);
+    await survivor.stop();
+    await cutOff.stop();
+    await api.stop();
     await resetDatabase();
   });
 

@@ -436,6 +436,26 @@ describe('LaneEngine', () => {
     assert.deepEqual(record.sent('wh_p'), [1, 2, 3, 4, 5]);
   });
 
+  test('without a confirmed lease nothing starts, not even after the head in flight is recorded; confirmed again, the lane goes on in order', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_l');
+    let confirmed = true;
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ mayStart: () => confirmed }));
+    for (let n = 0; n < 4; n++) engine.offer(record.copy(record.commit('wh_l')));
+    await until(() => record.calls.length === 1, 'the head in flight');
+    // The lease lapses unconfirmed (Postgres out of reach) while the head is in flight; its record lands.
+    confirmed = false;
+    record.responder = () => ({ final: true, signal: 'success' });
+    record.calls[0]!.finish();
+    await sleep(100);
+    assert.deepEqual(record.sent('wh_l'), [1], 'seq 2 waits for the lease');
+    confirmed = true;
+    engine.leasesConfirmed();
+    await until(() => record.sent('wh_l').length === 4, 'the rest once confirmed');
+    assert.deepEqual(record.sent('wh_l'), [1, 2, 3, 4]);
+  });
+
   test('a webhook rate limit paces its lane: after a one-second burst, the limit to within 10 %', async () => {
     const record = newRecord();
     record.addWebhook('wh_rate', { rateLimitPerSecond: 20 });

@@ -7,14 +7,21 @@ import net from "node:net";
  *   (the client stays connected, and what it sends from then on is lost);
  * - `mute()`: the server's bytes stop reaching the client on the connections open now (what the client
  *   sends still arrives: a statement commits, and its reply is lost);
- * - `cut()`: every connection open now is closed under the client, with no word from the server.
+ * - `cut()`: every connection open now is closed under the client, with no word from the server;
+ * - `block()`: `cut()`, and new connections are closed as soon as they come, until `unblock()` (a
+ *   network partition between the client and the server).
  */
-export async function startTcpProxy(host: string, port: number): Promise<{ port: number; hold(): void; mute(): void; cut(): void; close(): Promise<void> }> {
+export async function startTcpProxy(host: string, port: number): Promise<{ port: number; hold(): void; mute(): void; cut(): void; block(): void; unblock(): void; close(): Promise<void> }> {
   let holding = false;
+  let blocked = false;
   const muted = new WeakSet<net.Socket>();
   const upstreams = new Set<net.Socket>();
   const sockets = new Set<net.Socket>();
   const server = net.createServer((client) => {
+    if (blocked) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(port, host);
     for (const s of [client, upstream]) {
       sockets.add(s);
@@ -45,6 +52,13 @@ export async function startTcpProxy(host: string, port: number): Promise<{ port:
       for (const u of upstreams) muted.add(u);
     },
     cut,
+    block() {
+      blocked = true;
+      cut();
+    },
+    unblock() {
+      blocked = false;
+    },
     async close() {
       cut();
       await new Promise<void>((resolve) => server.close(() => resolve()));
