@@ -53,6 +53,12 @@ export class StartupError extends Error {}
 
 /** Long enough for a database started beside webhookd (a compose file, a fresh VM) to come up. */
 export const DATABASE_WAIT_MS = 30_000;
+/**
+ * A statement unanswered this long means its connection is dead (a server gone without a word). The
+ * slowest statements once migrations are done (a replay of a large range, housekeeping DDL waiting on
+ * a lock) take seconds; TCP alone would hold a dead connection about 15 minutes.
+ */
+const STATEMENT_WATCHDOG_MS = 60_000;
 
 export async function startWebhookd(config: Config, options: StartOptions): Promise<Webhookd> {
   const log = options.logger ?? createLogger(config.logLevel, "webhookd");
@@ -84,6 +90,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     }
     const applied = await migrate(store.db);
     if (applied.length > 0) log.info({ applied }, "migrations applied");
+    store.watchStatements(STATEMENT_WATCHDOG_MS);
     await ensureDefaultTenant(store.db);
     if (store.embedded) await forgetAllDispatchers(store.db);
 

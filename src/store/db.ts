@@ -6,7 +6,7 @@ import pg from "pg";
 import { migrationProvider } from "./migrations/index.js";
 import { PGliteDialect } from "./pglite-dialect.js";
 import { lockDataDir } from "./data-dir-lock.js";
-import { PreparingClient } from "./prepared.js";
+import { WatchedClient, type WatchedClientConfig } from "./watched-client.js";
 import { ensurePartitions } from "./partitions.js";
 import type { Database } from "./schema.js";
 
@@ -32,18 +32,40 @@ export interface Store {
   db: Db;
   embedded: boolean;
   close(): Promise<void>;
+  /**
+   * From now on, a statement Postgres has not answered within `ms` gives its connection up and fails
+   * as the database unavailable (WatchedClient). Off at first, so that migrations may take their time.
+   */
+  watchStatements(ms: number): void;
 }
 
 export async function openStore(options: StoreOptions): Promise<Store> {
   if (options.databaseUrl) {
-    const pool = new pg.Pool({ connectionString: options.databaseUrl, max: options.poolSize ?? 10, Client: PreparingClient });
+    const watchdog: { ms?: number } = {};
+    const config: pg.PoolConfig & WatchedClientConfig = {
+      connectionString: options.databaseUrl,
+      max: options.poolSize ?? 10,
+      Client: WatchedClient,
+      // pg-pool hands its options to each client it makes; this object is shared, not copied.
+      statementWatchdog: watchdog,
+    };
+    const pool = new pg.Pool(config);
     pool.on("error", (err) => options.onConnectionError?.(err));
     // pg also emits 'error' on a client whose connection ends while it is checked out, and the pool
     // listens only to idle ones: unheard, that event ends the process. The statement running on it
     // fails with the same error, which its caller handles; the pool drops the client when it returns.
     pool.on("connect", (client) => client.on("error", () => undefined));
     const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-    return { db, embedded: false, close: () => db.destroy() };
+    return {
+      db,
+      embedded: false,
+      close: () => db.destroy(),
+      watchStatements(ms) {
+        watchdog.ms = ms;
+        // A server that takes a connection and never finishes the handshake is given up on too.
+        pool.options.connectionTimeoutMillis = ms;
+      },
+    };
   }
   const dir = path.join(options.dataDir, "pg");
   await fs.mkdir(dir, { recursive: true });
@@ -54,6 +76,8 @@ export async function openStore(options: StoreOptions): Promise<Store> {
     return {
       db,
       embedded: true,
+      // In-process: there is no connection to lose.
+      watchStatements() {},
       async close() {
         await db.destroy();
         await lock.release();
@@ -141,8 +165,8 @@ const CONNECTION_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIME
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = sqlState(err);
   if (code !== undefined && (CONNECTION_ERRNOS.has(code) || code.startsWith("08") || /^57P0[123]$/.test(code))) return true;
-  // pg reports a connection lost under a running statement without a code.
-  return err instanceof Error && /^Connection terminated|connection error and is not queryable/.test(err.message);
+  // pg reports a connection lost under a running statement, and pg-pool a connect that timed out, without a code.
+  return err instanceof Error && /^Connection terminated|connection error and is not queryable|^timeout exceeded when trying to connect/.test(err.message);
 }
 
 function sqlState(err: unknown): string | undefined {

@@ -81,3 +81,33 @@ test("a connection cut under a running statement fails that statement as 'unavai
   const { rows } = await sql<{ one: number }>`select 1 as one`.execute(store.db);
   assert.deepEqual(rows, [{ one: 1 }]);
 });
+
+test("a server that stops answering without a word: the statement fails as 'unavailable' after the watchdog, and the next one works", async () => {
+  const database = await createTestDatabase("connection_loss_silent");
+  cleanups.push(() => database.drop());
+  const target = new URL(database.url);
+  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  cleanups.push(() => proxy.close());
+  const viaProxy = new URL(database.url);
+  viaProxy.port = String(proxy.port);
+  const store = await openStore({ databaseUrl: viaProxy.toString(), dataDir: os.tmpdir(), poolSize: 1, onConnectionError: () => undefined });
+  cleanups.push(() => store.close());
+  store.watchStatements(500);
+
+  await sql`select 1`.execute(store.db);
+  // The open connection goes silent and stays open, as one to a host that lost power does; a new
+  // connection (the failed-over server at the same address) answers.
+  proxy.freeze();
+  const t0 = Date.now();
+  const failure = await sql`select 2`.execute(store.db).then(
+    () => undefined,
+    (err: Error) => err,
+  );
+  const took = Date.now() - t0;
+  assert.ok(failure instanceof Error, "the statement failed");
+  assert.equal(isDatabaseUnavailable(failure), true, `classed as the database unavailable: ${failure.message}`);
+  assert.match(failure.message, /did not answer within 500 ms/);
+  assert.ok(took >= 450 && took < 3_000, `given up after the watchdog (${took} ms)`);
+  const { rows } = await sql<{ three: number }>`select 3 as three`.execute(store.db);
+  assert.deepEqual(rows, [{ three: 3 }]);
+});

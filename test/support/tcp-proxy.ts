@@ -8,10 +8,12 @@ import net from "node:net";
  * - `mute()`: the server's bytes stop reaching the client on the connections open now (what the client
  *   sends still arrives: a statement commits, and its reply is lost);
  * - `cut()`: every connection open now is closed under the client, with no word from the server;
+ * - `freeze()`: nothing passes either way on the connections open now, and they stay open (a server
+ *   gone without a word: no reset ever comes); new connections pass;
  * - `block()`: `cut()`, and new connections are closed as soon as they come, until `unblock()` (a
  *   network partition between the client and the server).
  */
-export async function startTcpProxy(host: string, port: number): Promise<{ port: number; hold(): void; mute(): void; cut(): void; block(): void; unblock(): void; close(): Promise<void> }> {
+export async function startTcpProxy(host: string, port: number): Promise<{ port: number; hold(): void; mute(): void; freeze(): void; cut(): void; block(): void; unblock(): void; close(): Promise<void> }> {
   let holding = false;
   let blocked = false;
   const muted = new WeakSet<net.Socket>();
@@ -29,7 +31,7 @@ export async function startTcpProxy(host: string, port: number): Promise<{ port:
       s.on("error", () => undefined);
     }
     client.on("data", (chunk) => {
-      if (!holding) upstream.write(chunk);
+      if (!holding && !muted.has(client)) upstream.write(chunk);
     });
     upstreams.add(upstream);
     upstream.on("close", () => upstreams.delete(upstream));
@@ -50,6 +52,9 @@ export async function startTcpProxy(host: string, port: number): Promise<{ port:
     },
     mute() {
       for (const u of upstreams) muted.add(u);
+    },
+    freeze() {
+      for (const socket of sockets) muted.add(socket);
     },
     cut,
     block() {
