@@ -70,7 +70,9 @@ export async function createJetStreamFeed(options: {
   const names = jetStreamNames(options.prefix);
   const log = options.logger.child({ component: "jetstream" });
   const storage = options.storage ?? "memory";
-  const connectOptions = { servers: options.url, name: options.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 };
+  // A connection whose server stopped answering is given up after three pings 10 s apart, not the
+  // client's default of two 2 minutes apart; then it reconnects.
+  const connectOptions = { servers: options.url, name: options.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 10_000, maxPingOut: 3 };
 
   /** The connection and its JetStream handles, once NATS has answered. */
   let link: { nc: NatsConnection; jsm: JetStreamManager; js: JetStreamClient } | undefined;
@@ -112,13 +114,36 @@ export async function createJetStreamFeed(options: {
     }));
   };
 
+  /**
+   * Set while a flush has gone unanswered: a server that stops answering without closing the connection
+   * (a host gone, a dropped flow) would cost every publish the whole flush timeout, and with it the
+   * tenant's group commit. Until that flush is answered, or the connection is given up as stale and
+   * replaced, publishes are written and not waited on; the sweep sends whatever they lose.
+   */
+  let silentSince: number | undefined;
+  const awaitAnswer = (nc: NatsConnection) => {
+    const since = (silentSince = Date.now());
+    nc.flush()
+      .then(
+        () => log.warn({ silentMs: Date.now() - since }, "nats answers again"),
+        () => undefined,
+      )
+      .finally(() => {
+        if (silentSince === since) silentSince = undefined;
+      });
+  };
+
   /** Takes the connection; the feed is on (`connected`) once the stream is known to be there. */
   const attach = async (nc: NatsConnection) => {
     link = { nc, jsm: await jetstreamManager(nc), js: jetstream(nc) };
     void (async () => {
       for await (const status of nc.status()) {
         if (status.type === "disconnect") connected = false;
-        if (status.type === "reconnect") connected = true;
+        if (status.type === "reconnect") {
+          connected = true;
+          // A new connection: its flushes are waited on again.
+          silentSince = undefined;
+        }
         if (status.type === "disconnect" || status.type === "reconnect") log.warn({ status: status.type }, "nats connection");
         if (status.type === "reconnect") void restore("reconnected");
       }
@@ -192,9 +217,11 @@ export async function createJetStreamFeed(options: {
           log.warn({ err, webhookId: first.webhookId, jobs: group.length }, "publish failed; the owners' sweep picks these up from Postgres");
         }
       }
-      await withTimeout(nc.flush(), PUBLISH_TIMEOUT_MS).catch((err) =>
-        log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres"),
-      );
+      if (silentSince !== undefined) return;
+      await withTimeout(nc.flush(), PUBLISH_TIMEOUT_MS).catch((err) => {
+        log.warn({ err, jobs: jobs.length }, "flush failed; the owners' sweep picks these up from Postgres");
+        if (silentSince === undefined) awaitAnswer(nc);
+      });
     },
 
     async consume(shard, onJob) {

@@ -8,6 +8,7 @@ import type { DeliveryFeed } from "../../src/queue/feed.js";
 import type { DeliveryJob } from "../../src/queue/job.js";
 import { createLogger } from "../../src/logger.js";
 import { NATS_URL, natsPrefix, startNatsServer } from "../support/nats.js";
+import { startTcpProxy } from "../support/tcp-proxy.js";
 import { eventually, sleep } from "../support/wait.js";
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -191,4 +192,24 @@ test("a feed made while NATS is down is up at once, off, and on by itself when N
   await feed.publish([job("wh_l", 2, 2, 100)]);
   await eventually(async () => received.map((j) => j.seq), (seqs) => seqs.length === 1, "the job published once connected", 10_000);
   assert.deepEqual(received.map((j) => j.seq), [2], "what was published before NATS existed is the sweep's");
+});
+
+test("a NATS that stops answering without closing the connection costs one publish the flush timeout, not every publish", async () => {
+  const target = new URL(NATS_URL);
+  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  cleanups.push(() => proxy.close());
+  const { feed } = await feedOn(`nats://127.0.0.1:${proxy.port}`, "silent");
+  const timed = async () => {
+    const t0 = Date.now();
+    await feed.publish([job("wh_s", 3, 1, 100)]);
+    return Date.now() - t0;
+  };
+  assert.ok((await timed()) < 1_000, "a healthy publish is quick");
+  // The server's side goes silent and the connection stays open, as with a host gone without a word.
+  proxy.freeze();
+  const first = await timed();
+  assert.ok(first >= 1_500, `the first publish waits for its flush, up to the timeout (${first} ms)`);
+  const next: number[] = [];
+  for (let i = 0; i < 5; i++) next.push(await timed());
+  assert.ok(Math.max(...next) < 200, `later publishes do not wait on a server that does not answer: ${next.join(", ")} ms`);
 });
