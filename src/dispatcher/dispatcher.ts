@@ -30,6 +30,7 @@ const CLAIM_LOOKAHEAD_MS = 60_000;
  * whole backlog every period cost 0.8 µs a delivery — 40 % of a core for a million.
  */
 const SWEEP_RECENT_MS = 120_000;
+const FULL_SWEEP_EVERY_MS = 60_000;
 /**
  * Attempts start only within this share of the lease TTL after the renewal that confirmed the leases
  * was asked for. The lease runs at least the TTL from then (the database starts it later), and no other
@@ -37,7 +38,6 @@ const SWEEP_RECENT_MS = 120_000;
  * reach their receiver first. Renewals come every 2 s of a 10 s TTL, so a healthy process never waits.
  */
 const LEASE_USABLE_SHARE = 0.75;
-const FULL_SWEEP_EVERY_MS = 60_000;
 
 export interface DispatcherOptions {
   db: Db;
