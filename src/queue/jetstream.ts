@@ -35,6 +35,7 @@ export function jetStreamNames(prefix: string): JetStreamNames {
 const DUPLICATE_WINDOW_NS = 2 * 60 * 1e9;
 const MAX_AGE_NS = 7 * 24 * 3600 * 1e9;
 const PUBLISH_TIMEOUT_MS = 2_000;
+const DRAIN_TIMEOUT_MS = 2_000;
 /** Jobs in one feed message at most (a head is about 300 bytes: a message stays far below max_payload). */
 const MAX_JOBS_PER_MESSAGE = 500;
 
@@ -287,7 +288,9 @@ export async function createJetStreamFeed(options: {
       await Promise.allSettled([...subscriptions].map((s) => s.stop()));
       ackAll();
       const nc = link?.nc;
-      await nc?.drain().catch(() => nc.close());
+      // A drain waits for the server: one that stopped answering would hold a stopping process until
+      // the client gives the connection up as stale, half a minute.
+      await (nc && withTimeout(nc.drain(), DRAIN_TIMEOUT_MS).catch(() => nc.close()));
     },
   };
 }

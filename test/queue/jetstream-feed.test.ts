@@ -212,4 +212,7 @@ test("a NATS that stops answering without closing the connection costs one publi
   const next: number[] = [];
   for (let i = 0; i < 5; i++) next.push(await timed());
   assert.ok(Math.max(...next) < 200, `later publishes do not wait on a server that does not answer: ${next.join(", ")} ms`);
+  const t0 = Date.now();
+  await feed.close();
+  assert.ok(Date.now() - t0 < 5_000, `closing does not wait for the silent server (${Date.now() - t0} ms)`);
 });

@@ -66,7 +66,7 @@ test("a connection cut under a running statement fails that statement as 'unavai
 
   // pg emits 'error' on a client whose connection ends while it is checked out; the pool listens only
   // to idle ones, so without a listener of the store's own that event is an uncaught exception.
-  const running = sql`select pg_sleep(10)`.execute(store.db).then(
+  const running = sql`select pg_sleep(1)`.execute(store.db).then(
     () => undefined,
     (err: Error) => err,
   );
