@@ -11,7 +11,7 @@ import { isUniqueViolation, type Db } from "../store/db.js";
  * only after its head's outcome is durable; while Postgres is down the batch waits and retries.
  */
 export class AttemptWriter {
-  private pending: { record: AttemptRecord; resolve: () => void }[] = [];
+  private pending: Pending[] = [];
   /** The next flush, when one is scheduled: on the next turn of the event loop, or after the gathering delay. */
   private scheduled: { immediate: boolean; cancel(): void } | undefined;
   /**
@@ -20,7 +20,8 @@ export class AttemptWriter {
    * some 300 µs besides its rows; one at a time used 7–13 % less CPU per delivery in alternating bench runs.
    */
   private readonly flushing = new Set<Promise<void>>();
-  private stopped = false;
+  /** After this (Date.now()), a write that fails is given up rather than tried again: see `giveUpAfter`. */
+  private giveUpAt = Infinity;
 
   constructor(
     private readonly db: Db,
@@ -32,11 +33,21 @@ export class AttemptWriter {
     },
   ) {}
 
+  /** Resolves once the record is committed; rejects only when the writer gave it up (`giveUpAfter`). */
   write(record: AttemptRecord): Promise<void> {
-    return new Promise((resolve) => {
-      this.pending.push({ record, resolve });
+    return new Promise((resolve, reject) => {
+      this.pending.push({ record, resolve, reject });
       this.kick();
     });
+  }
+
+  /**
+   * For a stopping process: records that cannot be written within `ms` from now (Postgres down) are given
+   * up, and their writes reject, instead of holding the stop until Postgres is back. Their deliveries
+   * stay pending, and the next owner sends them again (at least once).
+   */
+  giveUpAfter(ms: number): void {
+    this.giveUpAt = Math.min(this.giveUpAt, Date.now() + ms);
   }
 
   private kick(afterFlush = false): void {
@@ -77,7 +88,11 @@ export class AttemptWriter {
         for (const b of batch) b.resolve();
         return;
       } catch (err) {
-        if (this.stopped) throw err;
+        if (Date.now() >= this.giveUpAt) {
+          this.log.error({ err, records: batch.length }, "stopping: attempt records given up; their deliveries stay pending and will be sent again");
+          for (const b of batch) b.reject(err);
+          return;
+        }
         if (retry && isUniqueViolation(err)) {
           // A batch is one statement and its attempt ids are new: meeting them stored, a retry learns that
           // the try before it committed and only its reply was lost with the connection.
@@ -99,7 +114,7 @@ export class AttemptWriter {
    * Isolates the record Postgres refuses. It is written again without the receiver-controlled text; if
    * even that fails it is dropped, and its delivery stays pending, to be sent again (at least once).
    */
-  private async writeOneByOne(batch: { record: AttemptRecord; resolve: () => void }[]): Promise<void> {
+  private async writeOneByOne(batch: Pending[]): Promise<void> {
     for (const { record, resolve } of batch) {
       try {
         await recordAttempts(this.db, [record]);
@@ -118,8 +133,13 @@ export class AttemptWriter {
       this.kick();
       await (this.flushing.size > 0 ? Promise.race(this.flushing) : new Promise((r) => setTimeout(r, 1)));
     }
-    this.stopped = true;
   }
+}
+
+interface Pending {
+  record: AttemptRecord;
+  resolve: () => void;
+  reject: (err: unknown) => void;
 }
 
 /** SQLSTATE classes 22 (data exception) and 23 (integrity): the data is wrong, not the connection. */

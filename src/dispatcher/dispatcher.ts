@@ -38,6 +38,8 @@ const FULL_SWEEP_EVERY_MS = 60_000;
  * reach their receiver first. Renewals come every 2 s of a 10 s TTL, so a healthy process never waits.
  */
 const LEASE_USABLE_SHARE = 0.75;
+/** How long a stopping dispatcher keeps trying to record its last attempts before it gives them up. */
+const STOP_RECORD_GRACE_MS = 10_000;
 
 export interface DispatcherOptions {
   db: Db;
@@ -132,6 +134,8 @@ export class Dispatcher {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    // Attempts in flight wait for their records; with Postgres down they would hold the stop until it is back.
+    this.writer.giveUpAfter(STOP_RECORD_GRACE_MS);
     clearInterval(this.leaseTimer);
     clearInterval(this.sweepTimer);
     await this.tick;

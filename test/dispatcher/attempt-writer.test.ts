@@ -141,3 +141,32 @@ test("a write whose commit was hidden by a lost connection is not written again,
     await proxy.close();
   }
 });
+
+test("a stopping writer gives its records up once its grace is over when Postgres is unreachable, instead of holding the stop", async () => {
+  const target = new URL(db.url);
+  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  const viaProxy = new URL(db.url);
+  viaProxy.port = String(proxy.port);
+  const proxied = await openStore({ databaseUrl: viaProxy.toString(), dataDir: "/nonexistent", onConnectionError: () => undefined });
+  try {
+    const writer = new AttemptWriter(proxied.db, createLogger("silent", "test"));
+    const id = await pendingDelivery(1);
+    proxy.block();
+    const written = writer.write(success(id)).then(
+      () => "written",
+      (err: Error) => `given up: ${err.message}`,
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    const t0 = Date.now();
+    writer.giveUpAfter(500);
+    await writer.stop();
+    const took = Date.now() - t0;
+    assert.match(await written, /^given up: /);
+    assert.ok(took >= 400 && took < 3_000, `the stop ended after the grace (${took} ms)`);
+    const row = await store.db.selectFrom("deliveries").select(["status", "attempts"]).where("id", "=", id).executeTakeFirstOrThrow();
+    assert.deepEqual(row, { status: "pending", attempts: 0 }, "the delivery stays pending, to be sent again");
+  } finally {
+    await proxied.close();
+    await proxy.close();
+  }
+});
