@@ -159,12 +159,13 @@ const CONNECTION_ERRNOS = new Set(["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIME
 
 /**
  * The database could not be reached, or went away mid-statement: a refused or cut connection, a server
- * shutting down, crashing or still starting (SQLSTATE class 08, 57P01–57P03). The statement may be tried
- * again once it is back; nothing about the request was wrong.
+ * shutting down, crashing or still starting (SQLSTATE class 08, 57P01–57P03), or out of a resource (class
+ * 53: too many connections, disk full, out of memory). The statement may be tried again once it is back;
+ * nothing about the request was wrong.
  */
 export function isDatabaseUnavailable(err: unknown): boolean {
   const code = sqlState(err);
-  if (code !== undefined && (CONNECTION_ERRNOS.has(code) || code.startsWith("08") || /^57P0[123]$/.test(code))) return true;
+  if (code !== undefined && (CONNECTION_ERRNOS.has(code) || /^(08|53)/.test(code) || /^57P0[123]$/.test(code))) return true;
   // pg reports a connection lost under a running statement, and pg-pool a connect that timed out, without a code.
   return err instanceof Error && /^Connection terminated|connection error and is not queryable|^timeout exceeded when trying to connect/.test(err.message);
 }

@@ -7,6 +7,7 @@ import os from "node:os";
 import pg from "pg";
 import { sql } from "kysely";
 import { isDatabaseUnavailable, openStore } from "../../src/store/db.js";
+import { restError } from "../../src/server/errors.js";
 import { ADMIN_URL, createTestDatabase } from "../support/postgres.js";
 import { startTcpProxy } from "../support/tcp-proxy.js";
 import { sleep } from "../support/wait.js";
@@ -110,4 +111,30 @@ test("a server that stops answering without a word: the statement fails as 'unav
   assert.ok(took >= 450 && took < 3_000, `given up after the watchdog (${took} ms)`);
   const { rows } = await sql<{ three: number }>`select 3 as three`.execute(store.db);
   assert.deepEqual(rows, [{ three: 3 }]);
+});
+
+test("a server out of connections for the role is unavailable, not an internal error", async () => {
+  const database = await createTestDatabase("connection_loss_full");
+  cleanups.push(() => database.drop());
+  // A role allowed no connection at all: Postgres answers "too many connections for role" (53300), as a
+  // server whose max_connections the deployment's pools outgrew does.
+  const role = `webhookd_test_full_${Date.now().toString(36)}`;
+  const admin = new pg.Client({ connectionString: ADMIN_URL });
+  await admin.connect();
+  await admin.query(`create role ${role} login connection limit 0`);
+  cleanups.push(async () => {
+    await admin.query(`drop role if exists ${role}`);
+    await admin.end();
+  });
+  const url = new URL(database.url);
+  url.username = role;
+  const store = await openStore({ databaseUrl: url.toString(), dataDir: os.tmpdir(), poolSize: 1 });
+  cleanups.push(() => store.close());
+  const failure = await sql`select 1`.execute(store.db).then(
+    () => undefined,
+    (err: Error & { code?: string }) => err,
+  );
+  assert.equal(failure?.code, "53300", failure?.message);
+  assert.equal(isDatabaseUnavailable(failure), true);
+  assert.equal(restError(failure).status, 503, "the API answers 503 'unavailable'");
 });
