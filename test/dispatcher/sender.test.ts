@@ -206,10 +206,14 @@ test("a 1 MB response is cut after the read limit: 4 KB kept, the connection clo
 
 test("time queued behind the per-origin connection cap counts toward the deadline", { timeout: 5_000 }, async () => {
   routes.set("/quick", (_req, res) => res.end("quick"));
+  // Answers 50 ms after it gets the socket, which it gets only when the hanging request is cut at its
+  // deadline: by then the queued request's own deadline, a few ms later, has passed unless the time it
+  // queued is not counted. (Answering at once, it could get in under its deadline on a busy machine,
+  // where the two sends start several ms apart.)
+  routes.set("/soon", (_req, res) => setTimeout(() => res.end("soon"), 50));
   const single = track(createSender({ ...LOOPBACK, connectionsPerOrigin: 1 }));
   const hanging = single.send(delivery("/hang"));
-  // Queued behind the hanging request; /quick would answer at once if it ever got the socket in time.
-  const queued = single.send(delivery("/quick"));
+  const queued = single.send(delivery("/soon"));
   const [first, second] = await within(Promise.all([hanging, queued]), SETTLE_MS, "hanging and queued requests");
   assertTimedOut(first, "the hanging request");
   assertTimedOut(second, "the request queued behind it");
