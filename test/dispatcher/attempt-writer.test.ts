@@ -112,11 +112,8 @@ test("a record Postgres refuses does not stall the records batched with it", asy
 test("a write whose commit was hidden by a lost connection is not written again, nor reported dropped", async () => {
   // The writer reaches Postgres through a proxy: the batch's statement gets through and commits, its reply
   // is lost, the connection dies. The retry then meets its own attempt ids: the batch is done.
-  const target = new URL(db.url);
-  const proxy = await startTcpProxy(target.hostname, Number(target.port));
-  const viaProxy = new URL(db.url);
-  viaProxy.port = String(proxy.port);
-  const proxied = await openStore({ databaseUrl: viaProxy.toString(), dataDir: "/nonexistent", onConnectionError: () => undefined });
+  const proxy = await startTcpProxy(db.url);
+  const proxied = await openStore({ databaseUrl: proxy.url, dataDir: "/nonexistent", onConnectionError: () => undefined });
   const lines: { level: number; msg: string }[] = [];
   const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
   try {
@@ -143,11 +140,8 @@ test("a write whose commit was hidden by a lost connection is not written again,
 });
 
 test("a stopping writer gives its records up once its grace is over when Postgres is unreachable, instead of holding the stop", async () => {
-  const target = new URL(db.url);
-  const proxy = await startTcpProxy(target.hostname, Number(target.port));
-  const viaProxy = new URL(db.url);
-  viaProxy.port = String(proxy.port);
-  const proxied = await openStore({ databaseUrl: viaProxy.toString(), dataDir: "/nonexistent", onConnectionError: () => undefined });
+  const proxy = await startTcpProxy(db.url);
+  const proxied = await openStore({ databaseUrl: proxy.url, dataDir: "/nonexistent", onConnectionError: () => undefined });
   try {
     const writer = new AttemptWriter(proxied.db, createLogger("silent", "test"));
     const id = await pendingDelivery(1);

@@ -12,6 +12,7 @@ import { checkReceived, createHooks, publishRound, publishRoundUntilAccepted, wa
 import { NATS_URL, natsPrefix } from "../support/nats.js";
 import { startPostgresServer } from "../support/postgres.js";
 import { startReceiver } from "../support/receiver.js";
+import { collectUncaught } from "../support/uncaught.js";
 import { sleep } from "../support/wait.js";
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -27,10 +28,8 @@ test("Postgres crashed and restarted mid-run: publishes in the outage get 503, n
   // A little time per request, so that attempts are in flight when the server goes.
   const receiver = await startReceiver(() => ({ delayMs: 5 }));
   cleanups.push(() => receiver.close());
-  const uncaught: Error[] = [];
-  const onUncaught = (err: Error) => uncaught.push(err);
-  process.on("uncaughtException", onUncaught);
-  cleanups.push(async () => process.off("uncaughtException", onUncaught));
+  const uncaught = collectUncaught();
+  cleanups.push(uncaught.stop);
 
   const env = { DATABASE_URL: server.url, NATS_URL, WEBHOOKD_NATS_PREFIX: nats.prefix };
   const { app: api, url } = await startTestApp(env, ["api"]);
@@ -82,7 +81,7 @@ test("Postgres crashed and restarted mid-run: publishes in the outage get 503, n
   await waitAllSucceeded(client, total);
   // Order per webhook, every signature, and a repeat only of a head whose record the crash cut off.
   const duplicates = [...checkReceived(receiver, hooks).values()].reduce((a, b) => a + b, 0);
-  assert.deepEqual(uncaught.map((e) => e.message), [], "no uncaught exception in the api or the dispatcher");
+  assert.deepEqual(uncaught.errors.map((e) => e.message), [], "no uncaught exception in the api or the dispatcher");
   console.log(`outage ${up - down} ms; ${refusals.length} refusals; all ${total} delivered ${resumedMs} ms after Postgres was back; ${duplicates} repeats`);
   await dispatcher.stop();
   await api.stop();

@@ -195,10 +195,9 @@ test("a feed made while NATS is down is up at once, off, and on by itself when N
 });
 
 test("a NATS that stops answering without closing the connection costs one publish the flush timeout, not every publish", async () => {
-  const target = new URL(NATS_URL);
-  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  const proxy = await startTcpProxy(NATS_URL);
   cleanups.push(() => proxy.close());
-  const { feed } = await feedOn(`nats://127.0.0.1:${proxy.port}`, "silent");
+  const { feed } = await feedOn(proxy.url, "silent");
   const timed = async () => {
     const t0 = Date.now();
     await feed.publish([job("wh_s", 3, 1, 100)]);

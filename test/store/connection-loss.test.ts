@@ -10,6 +10,7 @@ import { isDatabaseUnavailable, openStore } from "../../src/store/db.js";
 import { restError } from "../../src/server/errors.js";
 import { ADMIN_URL, createTestDatabase } from "../support/postgres.js";
 import { startTcpProxy } from "../support/tcp-proxy.js";
+import { collectUncaught } from "../support/uncaught.js";
 import { sleep } from "../support/wait.js";
 
 const cleanups: (() => Promise<unknown>)[] = [];
@@ -17,16 +18,22 @@ after(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch((err) => console.error("cleanup failed", err));
 });
 
+/** The error `statement` fails with, or undefined when it succeeds. */
+function failureOf(statement: Promise<unknown>): Promise<(Error & { code?: string }) | undefined> {
+  return statement.then(
+    () => undefined,
+    (err: Error) => err,
+  );
+}
+
 test("idle connections terminated by the server are replaced, and the process lives on", async () => {
   const database = await createTestDatabase("connection_loss");
   cleanups.push(() => database.drop());
   const failures: Error[] = [];
   const store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 4, onConnectionError: (err) => failures.push(err) });
   cleanups.push(() => store.close());
-  const uncaught: Error[] = [];
-  const onUncaught = (err: Error) => uncaught.push(err);
-  process.on("uncaughtException", onUncaught);
-  cleanups.push(async () => process.off("uncaughtException", onUncaught));
+  const uncaught = collectUncaught();
+  cleanups.push(uncaught.stop);
 
   // Four idle connections in the pool.
   await Promise.all(Array.from({ length: 4 }, () => sql`select pg_sleep(0.05)`.execute(store.db)));
@@ -41,7 +48,7 @@ test("idle connections terminated by the server are replaced, and the process li
   }
   await sleep(300);
 
-  assert.deepEqual(uncaught.map((e) => e.message), [], "no uncaught exception");
+  assert.deepEqual(uncaught.errors.map((e) => e.message), [], "no uncaught exception");
   assert.equal(failures.length, 4, "each lost connection reported once");
   assert.match(failures[0]!.message, /terminating connection/);
   const { rows } = await sql<{ one: number }>`select 1 as one`.execute(store.db);
@@ -53,30 +60,22 @@ test("a connection cut under a running statement fails that statement as 'unavai
   cleanups.push(() => database.drop());
   // The store reaches Postgres through a proxy that can close its connections with no word from the
   // server, as a crashed server or a broken network does.
-  const target = new URL(database.url);
-  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  const proxy = await startTcpProxy(database.url);
   cleanups.push(() => proxy.close());
-  const viaProxy = new URL(database.url);
-  viaProxy.port = String(proxy.port);
-  const store = await openStore({ databaseUrl: viaProxy.toString(), dataDir: os.tmpdir(), poolSize: 2, onConnectionError: () => undefined });
+  const store = await openStore({ databaseUrl: proxy.url, dataDir: os.tmpdir(), poolSize: 2, onConnectionError: () => undefined });
   cleanups.push(() => store.close());
-  const uncaught: Error[] = [];
-  const onUncaught = (err: Error) => uncaught.push(err);
-  process.on("uncaughtException", onUncaught);
-  cleanups.push(async () => process.off("uncaughtException", onUncaught));
+  const uncaught = collectUncaught();
+  cleanups.push(uncaught.stop);
 
   // pg emits 'error' on a client whose connection ends while it is checked out; the pool listens only
   // to idle ones, so without a listener of the store's own that event is an uncaught exception.
-  const running = sql`select pg_sleep(1)`.execute(store.db).then(
-    () => undefined,
-    (err: Error) => err,
-  );
+  const running = failureOf(sql`select pg_sleep(1)`.execute(store.db));
   await sleep(200);
   proxy.cut();
   const failure = await running;
   await sleep(300);
 
-  assert.deepEqual(uncaught.map((e) => e.message), [], "no uncaught exception");
+  assert.deepEqual(uncaught.errors.map((e) => e.message), [], "no uncaught exception");
   assert.ok(failure instanceof Error, "the statement failed");
   assert.equal(isDatabaseUnavailable(failure), true, `classed as the database unavailable: ${failure.message}`);
   const { rows } = await sql<{ one: number }>`select 1 as one`.execute(store.db);
@@ -86,12 +85,9 @@ test("a connection cut under a running statement fails that statement as 'unavai
 test("a server that stops answering without a word: the statement fails as 'unavailable' after the watchdog, and the next one works", async () => {
   const database = await createTestDatabase("connection_loss_silent");
   cleanups.push(() => database.drop());
-  const target = new URL(database.url);
-  const proxy = await startTcpProxy(target.hostname, Number(target.port));
+  const proxy = await startTcpProxy(database.url);
   cleanups.push(() => proxy.close());
-  const viaProxy = new URL(database.url);
-  viaProxy.port = String(proxy.port);
-  const store = await openStore({ databaseUrl: viaProxy.toString(), dataDir: os.tmpdir(), poolSize: 1, onConnectionError: () => undefined });
+  const store = await openStore({ databaseUrl: proxy.url, dataDir: os.tmpdir(), poolSize: 1, onConnectionError: () => undefined });
   cleanups.push(() => store.close());
   store.watchStatements(500);
 
@@ -100,10 +96,7 @@ test("a server that stops answering without a word: the statement fails as 'unav
   // connection (the failed-over server at the same address) answers.
   proxy.freeze();
   const t0 = Date.now();
-  const failure = await sql`select 2`.execute(store.db).then(
-    () => undefined,
-    (err: Error) => err,
-  );
+  const failure = await failureOf(sql`select 2`.execute(store.db));
   const took = Date.now() - t0;
   assert.ok(failure instanceof Error, "the statement failed");
   assert.equal(isDatabaseUnavailable(failure), true, `classed as the database unavailable: ${failure.message}`);
@@ -130,10 +123,7 @@ test("a server out of connections for the role is unavailable, not an internal e
   url.username = role;
   const store = await openStore({ databaseUrl: url.toString(), dataDir: os.tmpdir(), poolSize: 1 });
   cleanups.push(() => store.close());
-  const failure = await sql`select 1`.execute(store.db).then(
-    () => undefined,
-    (err: Error & { code?: string }) => err,
-  );
+  const failure = await failureOf(sql`select 1`.execute(store.db));
   assert.equal(failure?.code, "53300", failure?.message);
   assert.equal(isDatabaseUnavailable(failure), true);
   assert.equal(restError(failure).status, 503, "the API answers 503 'unavailable'");

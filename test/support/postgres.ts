@@ -1,10 +1,11 @@
-import { execFile, execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
 import { freePort } from "./ports.js";
+import { serverProcess } from "./server-process.js";
 
 export const ADMIN_URL = process.env.TEST_POSTGRES_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -70,33 +71,13 @@ export async function startPostgresServer(options: { started?: boolean } = {}): 
   await run("initdb", ["-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
   const port = await freePort();
   const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
-  let server: ChildProcess | undefined;
-  let output = "";
-
-  const start = async () => {
-    const child = spawn(path.join(bin, "postgres"), ["-D", data, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1"], {
-      ...asUser,
-      cwd: dir,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    output = "";
-    child.stdout!.on("data", (c: Buffer) => (output += c.toString()));
-    child.stderr!.on("data", (c: Buffer) => (output += c.toString()));
-    const deadline = Date.now() + 20_000;
-    while (!/ready to accept connections/.test(output)) {
-      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`postgres did not start:\n${output}`);
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-    server = child;
-  };
-  const crash = async () => {
-    const child = server;
-    server = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = new Promise((resolve) => child.once("exit", resolve));
-    child.kill("SIGQUIT");
-    await exited;
-  };
+  const server = serverProcess("postgres", path.join(bin, "postgres"), ["-D", data, "-p", String(port), "-k", dir, "-c", "listen_addresses=127.0.0.1"], {
+    ready: /ready to accept connections/,
+    timeoutMs: 20_000,
+    spawn: { ...asUser, cwd: dir },
+  });
+  const start = () => server.start();
+  const crash = () => server.end("SIGQUIT");
   if (options.started ?? true) await start();
   return {
     url,

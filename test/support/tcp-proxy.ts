@@ -1,8 +1,9 @@
 import net from "node:net";
 
 /**
- * A TCP proxy on a loopback port of its own in front of `host:port`, to break a client's connections in
- * ways a healthy server never does:
+ * A TCP proxy on a loopback port of its own in front of the server at `target` (any URL with a host and
+ * port: postgres://, nats://); `url` is `target` reached through the proxy. It breaks a client's
+ * connections in ways a healthy server never does:
  * - `hold()`: the client's bytes stop reaching the server while the server's still reach the client
  *   (the client stays connected, and what it sends from then on is lost);
  * - `mute()`: the server's bytes stop reaching the client on the connections open now (what the client
@@ -13,7 +14,8 @@ import net from "node:net";
  * - `block()`: `cut()`, and new connections are closed as soon as they come, until `unblock()` (a
  *   network partition between the client and the server).
  */
-export async function startTcpProxy(host: string, port: number): Promise<{ port: number; hold(): void; mute(): void; freeze(): void; cut(): void; block(): void; unblock(): void; close(): Promise<void> }> {
+export async function startTcpProxy(target: string): Promise<{ url: string; hold(): void; mute(): void; freeze(): void; cut(): void; block(): void; unblock(): void; close(): Promise<void> }> {
+  const { hostname, port } = new URL(target);
   let holding = false;
   let blocked = false;
   const muted = new WeakSet<net.Socket>();
@@ -24,7 +26,7 @@ export async function startTcpProxy(host: string, port: number): Promise<{ port:
       client.destroy();
       return;
     }
-    const upstream = net.connect(port, host);
+    const upstream = net.connect(Number(port), hostname);
     for (const s of [client, upstream]) {
       sockets.add(s);
       s.on("close", () => sockets.delete(s));
@@ -45,8 +47,11 @@ export async function startTcpProxy(host: string, port: number): Promise<{ port:
   const cut = () => {
     for (const s of sockets) s.destroy();
   };
+  const url = new URL(target);
+  url.hostname = "127.0.0.1";
+  url.port = String((server.address() as net.AddressInfo).port);
   return {
-    port: (server.address() as net.AddressInfo).port,
+    url: url.toString(),
     hold() {
       holding = true;
     },
