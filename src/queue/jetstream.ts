@@ -329,29 +329,44 @@ async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storag
 /** What every shard's consumer is, besides its name and filter. */
 const CONSUMER_SETTINGS = { ack_wait: 30 * 1e9, max_ack_pending: 10_000 };
 
-/** Creates the consumer, or brings one an earlier release made to today's settings; true when it had to be created. */
+/**
+ * Creates the consumer, or brings one an earlier release (or an operator) left otherwise to today's
+ * settings; true when it had to be created.
+ */
 async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, durable: string, filter: string, log: Logger): Promise<boolean> {
-  let config;
-  try {
-    ({ config } = await jsm.consumers.info(names.stream, durable));
-  } catch (err) {
-    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
-    await jsm.consumers.add(names.stream, {
+  const create = () =>
+    jsm.consumers.add(names.stream, {
       durable_name: durable,
       filter_subject: filter,
       ack_policy: AckPolicy.Explicit,
       deliver_policy: DeliverPolicy.All,
       ...CONSUMER_SETTINGS,
     });
+  let config;
+  try {
+    ({ config } = await jsm.consumers.info(names.stream, durable));
+  } catch (err) {
+    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    await create();
     return true;
   }
-  if (config.filter_subject === filter && config.ack_wait === CONSUMER_SETTINGS.ack_wait && config.max_ack_pending === CONSUMER_SETTINGS.max_ack_pending) return false;
+  if (config.filter_subject !== filter) {
+    // Made again rather than changed: NATS 2.9.10 takes a new filter in place, but a message on it does
+    // not wake the pulls that wait (2.10.27 and 2.15.1 do), so jobs came only as each pull expired, 30 s
+    // apart. What the old consumer had not acked stays in the work-queue stream for the new one.
+    await jsm.consumers.delete(names.stream, durable).catch((err) => {
+      if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    });
+    await create();
+    log.info({ durable, filter, had: config.filter_subject }, "consumer made again with today's filter");
+    return true;
+  }
+  if (config.ack_wait === CONSUMER_SETTINGS.ack_wait && config.max_ack_pending === CONSUMER_SETTINGS.max_ack_pending) return false;
   try {
-    await jsm.consumers.update(names.stream, durable, { filter_subject: filter, ...CONSUMER_SETTINGS });
+    await jsm.consumers.update(names.stream, durable, CONSUMER_SETTINGS);
     log.info({ durable }, "consumer settings updated");
   } catch (err) {
-    // NATS 2.9 cannot change a consumer's filter (2.10 can): the consumer goes on as it is.
-    log.warn({ err, durable, filter, had: config.filter_subject }, "consumer settings could not be updated; delete the consumer to recreate it");
+    log.warn({ err, durable }, "consumer settings could not be updated; delete the consumer to recreate it");
   }
   return false;
 }

@@ -3,6 +3,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "@nats-io/transport-node";
+import { pino } from "pino";
 import { createJetStreamFeed, jetStreamNames } from "../../src/queue/jetstream.js";
 import type { DeliveryFeed } from "../../src/queue/feed.js";
 import type { DeliveryJob } from "../../src/queue/job.js";
@@ -134,6 +135,43 @@ test("a consumer an earlier release left with other settings is brought to today
   await subscription.stop();
   assert.equal(config.ack_wait, 30 * 1e9);
   assert.equal(config.max_ack_pending, 10_000);
+});
+
+test("a consumer an earlier release left with another filter is made again with today's, and carries today's jobs at once", async () => {
+  // NATS 2.9.10 took a new filter in place, but its waiting pulls were not woken by jobs on it: they came
+  // only as a pull expired, 30 s apart. This runs on 2.10+ too (`npm run test:nats-versions`).
+  const lines: unknown[] = [];
+  const warnings = pino({ level: "warn" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const names = natsPrefix("filter");
+  const feed = await createJetStreamFeed({ url: NATS_URL, prefix: names.prefix, logger: warnings, name: "feed-test-filter" });
+  cleanups.push(() => names.cleanup().catch(() => undefined), () => feed.close());
+  const { stream, subjectRoot, consumerPrefix } = jetStreamNames(names.prefix);
+  const durable = `${consumerPrefix}_3`;
+  const nc = await connect({ servers: NATS_URL });
+  cleanups.push(() => nc.close());
+  const { jetstreamManager, AckPolicy, DeliverPolicy } = await import("@nats-io/jetstream");
+  const jsm = await jetstreamManager(nc);
+  await jsm.consumers.add(stream, {
+    durable_name: durable,
+    filter_subject: `${subjectRoot}.3.legacy.>`,
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: 5 * 1e9,
+  });
+
+  // Queued before the consumer is made again: the work-queue stream keeps it for the new one.
+  await feed.publish([job("wh_f", 3, 1, 100)]);
+
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(3, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  const { config } = await jsm.consumers.info(stream, durable);
+  assert.equal(config.filter_subject, `${subjectRoot}.3.>`, `NATS ${nc.info?.version} took the new filter`);
+  assert.equal(config.ack_wait, 30 * 1e9);
+  await feed.publish([job("wh_f", 3, 2, 100)]);
+  await eventually(async () => received.length, (n) => n === 2, "both jobs on today's subject", 5_000);
+  assert.deepEqual(received.map((j) => j.seq), [1, 2]);
+  assert.deepEqual(lines, []);
 });
 
 test("a restarted server's lost memory stream is put back, and the feed carries jobs again", async () => {
