@@ -214,6 +214,37 @@ test("a restarted server's lost memory stream is put back, and the feed carries 
   }
 });
 
+test("with file storage (WEBHOOKD_NATS_STORAGE=file), jobs queued when the server is killed are still there after it restarts", async () => {
+  const nats = await startNatsServer();
+  cleanups.push(() => nats.stop());
+  const names = natsPrefix("file");
+  const feed = await createJetStreamFeed({ url: nats.url, prefix: names.prefix, logger: log, name: "feed-test-file", storage: "file" });
+  cleanups.push(() => feed.close());
+  // Queued with no one reading them: a memory stream would lose them with the server.
+  await feed.publish([job("wh_d", 4, 1, 100), job("wh_d", 4, 2, 100)]);
+  await feed.publish([job("wh_d", 4, 3, 100)]);
+
+  await nats.kill();
+  await nats.start();
+  await eventually(async () => feed.healthy(), (up) => up, "the feed reconnected", 10_000);
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(4, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await eventually(async () => received.length, (n) => n === 3, "the jobs queued before the kill", 10_000);
+  assert.deepEqual(received.map((j) => j.seq), [1, 2, 3]);
+
+  const nc = await connect({ servers: nats.url });
+  try {
+    const { jetstreamManager } = await import("@nats-io/jetstream");
+    const info = await (await jetstreamManager(nc)).streams.info(jetStreamNames(names.prefix).stream);
+    assert.equal(info.config.storage, "file");
+    // Work-queue retention: what the consumer acked is gone from the stream.
+    await eventually(async () => (await (await jetstreamManager(nc)).streams.info(jetStreamNames(names.prefix).stream)).state.messages, (n) => n === 0, "the acked jobs removed", 5_000);
+  } finally {
+    await nc.close();
+  }
+});
+
 test("a feed made while NATS is down is up at once, off, and on by itself when NATS comes", async () => {
   const nats = await startNatsServer({ started: false });
   cleanups.push(() => nats.stop());
