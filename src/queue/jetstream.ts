@@ -155,6 +155,8 @@ export async function createJetStreamFeed(options: {
     await attach(await connect(connectOptions));
     await ensureStream(link!.jsm, names, storage, log);
     connected = true;
+    // The server's release: what a stream or consumer does can differ between them (see ensureConsumer).
+    log.info({ url: options.url, serverVersion: link!.nc.info?.version }, "NATS reached; the feed is on");
   } catch (err) {
     if (!(err instanceof ConnectionError)) {
       await link?.nc.close();
@@ -179,7 +181,7 @@ export async function createJetStreamFeed(options: {
         await attach(nc);
         await restore("connected");
         connected = !nc.isClosed();
-        log.warn({ url: options.url }, "NATS reached; the feed is on");
+        log.warn({ url: options.url, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
         return;
       }
     })().catch((later) => log.error({ err: later }, "the feed could not join NATS; the sweep delivers everything"));
