@@ -297,6 +297,10 @@ export async function createJetStreamFeed(options: {
   };
 }
 
+function isNotFound(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.status === 404;
+}
+
 /** What a memory-backed stream may hold; past it the oldest jobs are dropped and the sweep sends them. */
 const MEMORY_STREAM_MAX_BYTES = 256 * 1024 * 1024;
 
@@ -316,7 +320,7 @@ async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storag
     await jsm.streams.update(names.stream, { ...limits, max_bytes: info.config.storage === StorageType.Memory ? MEMORY_STREAM_MAX_BYTES : -1 });
     return false;
   } catch (err) {
-    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    if (!isNotFound(err)) throw err;
     await jsm.streams.add({
       name: names.stream,
       ...limits,
@@ -348,7 +352,7 @@ async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, dura
   try {
     ({ config } = await jsm.consumers.info(names.stream, durable));
   } catch (err) {
-    if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+    if (!isNotFound(err)) throw err;
     await create();
     return true;
   }
@@ -357,7 +361,7 @@ async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, dura
     // not wake the pulls that wait (2.10.27 and 2.15.1 do), so jobs came only as each pull expired, 30 s
     // apart. What the old consumer had not acked stays in the work-queue stream for the new one.
     await jsm.consumers.delete(names.stream, durable).catch((err) => {
-      if (!(err instanceof JetStreamApiError) || err.status !== 404) throw err;
+      if (!isNotFound(err)) throw err;
     });
     await create();
     log.info({ durable, filter, had: config.filter_subject }, "consumer made again with today's filter");

@@ -3,7 +3,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { connect } from "@nats-io/transport-node";
-import { pino } from "pino";
+import { pino, type Logger } from "pino";
 import { createJetStreamFeed, jetStreamNames } from "../../src/queue/jetstream.js";
 import type { DeliveryFeed } from "../../src/queue/feed.js";
 import type { DeliveryJob } from "../../src/queue/job.js";
@@ -37,9 +37,9 @@ function job(webhookId: string, shard: number, seq: number, payloadChars: number
   };
 }
 
-async function feedOn(url: string, label: string): Promise<{ feed: DeliveryFeed; prefix: string }> {
+async function feedOn(url: string, label: string, options: { logger?: Logger; storage?: "memory" | "file" } = {}): Promise<{ feed: DeliveryFeed; prefix: string }> {
   const names = natsPrefix(label);
-  const feed = await createJetStreamFeed({ url, prefix: names.prefix, logger: log, name: `feed-test-${label}` });
+  const feed = await createJetStreamFeed({ url, prefix: names.prefix, logger: options.logger ?? log, name: `feed-test-${label}`, storage: options.storage });
   cleanups.push(() => names.cleanup().catch(() => undefined), () => feed.close());
   return { feed, prefix: names.prefix };
 }
@@ -142,10 +142,8 @@ test("a consumer an earlier release left with another filter is made again with 
   // only as a pull expired, 30 s apart. This runs on 2.10+ too (`npm run test:nats-versions`).
   const lines: { level: number; msg: string; serverVersion?: string }[] = [];
   const logger = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
-  const names = natsPrefix("filter");
-  const feed = await createJetStreamFeed({ url: NATS_URL, prefix: names.prefix, logger, name: "feed-test-filter" });
-  cleanups.push(() => names.cleanup().catch(() => undefined), () => feed.close());
-  const { stream, subjectRoot, consumerPrefix } = jetStreamNames(names.prefix);
+  const { feed, prefix } = await feedOn(NATS_URL, "filter", { logger });
+  const { stream, subjectRoot, consumerPrefix } = jetStreamNames(prefix);
   const durable = `${consumerPrefix}_3`;
   const nc = await connect({ servers: NATS_URL });
   cleanups.push(() => nc.close());
@@ -219,9 +217,7 @@ test("a restarted server's lost memory stream is put back, and the feed carries 
 test("with file storage (WEBHOOKD_NATS_STORAGE=file), jobs queued when the server is killed are still there after it restarts", async () => {
   const nats = await startNatsServer();
   cleanups.push(() => nats.stop());
-  const names = natsPrefix("file");
-  const feed = await createJetStreamFeed({ url: nats.url, prefix: names.prefix, logger: log, name: "feed-test-file", storage: "file" });
-  cleanups.push(() => feed.close());
+  const { feed, prefix } = await feedOn(nats.url, "file", { storage: "file" });
   // Queued with no one reading them: a memory stream would lose them with the server.
   await feed.publish([job("wh_d", 4, 1, 100), job("wh_d", 4, 2, 100)]);
   await feed.publish([job("wh_d", 4, 3, 100)]);
@@ -238,10 +234,11 @@ test("with file storage (WEBHOOKD_NATS_STORAGE=file), jobs queued when the serve
   const nc = await connect({ servers: nats.url });
   try {
     const { jetstreamManager } = await import("@nats-io/jetstream");
-    const info = await (await jetstreamManager(nc)).streams.info(jetStreamNames(names.prefix).stream);
-    assert.equal(info.config.storage, "file");
+    const jsm = await jetstreamManager(nc);
+    const { stream } = jetStreamNames(prefix);
+    assert.equal((await jsm.streams.info(stream)).config.storage, "file");
     // Work-queue retention: what the consumer acked is gone from the stream.
-    await eventually(async () => (await (await jetstreamManager(nc)).streams.info(jetStreamNames(names.prefix).stream)).state.messages, (n) => n === 0, "the acked jobs removed", 5_000);
+    await eventually(async () => (await jsm.streams.info(stream)).state.messages, (n) => n === 0, "the acked jobs removed", 5_000);
   } finally {
     await nc.close();
   }
