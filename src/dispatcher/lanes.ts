@@ -57,6 +57,12 @@ export interface LaneEngineDeps {
 const IDLE_EVICT_MS = 60_000;
 /** Queue positions whose jobs keep the payload they came with. */
 const PAYLOADS_KEPT = 2;
+/**
+ * How long a lane remembers the seqs it finished. A sweep's answer names each webhook's lowest pending
+ * seq as it was when the sweep read it; a lane that finished that seq since is ahead of the answer, not
+ * behind a put-back delivery. A sweep slower than this costs a needless read of the record, no more.
+ */
+const RECENT_FINALS_MS = 30_000;
 
 /**
  * Per-webhook lanes. The invariant: a lane sends only the head of each ordering key (the whole webhook
@@ -95,9 +101,12 @@ export class LaneEngine {
     this.laneFor(job.webhookId, job.shard).offer(job);
   }
 
-  /** From the sweep: the webhook has due work in Postgres, its lowest pending seq is `firstPendingSeq`; make sure a lane is on it. */
-  wake(webhookId: string, shard: number, firstPendingSeq?: number): void {
-    this.laneFor(webhookId, shard).poke(firstPendingSeq);
+  /**
+   * From the sweep: the webhook has due work in Postgres, its lowest pending seq is `firstPendingSeq`
+   * (as of `readAt`, when the sweep's query was sent); make sure a lane is on it.
+   */
+  wake(webhookId: string, shard: number, firstPendingSeq?: number, readAt = Date.now()): void {
+    this.laneFor(webhookId, shard).poke(firstPendingSeq, readAt);
   }
 
   has(webhookId: string): boolean {
@@ -197,6 +206,8 @@ class Lane {
   private loading: Promise<void> | undefined;
   /** Deliveries that became final while a load was in flight: its snapshot may still list them as pending. */
   private readonly finalWhileLoading = new Set<string>();
+  /** Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS. */
+  private readonly recentFinals = new Map<number, number>();
   private readonly busyKeys = new Set<string>();
   private readonly attempts = new Set<Promise<void>>();
   private timer: NodeJS.Timeout | undefined;
@@ -242,11 +253,20 @@ class Lane {
     }, (err) => this.engine.deps.log.warn({ err, deliveryId: job.deliveryId }, "pending check failed; the sweep will retry"));
   }
 
-  /** The sweep found due work for this webhook in Postgres. */
-  poke(firstPendingSeq?: number): void {
+  /** The sweep found due work for this webhook in Postgres, reading it at `readAt`. */
+  poke(firstPendingSeq: number | undefined, readAt: number): void {
     if (this.closed || this.loading) return;
-    if (this.loaded && firstPendingSeq !== undefined && firstPendingSeq <= this.knownThrough && !this.queue.some((j) => j.seq === firstPendingSeq)) {
+    if (
+      this.loaded &&
+      firstPendingSeq !== undefined &&
+      firstPendingSeq <= this.knownThrough &&
+      !this.queue.some((j) => j.seq === firstPendingSeq) &&
+      !((this.recentFinals.get(firstPendingSeq) ?? -Infinity) >= readAt)
+    ) {
       // Put back behind the lane's position (a retry by hand, a replay): read from there; the load merges.
+      // Not when the lane finished that seq after the sweep read it: with a thousand busy lanes, those
+      // stale answers made a read of up to `capacity` deliveries per lane and sweep, and cut delivery
+      // to a quarter of its rate until the backlog was older than the sweep's window.
       this.load(firstPendingSeq - 1);
       return;
     }
@@ -428,6 +448,7 @@ class Lane {
         if (outcome.final) {
           this.queue = this.queue.filter((j) => j !== job);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
+          this.rememberFinal(job.seq);
         } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;
@@ -452,6 +473,17 @@ class Lane {
     this.attempts.add(attempt);
     const next = this.nextInLine(job, key, webhook.orderedByKey);
     if (next) this.engine.deps.prefetch?.(next);
+  }
+
+  private rememberFinal(seq: number): void {
+    const now = Date.now();
+    for (const [old, at] of this.recentFinals) {
+      if (at > now - RECENT_FINALS_MS) break;
+      this.recentFinals.delete(old);
+    }
+    // Deleted first so that the map stays in time order when a seq put back is finished again.
+    this.recentFinals.delete(seq);
+    this.recentFinals.set(seq, now);
   }
 
   /** The job that follows `job` on its ordering key (on the whole lane, unless the webhook opted in). */

@@ -538,6 +538,30 @@ describe('LaneEngine', () => {
     assert.deepEqual(record.violations, []);
   });
 
+  test('a sweep that read a seq the lane has finished since causes no read of the record; one read before it does', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_stale');
+    const engine = newEngine(record.deps());
+    record.responder = () => 'hold';
+    for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_stale')));
+    engine.wake('wh_stale', 0);
+    await until(() => record.sent('wh_stale').length === 1, 'seq 1 in flight');
+    await sleep(20);
+    // The sweep's query goes out while seq 1 is pending and answers after the lane has finished it.
+    const readAt = Date.now();
+    await sleep(2);
+    record.calls[0]!.finish();
+    await until(() => record.sent('wh_stale').length === 2, 'seq 2 in flight');
+    const loads = record.loads.length;
+    engine.wake('wh_stale', 0, 1, readAt);
+    await sleep(30);
+    assert.equal(record.loads.length, loads, 'a stale answer is not a delivery put back');
+    // Read after seq 1 was finished, the same answer means seq 1 is pending again: the lane reads from there.
+    engine.wake('wh_stale', 0, 1, Date.now());
+    await until(() => record.loads.length === loads + 1, 'the read from seq 0');
+    assert.equal(record.loads.at(-1)!.afterSeq, 0);
+  });
+
   test('jobs the feed brings while the first load runs, beyond what the lane can hold, are read later', async () => {
     const record = newRecord();
     record.addWebhook('wh_over');
