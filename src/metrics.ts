@@ -28,6 +28,13 @@ export const attemptsMade = new Counter({
   registers: [registry],
 });
 
+export const webhookReads = new Counter({
+  name: "webhookd_dispatcher_webhook_reads_total",
+  help: "Webhooks the dispatcher confirmed before sending, by whether the row had changed since it last read it",
+  labelNames: ["result"] as const,
+  registers: [registry],
+});
+
 export const attemptDuration = new Histogram({
   name: "webhookd_delivery_attempt_duration_seconds",
   help: "Duration of delivery attempts",

@@ -1,43 +1,57 @@
 import type { SecretBox } from "../core/secret-box.js";
+import { webhookReads } from "../metrics.js";
 import type { Db } from "../store/db.js";
 import type { Webhook } from "../store/schema.js";
-import { getWebhooksByIds, healthOf, isSigning } from "../store/webhooks.js";
+import { healthOf, readChangedWebhooks } from "../store/webhooks.js";
 import type { LaneWebhook } from "./lanes.js";
 
 const MAX_ENTRIES = 100_000;
-/** Ids per refresh query. */
+/** Ids per query. */
 const CHUNK = 500;
-
-/** An entry not asked for this long is dropped rather than refreshed. */
+/** An entry not asked for this long is dropped. */
 const IDLE_MS = 60_000;
 
+interface Entry {
+  webhook: LaneWebhook | undefined;
+  /** The row version the entry was built from (see readChangedWebhooks); undefined: no row. */
+  version: string | undefined;
+  /** Its secrets, opened, with when each stops signing (a rotated-out one). */
+  secrets: { value: string; expiresAt: number }[];
+  /** When the read that found the entry current was sent. */
+  confirmedAt: number;
+  usedAt: number;
+}
+
 /**
- * Webhook settings for the lanes. Every `ttlMs / 2` the entries in use are re-read together, in one
- * query per 500: an update, pause or rotation reaches every attempt that starts `ttlMs` after it, and
- * no attempt waits on a read of its webhook. A webhook seen for the first time is read before its first
- * attempt (batched with the others asked for in the same turn).
+ * Webhook settings for the lanes. An entry serves for `ttlMs` after the read that confirmed it; the
+ * first ask after that waits for a new confirmation, batched with every other asked for in the same
+ * turn, so an update, pause or rotation reaches every attempt that starts `ttlMs` after it. Only
+ * webhooks that are asked for are confirmed, and an unchanged row is confirmed by its version alone.
+ *
+ * Every entry used to be read again twice a second, whether its lane was sending or not: with 5,000
+ * webhooks that was 10,000 rows a second, each parsed and its secrets opened, and delivery to them
+ * went at 870/s where 1,000 webhooks went at 1,900/s.
  */
 export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) {
-  const entries = new Map<string, { webhook: LaneWebhook | undefined; usedAt: number }>();
+  const entries = new Map<string, Entry>();
   /** Ids being read, and those of them forgotten meanwhile: what was read may predate the change. */
   const reading = new Set<string>();
   const forgottenWhileReading = new Set<string>();
-  /** Ids to read in the next round, and who waits for a first read. */
+  /** Ids to confirm in the next round, and who waits for them. */
   const queued = new Map<string, ((webhook: LaneWebhook | undefined) => void)[]>();
   let round: NodeJS.Immediate | undefined;
-  const refresher = setInterval(() => {
-    // A round still reading (a slow database) is not doubled up on.
-    if (reading.size > 0) return;
-    const now = Date.now();
-    for (const [id, entry] of entries) {
-      if (now - entry.usedAt > IDLE_MS) entries.delete(id);
-      else if (!queued.has(id)) queue(id);
-    }
-  }, ttlMs / 2);
-  refresher.unref();
+  const evictor = setInterval(() => {
+    const cutoff = Date.now() - IDLE_MS;
+    for (const [id, entry] of entries) if (entry.usedAt < cutoff) entries.delete(id);
+  }, IDLE_MS / 2);
+  evictor.unref();
 
-  function toLaneWebhook(row: Webhook, now: number): LaneWebhook {
-    return {
+  function build(row: Webhook, version: string, now: number): Entry {
+    const secrets = row.signing_secrets.map((s) => ({
+      value: secretBox.open(s.secret, row.id),
+      expiresAt: s.expires_at === null ? Infinity : Date.parse(s.expires_at),
+    }));
+    const webhook: LaneWebhook = {
       id: row.id,
       url: row.url,
       status: row.status,
@@ -46,10 +60,18 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       rateLimitPerSecond: row.rate_limit_per_second,
       retrySchedule: row.retry_schedule,
       health: healthOf(row),
-      secrets: row.signing_secrets
-        .filter((s) => isSigning(s, now))
-        .map((s) => secretBox.open(s.secret, row.id)),
+      secrets: [],
     };
+    const entry: Entry = { webhook, version, secrets, confirmedAt: now, usedAt: now };
+    refreshSecrets(entry, now);
+    return entry;
+  }
+
+  /** A rotated-out secret stops signing when its grace period ends, with no change to the row. */
+  function refreshSecrets(entry: Entry, now: number): void {
+    if (!entry.webhook) return;
+    const signing = entry.secrets.filter((s) => s.expiresAt > now).map((s) => s.value);
+    if (signing.length !== entry.webhook.secrets.length) entry.webhook = { ...entry.webhook, secrets: signing };
   }
 
   async function readRound(): Promise<void> {
@@ -59,27 +81,47 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
     for (let i = 0; i < batch.length; i += CHUNK) {
       const chunk = batch.slice(i, i + CHUNK);
       for (const [id] of chunk) reading.add(id);
+      const sentAt = Date.now();
+      // What the read confirms, kept even if the entry is evicted meanwhile.
+      const known = chunk.map(([id]) => entries.get(id));
       try {
-        const rows = await getWebhooksByIds(
+        const changed = await readChangedWebhooks(
           db,
           chunk.map(([id]) => id),
+          known.map((entry) => entry?.version ?? null),
         );
         const now = Date.now();
-        const byId = new Map(rows.map((row) => [row.id, toLaneWebhook(row, now)]));
+        const byId = new Map(changed.map((c) => [c.id, c]));
         if (entries.size > MAX_ENTRIES) entries.clear();
-        for (const [id, waiters] of chunk) {
+        let unchanged = 0;
+        let changedOrGone = 0;
+        for (const [index, [id, waiters]] of chunk.entries()) {
           if (forgottenWhileReading.delete(id)) {
             queue(id, ...waiters);
             continue;
           }
-          const webhook = byId.get(id);
-          entries.set(id, { webhook, usedAt: entries.get(id)?.usedAt ?? now });
-          for (const resolve of waiters) resolve(webhook);
+          const found = byId.get(id);
+          // Not found: the row is at the version sent, so that entry was there to send it.
+          let entry = known[index]!;
+          if (found) {
+            changedOrGone++;
+            entry = found.row
+              ? build(found.row, found.version, sentAt)
+              : { webhook: undefined, version: undefined, secrets: [], confirmedAt: sentAt, usedAt: now };
+          } else {
+            unchanged++;
+            entry.confirmedAt = sentAt;
+            refreshSecrets(entry, now);
+          }
+          entry.usedAt = now;
+          entries.set(id, entry);
+          for (const resolve of waiters) resolve(entry.webhook);
         }
+        webhookReads.inc({ result: "changed" }, changedOrGone);
+        webhookReads.inc({ result: "unchanged" }, unchanged);
       } catch {
-        // Entries stay as they are until a later round reads them; first reads are tried again shortly.
-        const waiting = chunk.filter(([, waiters]) => waiters.length > 0);
-        if (waiting.length > 0) setTimeout(() => waiting.forEach(([id, waiters]) => queue(id, ...waiters)), 1_000).unref();
+        // Tried again shortly; the lanes asking wait (Postgres is the record of what a webhook is now).
+        setTimeout(() => chunk.forEach(([id, waiters]) => queue(id, ...waiters)), 1_000).unref();
       } finally {
         for (const [id] of chunk) reading.delete(id);
       }
@@ -101,14 +143,15 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
     },
     get(id: string): Promise<LaneWebhook | undefined> {
       const entry = entries.get(id);
-      if (entry) {
-        entry.usedAt = Date.now();
+      const now = Date.now();
+      if (entry && now - entry.confirmedAt < ttlMs) {
+        entry.usedAt = now;
         return Promise.resolve(entry.webhook);
       }
       return new Promise((resolve) => queue(id, resolve));
     },
     close(): void {
-      clearInterval(refresher);
+      clearInterval(evictor);
       clearImmediate(round);
     },
   };
