@@ -2,9 +2,10 @@
  * The benchmark's webhook receiver, run as a child process of bench/run.ts (forked with an IPC channel).
  *
  * A plain keep-alive node:http server that answers 200 "ok" as soon as a request's body has arrived, then
- * records what the body carries: `payload.phase`, `payload.wh` (webhook index), `payload.seq` (position in
- * that webhook's order, as the benchmark published it) and `payload.sent_at` (publish time, ms since the
- * epoch). Reports go back to the parent over IPC on request.
+ * records what the body carries: `payload.phase`, `payload.wh` (webhook index; for an event sent to many
+ * webhooks, the n of the URL path `/fan/<n>` instead), `payload.seq` (position in that webhook's order,
+ * as the benchmark published it) and `payload.sent_at` (publish time, ms since the epoch). Reports go back
+ * to the parent over IPC on request.
  *
  * Parent → child: {type:"stats", id, phase} | {type:"stop"}
  * Child → parent: {type:"listening", ports} | {type:"stats", id, ...PhaseReport}
@@ -53,7 +54,7 @@ function phaseState(name: string): PhaseState {
   return state;
 }
 
-function record(body: string, at: number): void {
+function record(body: string, at: number, path: string): void {
   let payload: { phase?: unknown; wh?: unknown; seq?: unknown; sent_at?: unknown } | undefined;
   try {
     payload = (JSON.parse(body) as { payload?: typeof payload }).payload;
@@ -67,11 +68,13 @@ function record(body: string, at: number): void {
   }
   const state = phaseState(payload.phase);
   state.requests++;
-  if (typeof payload.wh !== "number" || typeof payload.seq !== "number") return;
-  let hook = state.perWebhook.get(payload.wh);
+  const fan = /^\/fan\/(\d+)$/.exec(path);
+  const wh = fan ? Number(fan[1]) : payload.wh;
+  if (typeof wh !== "number" || typeof payload.seq !== "number") return;
+  let hook = state.perWebhook.get(wh);
   if (!hook) {
     hook = { seen: new Set(), max: 0 };
-    state.perWebhook.set(payload.wh, hook);
+    state.perWebhook.set(wh, hook);
   }
   if (hook.seen.has(payload.seq)) {
     state.duplicates++;
@@ -116,7 +119,7 @@ function handler(req: http.IncomingMessage, res: http.ServerResponse): void {
     const at = now();
     res.writeHead(200, { "content-type": "text/plain", "content-length": "2" });
     res.end("ok");
-    record(Buffer.concat(chunks).toString("utf8"), at);
+    record(Buffer.concat(chunks).toString("utf8"), at, req.url ?? "");
   });
   req.on("error", () => res.destroy());
 }

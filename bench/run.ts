@@ -71,6 +71,13 @@ const OPTIONS = {
   reference: { flag: "reference", env: "BENCH_REFERENCE", def: "bullmq", help: "the reference sender run beside phase 1 on the same machine: bullmq (needs Redis) or none" },
   referenceConcurrency: { flag: "reference-concurrency", env: "BENCH_REFERENCE_CONCURRENCY", def: 64, help: "jobs the BullMQ worker runs at once" },
   redisUrl: { flag: "redis-url", env: "BENCH_REDIS_URL", def: "redis://127.0.0.1:6379", help: "Redis for the BullMQ reference (loopback only)" },
+  fanoutWebhooks: {
+    flag: "fanout-webhooks",
+    env: "BENCH_FANOUT_WEBHOOKS",
+    def: 0,
+    help: "phase 4, off at 0: this many more webhooks, all subscribed to one event type (it takes a minute or two: raise --max-seconds)",
+  },
+  fanoutEvents: { flag: "fanout-events", env: "BENCH_FANOUT_EVENTS", def: 100, help: "events of that type published in phase 4, in batches" },
   serverNodeArgs: {
     flag: "server-node-args",
     env: "BENCH_SERVER_NODE_ARGS",
@@ -538,16 +545,21 @@ async function main(): Promise<number> {
 
   // --- webhooks and warm-up ------------------------------------------------------------------------------
   const eventType = (wh: number) => `bench.w${wh}`;
-  const webhookIds: string[] = new Array(M);
-  for (let wh = 0; wh < M; wh += 20) {
-    await Promise.all(
-      Array.from({ length: Math.min(20, M - wh) }, async (_, j) => {
-        const res = await call("POST", "/webhooks", { url: `${hookOrigin(wh + j)}/hook/${wh + j}`, event_types: [eventType(wh + j)], description: "bench" });
-        if (res.status !== 201 && res.status !== 200) throw new Error(`POST /webhooks answered ${res.status}: ${JSON.stringify(res.json)}`);
-        webhookIds[wh + j] = res.json.webhook_id ?? res.json.webhook?.webhook_id;
-      }),
-    );
+  /** `count` webhooks, 20 created at a time; webhook i gets the URL path and event type given for it. */
+  async function createWebhooks(count: number, pathOf: (i: number) => string, typeOf: (i: number) => string): Promise<string[]> {
+    const ids: string[] = new Array(count);
+    for (let i = 0; i < count; i += 20) {
+      await Promise.all(
+        Array.from({ length: Math.min(20, count - i) }, async (_, j) => {
+          const res = await call("POST", "/webhooks", { url: `${hookOrigin(i + j)}${pathOf(i + j)}`, event_types: [typeOf(i + j)], description: "bench" });
+          if (res.status !== 201 && res.status !== 200) throw new Error(`POST /webhooks answered ${res.status}: ${JSON.stringify(res.json)}`);
+          ids[i + j] = res.json.webhook_id ?? res.json.webhook?.webhook_id;
+        }),
+      );
+    }
+    return ids;
   }
+  const webhookIds = await createWebhooks(M, (wh) => `/hook/${wh}`, eventType);
   log(`${M} webhooks created`);
 
   const pad = makePad(options.payloadBytes);
@@ -966,6 +978,38 @@ async function main(): Promise<number> {
     log("phase 3: skipped (time budget)");
   }
 
+  // --- phase 4 (opt-in): fan-out ----------------------------------------------------------------------------
+  // Many webhooks on one event type, each event to all of them: thousands of lanes busy at once, which
+  // the phases above (a hundred webhooks) never see. The receiver tells the webhooks apart by URL path.
+  const F = Math.floor(options.fanoutWebhooks);
+  const p4 = newExpected();
+  let p4Check: DeliveryCheck | undefined;
+  let p4Errors = 0;
+  if (F > 0 && timeLeft() > 90_000) {
+    await createWebhooks(F, (i) => `/fan/${i}`, () => "fanout.created");
+    const E = Math.floor(options.fanoutEvents);
+    log(`phase 4: ${fmt(F)} webhooks on one event type; publishing ${fmt(E)} events, ${fmt(F * E)} deliveries`);
+    s0 = sample();
+    // One batch after another: the order the API accepts them in is every webhook's seq order.
+    for (let first = 1; first <= E; first += options.batchSize) {
+      const seqs = Array.from({ length: Math.min(options.batchSize, E - first + 1) }, (_, k) => first + k);
+      const sentAt = now();
+      const body = `{"events":[${seqs.map((seq) => `{"event_type":"fanout.created","payload":{"phase":"p4","seq":${seq},"sent_at":${sentAt},"pad":"${pad}"}}`).join(",")}]}`;
+      const res = await call("POST", "/events/batch", body).catch((err: Error) => ({ status: 0, json: err.message }));
+      if (res.status === 201) for (const seq of seqs) for (let i = 0; i < F; i++) expect(p4, i, seq);
+      else {
+        p4Errors++;
+        warn(`phase 4: POST /events/batch answered ${res.status}: ${JSON.stringify(res.json).slice(0, 300)}`);
+      }
+    }
+    p4Check = await awaitDeliveries("p4", p4, options.drainSeconds * 1000);
+    cpu.push(cpuWindow("phase 4: fan-out", s0, sample(), p4Check.delivered, "delivery"));
+    const span = (p4Check.lastAt - p4Check.firstAt) / 1000;
+    log(`phase 4: ${fmt(p4Check.delivered)}/${fmt(p4Check.expected)} delivered, ${fmt(p4Check.delivered / span)} deliveries/s (first → last receipt ${fmt(span, 2)} s)${p4Check.drained ? "" : " — NOT DRAINED"}`);
+  } else if (F > 0) {
+    log("phase 4: skipped (time budget: raise --max-seconds)");
+  }
+
   // --- what the database says ------------------------------------------------------------------------------
   let dbLine = "";
   {
@@ -982,7 +1026,7 @@ async function main(): Promise<number> {
 
   // --- the report ------------------------------------------------------------------------------------------
   // webhookd's phases only: the reference keeps no order and its losses are not webhookd's.
-  const checks = [p1Check, p1bCheck, p2Check, p3Check].filter((c): c is DeliveryCheck => c !== undefined);
+  const checks = [p1Check, p1bCheck, p2Check, p3Check, p4Check].filter((c): c is DeliveryCheck => c !== undefined);
   const sum = (f: (c: DeliveryCheck) => number) => checks.reduce((s, c) => s + f(c), 0);
   const p1Span = p1Check ? (p1Check.lastAt - p1Check.firstAt) / 1000 : NaN;
   const p1Rate = p1Check ? p1Check.delivered / p1Span : NaN;
@@ -1017,11 +1061,19 @@ async function main(): Promise<number> {
     ["e2e latency under load (phase 1) p50 / p99", p1Check ? `${ms(p1Check.latency.p50)} / ${ms(p1Check.latency.p99)}` : "n/a"],
     ["e2e latency, single ingest (phase 2) p50 / p99", p2Check ? `${ms(p2Check.latency.p50)} / ${ms(p2Check.latency.p99)}` : "n/a"],
     [`steady ${fmt(options.rate)}/s (phase 3) e2e p50 / p99`, p3Check ? `${ms(p3Check.latency.p50)} / ${ms(p3Check.latency.p99)} (achieved ${fmt(p3Achieved)}/s, pacing lag max ${ms(p3MaxLag)}${p3Skipped ? `, ${fmt(p3Skipped)} not sent` : ""})` : "skipped"],
+    ...(F > 0
+      ? [[
+          `fan-out (phase 4): ${fmt(F)} webhooks × ${fmt(Math.floor(options.fanoutEvents))} events`,
+          p4Check ? `${fmt(p4Check.delivered / ((p4Check.lastAt - p4Check.firstAt) / 1000))} deliveries/s (first → last receipt)` : "skipped",
+        ] as [string, string]]
+      : []),
     ["order violations", fmt(sum((c) => c.orderViolations))],
     ["lost (accepted, never received)", fmt(sum((c) => c.lost))],
     ["duplicates (received more than once)", fmt(sum((c) => c.duplicates))],
     ["unexpected (received, not accepted)", fmt(sum((c) => c.unexpected))],
-    ["publish errors (phase 1 batches / 2 / 3)", `${p1Errors} / ${p2Errors} / ${p3Errors}`],
+    F > 0
+      ? ["publish errors (phase 1 batches / 2 / 3 / 4 batches)", `${p1Errors} / ${p2Errors} / ${p3Errors} / ${p4Errors}`]
+      : ["publish errors (phase 1 batches / 2 / 3)", `${p1Errors} / ${p2Errors} / ${p3Errors}`],
     ["deliveries in the database", dbLine],
   ];
   const perPhase = (name: string, c: DeliveryCheck | undefined) =>
@@ -1035,7 +1087,7 @@ async function main(): Promise<number> {
   console.log(line);
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
   console.log(line);
-  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("reference", refCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check)]) console.log(l);
+  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("reference", refCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check), ...(F > 0 ? [perPhase("phase 4", p4Check)] : [])]) console.log(l);
   console.log(line);
 
   const names = ["bench", "receiver", "api", "dispatcher", "postgres", "nats", ...(refCheck ? ["bullmq", "redis"] : [])];
