@@ -29,8 +29,8 @@ interface Entry {
  * webhooks that are asked for are confirmed, and an unchanged row is confirmed by its version alone.
  *
  * Every entry used to be read again twice a second, whether its lane was sending or not: with 5,000
- * webhooks that was 10,000 rows a second, each parsed and its secrets opened, and delivery to them
- * went at 870/s where 1,000 webhooks went at 1,900/s.
+ * webhooks that was 10,000 rows a second, each parsed and its secrets opened, and 5,000 webhooks × 20
+ * events took 72 s to deliver against 53 s now.
  */
 export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) {
   const entries = new Map<string, Entry>();
