@@ -195,6 +195,65 @@ describe('failover', () => {
     await resetDatabase();
   });
 
+  test('dispatchers joining mid-stream: the shards spread over all of them, and each handed over repeats, loses and reorders nothing', async () => {
+    const nats = natsPrefix('join');
+    cleanups.push(() => nats.cleanup());
+    // While the shards move, each attempt takes longer than a lease tick (500 ms in tests): every shard
+    // is handed over with attempts in flight, and one released before they are recorded would be
+    // claimed, and its heads sent again, before they are.
+    let slow = false;
+    const receiver = await startReceiver(() => ({ delayMs: slow ? 1_000 : 20 }));
+    cleanups.push(() => receiver.close());
+    const env = { DATABASE_URL: db.url, NATS_URL, WEBHOOKD_NATS_PREFIX: nats.prefix };
+    const { app: api, url } = await startTestApp(env, ['api']);
+    cleanups.push(() => api.stop());
+    const { app: first } = await startTestApp(env, ['dispatcher']);
+    cleanups.push(() => first.stop());
+    await eventually(async () => first.dispatcher!.shards.length, (n) => n === 64, 'the first dispatcher holding every shard', 15_000);
+    const rest = restClient(url, TEST_ADMIN_KEY);
+    const hooks = await createHooks(rest, receiver, 20, 'jn');
+    let round = 0;
+    const publish = async () => {
+      await publishRound(rest, hooks, round++);
+      await sleep(50);
+    };
+    while (round < 10) await publish();
+
+    const dispatchers = [first];
+    slow = true;
+    for (let i = 0; i < 2; i++) {
+      const { app } = await startTestApp(env, ['dispatcher']);
+      cleanups.push(() => app.stop());
+      dispatchers.push(app);
+    }
+    // Publishing goes on while the shards move, until each process holds its share (at most 22 each, so
+    // 22, 22, 20 is as balanced as 22, 21, 21), and a little after.
+    const counts = () => dispatchers.map((d) => d.dispatcher!.shards.length);
+    const deadline = Date.now() + 20_000;
+    while (!(counts().every((n) => n >= 20 && n <= 22) && counts().reduce((a, b) => a + b) === 64)) {
+      assert.ok(Date.now() < deadline, `shards held: ${counts().join(', ')}`);
+      await publish();
+    }
+    const movedDuring = round;
+    slow = false;
+    for (const end = round + 5; round < end; ) await publish();
+    assert.ok(movedDuring > 10, 'events were published while the shards moved');
+
+    await expectEachOnce(client, receiver, hooks, 30_000, `${hooks.length * round} deliveries`, 'a shard handed over repeats nothing');
+    const held = dispatchers.map((d) => d.dispatcher!.shards);
+    assert.equal(new Set(held.flat()).size, 64, 'every shard held, by one process each');
+    assert.equal(held.flat().length, 64);
+    const { rows } = await client.query<{ owner: string; n: number }>('select owner, count(*)::int as n from shard_leases where expires_at > now() group by owner');
+    assert.deepEqual(
+      Object.fromEntries(rows.map((r) => [r.owner, r.n])),
+      Object.fromEntries(dispatchers.map((d) => [d.dispatcher!.id, d.dispatcher!.shards.length])),
+      'the leases say the same',
+    );
+    for (const d of [...dispatchers].reverse()) await d.stop();
+    await api.stop();
+    await resetDatabase();
+  });
+
   test('the API process SIGKILLed between commit and publish: the orphans are delivered from Postgres, in order', async () => {
     const nats = natsPrefix('outbox');
     cleanups.push(() => nats.cleanup());
