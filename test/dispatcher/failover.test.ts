@@ -254,6 +254,92 @@ describe('failover', () => {
     await resetDatabase();
   });
 
+  test('a rolling restart (SIGTERM one dispatcher, start its replacement, SIGTERM the other): shards handed back at once, every event once, in order', async () => {
+    const nats = natsPrefix('rolling');
+    cleanups.push(() => nats.cleanup());
+    // While a process stops, each attempt takes longer than a lease tick (2 s): it stops with attempts in
+    // flight, and must record them before it hands their shards back, or the other would take the
+    // shards and send those heads again.
+    let slow = false;
+    const receiver = await startReceiver(() => ({ delayMs: slow ? 2_500 : 20 }));
+    cleanups.push(() => receiver.close());
+    const env = {
+      DATABASE_URL: db.url,
+      NATS_URL,
+      WEBHOOKD_NATS_PREFIX: nats.prefix,
+      WEBHOOKD_ALLOW_HTTP: 'true',
+      WEBHOOKD_ALLOWED_CIDRS: '127.0.0.0/8',
+      WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY,
+      WEBHOOKD_LOG_LEVEL: 'info',
+    };
+    const procs: Spawned[] = [];
+    cleanups.push(async () => {
+      for (const p of procs) await p.kill('SIGKILL');
+    });
+    const api = spawnBin('webhookd', ['api'], { ...env, WEBHOOKD_LISTEN: '127.0.0.1:0' });
+    procs.push(api);
+    const rest = restClient((await api.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]!, TEST_ADMIN_KEY);
+    const startDispatcher = async () => {
+      const d = spawnBin('webhookd', ['dispatcher'], env);
+      procs.push(d);
+      return { process: d, id: (await d.waitFor(/"dispatcher":"(dsp_[^"]+)"[^\n]*dispatcher started/))[1]! };
+    };
+    const held = async () => {
+      const { rows } = await client.query<{ owner: string; n: number }>('select owner, count(*)::int as n from shard_leases where expires_at > now() group by owner');
+      return Object.fromEntries(rows.map((r) => [r.owner, r.n]));
+    };
+    const hooks = await createHooks(rest, receiver, 20, 'rr');
+    let round = 0;
+    const publish = async () => {
+      await publishRound(rest, hooks, round++);
+      await sleep(50);
+    };
+    /** Publishes until `done` holds (checked between rounds), or fails naming `what` after `ms`. */
+    const publishUntil = async (done: (owners: Record<string, number>) => boolean, what: string, ms: number) => {
+      const deadline = Date.now() + ms;
+      for (let owners = await held(); !done(owners); owners = await held()) {
+        assert.ok(Date.now() < deadline, `${what} within ${ms} ms; leases: ${JSON.stringify(owners)}`);
+        await publish();
+      }
+    };
+    /** SIGTERMs `leaving` with attempts in flight while publishing goes on; `staying` must hold every shard soon after. */
+    const stopOne = async (leaving: { process: Spawned; id: string }, staying: { id: string }) => {
+      slow = true;
+      // Every lane has a slow attempt in flight before the signal.
+      for (let i = 0; i < 3; i++) await publish();
+      await sleep(200);
+      const stopping = leaving.process.kill('SIGTERM');
+      const signalledAt = Date.now();
+      let exit: number | null | undefined;
+      void stopping.then((code) => (exit = code));
+      while (exit === undefined) await publish();
+      const stoppedIn = Date.now() - signalledAt;
+      assert.equal(exit, 0, `the dispatcher stopped cleanly:\n${leaving.process.output().slice(-2_000)}`);
+      assert.ok(stoppedIn >= 1_000, `it waited for its attempts in flight (${stoppedIn} ms)`);
+      slow = false;
+      // Handed back, not left to lapse: taken within two lease ticks (2 s each), not the 10 s TTL.
+      const exitedAt = Date.now();
+      await publishUntil((owners) => owners[staying.id] === 64, 'the other dispatcher holding every shard', 9_000);
+      const takenIn = Date.now() - exitedAt;
+      assert.ok(takenIn < 6_000, `taken over ${takenIn} ms after the exit`);
+      console.log(`# rolling: SIGTERM to exit ${stoppedIn} ms, exit to every shard held by the other ${takenIn} ms`);
+    };
+
+    const a = await startDispatcher();
+    const b = await startDispatcher();
+    await publishUntil((owners) => owners[a.id] === 32 && owners[b.id] === 32, 'the two sharing the shards', 15_000);
+    while (round < 5) await publish();
+    await stopOne(a, b);
+    const c = await startDispatcher();
+    await publishUntil((owners) => owners[b.id] === 32 && owners[c.id] === 32, 'the replacement taking its share', 15_000);
+    await stopOne(b, c);
+    for (const end = round + 5; round < end; ) await publish();
+
+    await expectEachOnce(client, receiver, hooks, 30_000, `${hooks.length * round} deliveries`, 'a dispatcher stopped with attempts in flight repeats nothing');
+    for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await resetDatabase();
+  });
+
   test('the API process SIGKILLed between commit and publish: the orphans are delivered from Postgres, in order', async () => {
     const nats = natsPrefix('outbox');
     cleanups.push(() => nats.cleanup());
