@@ -111,7 +111,7 @@ export class Dispatcher {
       prefetch: (job) => this.prefetch(job),
       saveHealth: (webhookId, health) => this.saveHealth(webhookId, health),
       // A process cut off from Postgres (or stalled) past its TTL may have lost its shards without knowing.
-      mayStart: (shard) => this.owned.has(shard) && performance.now() < this.leasesConfirmedUntil,
+      mayStart: (shard) => this.mayStart(shard),
       circuitPolicy: options.circuitPolicy,
       maxInFlight: options.maxInFlight,
       maxInFlightPerLane: options.maxInFlightPerEndpoint,
@@ -304,6 +304,11 @@ export class Dispatcher {
     if (disabled) this.log.warn({ webhookId, reason: details.reason }, "webhook disabled");
   }
 
+  /** Whether this process's lease on the shard is confirmed now (see LEASE_USABLE_SHARE). */
+  private mayStart(shard: number): boolean {
+    return this.owned.has(shard) && performance.now() < this.leasesConfirmedUntil;
+  }
+
   private async execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome> {
     if (job.expiresAt <= Date.now()) {
       await expireDeliveries(this.options.db, [job.deliveryId]);
@@ -313,6 +318,8 @@ export class Dispatcher {
     const payload = job.payload ?? (await this.payloads.read(job.eventId));
     // The event row goes with the delivery's: a retention that removed one removed both.
     if (payload === undefined) throw new Error(`event ${job.eventId} of delivery ${job.deliveryId} is not in Postgres`);
+    // The read may have waited out a partition from Postgres, long enough for the lease to lapse.
+    if (!this.mayStart(job.shard)) return { notStarted: true };
     const attemptedAt = new Date();
     const result = await this.options.sender.send({
       url: webhook.url,

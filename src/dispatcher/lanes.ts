@@ -20,14 +20,20 @@ export interface LaneWebhook {
   health: EndpointHealth;
 }
 
-/** What became of an attempt, once it is durable in Postgres, and what it says of the endpoint. */
-export type LaneOutcome = ({ final: true } | { final: false; nextAttemptAt: number }) & { signal: AttemptSignal };
+/**
+ * What became of an attempt, once it is durable in Postgres, and what it says of the endpoint; or that
+ * it was not made, because the lease was no longer confirmed when the request would have gone.
+ */
+export type LaneOutcome = (({ final: true } | { final: false; nextAttemptAt: number }) & { signal: AttemptSignal }) | { notStarted: true };
 
 export interface LaneEngineDeps {
   loadPending(webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad>;
   isPending(deliveryId: string): Promise<boolean>;
   getWebhook(webhookId: string): Promise<LaneWebhook | undefined>;
-  /** Sends the job and records the outcome; resolves only once the outcome is committed. */
+  /**
+   * Sends the job and records the outcome; resolves only once the outcome is committed. Checks
+   * `mayStart` again after its own waits (reading the payload), right before the request goes.
+   */
   execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome>;
   /** Gets the job ready to go next (reads its payload) while the one before it is in flight. */
   prefetch?(job: DeliveryJob): void;
@@ -383,13 +389,15 @@ class Lane {
       if (this.truncated || this.ahead.size > 0) this.load();
       return;
     }
+    const webhook = await this.engine.deps.getWebhook(this.webhookId);
+    if (this.closed) return;
+    // After the wait, not before it: the webhook's confirmation waits for Postgres, and a partition
+    // from Postgres is when the lease may lapse and another process take the shard.
     if (this.engine.deps.mayStart?.(this.shard) === false) {
       // Another process may own the shard by now: sending beside it would break the lane's order.
       this.engine.waitForLease(this);
       return;
     }
-    const webhook = await this.engine.deps.getWebhook(this.webhookId);
-    if (this.closed) return;
     if (!webhook || webhook.status === "deleted") {
       // Its pending deliveries were cancelled with it.
       this.engine.remove(this);
@@ -444,6 +452,8 @@ class Lane {
     const attempt = this.engine.deps
       .execute(job, webhook)
       .then((outcome) => {
+        // Untouched at the head; the pump that follows finds the lease unconfirmed and waits for it.
+        if ("notStarted" in outcome) return;
         this.recordSignal(outcome.signal);
         if (outcome.final) {
           this.queue = this.queue.filter((j) => j !== job);

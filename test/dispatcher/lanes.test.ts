@@ -151,6 +151,7 @@ class FakeRecord {
               this.open.delete(lane);
               // The outcome is "committed" before the lane hears of it, as the attempt writer does.
               const row = this.row(job.deliveryId)!;
+              if ('notStarted' in outcome) return void resolve(outcome);
               if (outcome.final) row.status = 'succeeded';
               else {
                 row.job.attempts++;
@@ -454,6 +455,61 @@ describe('LaneEngine', () => {
     engine.leasesConfirmed();
     await until(() => record.sent('wh_l').length === 4, 'the rest once confirmed');
     assert.deepEqual(record.sent('wh_l'), [1, 2, 3, 4]);
+  });
+
+  test('a lease that lapses while the lane waits for its webhook (Postgres out of reach): nothing starts until it is confirmed again', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_lw');
+    let confirmed = true;
+    let blocking = true;
+    const waiting: (() => void)[] = [];
+    const base = record.deps();
+    const engine = newEngine(
+      record.deps({
+        mayStart: () => confirmed,
+        getWebhook: async (id) => {
+          if (blocking) await new Promise<void>((resolve) => waiting.push(resolve));
+          return base.getWebhook(id);
+        },
+      }),
+    );
+    for (let n = 0; n < 3; n++) engine.offer(record.copy(record.commit('wh_lw')));
+    await until(() => waiting.length > 0, 'the lane waiting for its webhook, its lease confirmed');
+    // Meanwhile the lease lapsed unconfirmed; then the webhook's read answers.
+    confirmed = false;
+    blocking = false;
+    waiting.splice(0).forEach((resolve) => resolve());
+    await sleep(100);
+    assert.deepEqual(record.sent('wh_lw'), [], 'nothing starts on a lease that lapsed during the wait');
+    confirmed = true;
+    engine.leasesConfirmed();
+    await until(() => record.sent('wh_lw').length === 3, 'all three once confirmed');
+    assert.deepEqual(record.sent('wh_lw'), [1, 2, 3]);
+  });
+
+  test('an attempt that was not started (the lease lapsed before the request went) leaves the head untouched until the lease is confirmed', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_ns');
+    let confirmed = true;
+    // The first call finds the lease lapsed at the last moment, as the dispatcher's execute can.
+    record.responder = () => {
+      if (record.calls.length === 1) {
+        confirmed = false;
+        return { notStarted: true };
+      }
+      return { final: true, signal: 'success' };
+    };
+    const engine = newEngine(record.deps({ mayStart: () => confirmed }));
+    for (let n = 0; n < 3; n++) engine.offer(record.copy(record.commit('wh_ns')));
+    await until(() => record.calls.length === 1, 'the first call');
+    await sleep(100);
+    assert.equal(record.calls.length, 1, 'nothing more while the lease is unconfirmed');
+    assert.equal(record.rows.get('wh_ns')![0]!.job.attempts, 0, 'no attempt counted');
+    confirmed = true;
+    engine.leasesConfirmed();
+    await until(() => record.sent('wh_ns').length === 4, 'the head again, then the rest');
+    assert.deepEqual(record.sent('wh_ns'), [1, 1, 2, 3]);
+    assert.deepEqual(record.calls.map((c) => c.attempts), [0, 0, 0, 0], 'the head goes again as its first attempt');
   });
 
   test('a webhook rate limit paces its lane: after a one-second burst, the limit to within 10 %', async () => {
