@@ -1,4 +1,4 @@
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { createTestDatabase } from '../support/postgres.js';
@@ -29,9 +29,14 @@ describe('failover', () => {
     await client.connect();
   });
 
-  after(async () => {
-    // One cleanup that hangs must not keep the database and the streams from being removed.
+  // After each scenario, passed or failed: a failed one's processes left running would hold shards in
+  // the next one. One cleanup that hangs must not keep the rest from running.
+  afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await withTimeout(cleanup(), 15_000).catch((err) => console.error('cleanup failed', err));
+    await resetDatabase();
+  });
+
+  after(async () => {
     await client?.end();
     await db?.drop();
   });
@@ -133,7 +138,6 @@ describe('failover', () => {
     );
     console.log(`# sigkill: ${total} events, ${[...duplicates.values()].reduce((a, b) => a + b, 0)} duplicates over ${victimHooks.length} webhooks on the victim`);
     for (const p of procs.splice(0)) await p.kill('SIGTERM');
-    await resetDatabase();
   });
 
   test('a dispatcher cut off from Postgres past its lease TTL does not send beside the one that took its shards', async () => {
@@ -192,7 +196,6 @@ describe('failover', () => {
     await survivor.stop();
     await cutOff.stop();
     await api.stop();
-    await resetDatabase();
   });
 
   test('dispatchers joining mid-stream: the shards spread over all of them, and each handed over repeats, loses and reorders nothing', async () => {
@@ -251,7 +254,6 @@ describe('failover', () => {
     );
     for (const d of [...dispatchers].reverse()) await d.stop();
     await api.stop();
-    await resetDatabase();
   });
 
   test('a rolling restart (SIGTERM one dispatcher, start its replacement, SIGTERM the other): shards handed back at once, every event once, in order', async () => {
@@ -337,7 +339,6 @@ describe('failover', () => {
 
     await expectEachOnce(client, receiver, hooks, 30_000, `${hooks.length * round} deliveries`, 'a dispatcher stopped with attempts in flight repeats nothing');
     for (const p of procs.splice(0)) await p.kill('SIGTERM');
-    await resetDatabase();
   });
 
   test('the API process SIGKILLed between commit and publish: the orphans are delivered from Postgres, in order', async () => {
@@ -400,7 +401,6 @@ describe('failover', () => {
     await expectEachOnce(client, receiver, hooks, 30_000, '100 deliveries');
     await dispatcher.stop();
     for (const p of procs.splice(0)) await p.kill('SIGTERM');
-    await resetDatabase();
   });
 
   test('webhookd started before NATS: accepts and delivers from the start, and takes up the feed when NATS comes', async () => {
@@ -430,7 +430,6 @@ describe('failover', () => {
     await expectEachOnce(client, receiver, hooks, 20_000, '30 deliveries');
     await dispatcher.stop();
     await api.stop();
-    await resetDatabase();
   });
 
   test('NATS killed and restarted mid-run: ingest keeps answering 201 and everything is delivered', async () => {
