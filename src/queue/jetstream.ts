@@ -235,7 +235,7 @@ export async function createJetStreamFeed(options: {
       await ensureConsumer(jsm, names, durable, filter, log);
       const consumer = await js.consumers.get(names.stream, durable);
       const open = async () => {
-        const messages = await consumer.consume({ max_messages: 500 });
+        const messages = await consumer.consume({ max_bytes: PULL_MAX_BYTES });
         void (async () => {
           for await (const status of messages.status()) {
             if (status.type === "stream_not_found" || status.type === "consumer_not_found" || status.type === "consumer_deleted") void restore(status.type);
@@ -334,6 +334,13 @@ async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storag
 
 /** What every shard's consumer is, besides its name and filter. */
 const CONSUMER_SETTINGS = { ack_wait: 30 * 1e9, max_ack_pending: 10_000 };
+/**
+ * Bytes a shard's pull asks for at once, rather than a count of messages. At 500 messages a pull, 64
+ * shards of a large fan-out's job heads (15 KB for 100 events to one webhook) let the server push more
+ * than its 64 MB per-client buffer at a process still busy with the ingest that published them, and it
+ * closed the connection as a slow consumer. 64 × 512 KB stays at half that.
+ */
+const PULL_MAX_BYTES = 512 * 1024;
 
 /**
  * Creates the consumer, or brings one an earlier release (or an operator) left otherwise to today's

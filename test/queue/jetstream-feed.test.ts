@@ -6,7 +6,7 @@ import { connect } from "@nats-io/transport-node";
 import { pino, type Logger } from "pino";
 import { createJetStreamFeed, jetStreamNames } from "../../src/queue/jetstream.js";
 import type { DeliveryFeed } from "../../src/queue/feed.js";
-import type { DeliveryJob } from "../../src/queue/job.js";
+import { encodeJobHeads, type DeliveryJob } from "../../src/queue/job.js";
 import { createLogger } from "../../src/logger.js";
 import { NATS_URL, natsPrefix, startNatsServer } from "../support/nats.js";
 import { startTcpProxy } from "../support/tcp-proxy.js";
@@ -73,6 +73,44 @@ test("a webhook's jobs of one publish go in as few messages as allowed, without 
   const heads = (jobs: DeliveryJob[]) => jobs.map(({ payload: _payload, ...head }) => head);
   assert.deepEqual(received.filter((j) => j.webhookId === "wh_big"), heads(big));
   assert.deepEqual(received.filter((j) => j.webhookId === "wh_small"), heads(small));
+});
+
+test("a backlog bigger than the server's per-client buffer, met by a process too busy to read: no slow-consumer disconnect, every job arrives", async () => {
+  // A large fan-out leaves messages of hundreds of job heads on every shard (100 KB each here). Pulls
+  // sized by message count let the server push the whole backlog at once, past its 64 MB per client,
+  // while the process was still busy with the ingest, and the server closed the connection.
+  const lines: { msg: string; status?: string }[] = [];
+  const logger = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  const { feed } = await feedOn(NATS_URL, "backlog", { logger });
+  const SHARDS = 64;
+  const MESSAGES_PER_SHARD = 12;
+  let published = 0;
+  let bytes = 0;
+  for (let shard = 0; shard < SHARDS; shard++) {
+    for (let m = 0; m < MESSAGES_PER_SHARD; m++) {
+      // One webhook's 500 jobs make one message.
+      const jobs = Array.from({ length: 500 }, (_, i) => job(`wh_backlog_${shard}_${m}`, shard, i + 1, 0));
+      bytes += encodeJobHeads(jobs).byteLength;
+      await feed.publish(jobs);
+      published += jobs.length;
+    }
+  }
+  assert.ok(bytes > 80 * 1024 * 1024, `the backlog (${Math.round(bytes / 1024 / 1024)} MB) is past the server's 64 MB per client`);
+
+  let received = 0;
+  const subscriptions = await Promise.all(Array.from({ length: SHARDS }, (_, shard) => feed.consume(shard, () => received++)));
+  cleanups.push(() => Promise.all(subscriptions.map((s) => s.stop())));
+  // Busy for three seconds, as a process building a large ingest statement is: nothing is read.
+  const busyUntil = Date.now() + 3_000;
+  while (Date.now() < busyUntil);
+  await eventually(async () => received, (n) => n >= published, `all ${published} jobs`, 60_000);
+  await sleep(200);
+  assert.equal(received, published, "each job once (a closed connection loses the acks, and the jobs come again)");
+  assert.deepEqual(
+    lines.filter((l) => l.status === "disconnect").map((l) => l.msg),
+    [],
+    "the connection was never closed",
+  );
 });
 
 test("a message that is not a list of job heads is acked and dropped; the ones after it still arrive", async () => {
