@@ -8,7 +8,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { eventually, sleep } from '../support/wait.js';
 import { withTimeout } from '../../src/core/timeout.js';
 import { restClient, startTestApp, TEST_ADMIN_KEY } from '../support/app.js';
-import { spawnBin, type Spawned } from '../support/processes.js';
+import { webhookdProcesses, type Spawned } from '../support/processes.js';
 import { startReceiver } from '../support/receiver.js';
 import { startTcpProxy } from '../support/tcp-proxy.js';
 import { checkReceived, createHooks, expectEachOnce, publishRound, waitAllSucceeded } from '../support/hooks.js';
@@ -41,6 +41,12 @@ describe('failover', () => {
     await db?.drop();
   });
 
+  /** Live leases per owner: dispatcher id → shards held. */
+  async function leaseCounts(): Promise<Record<string, number>> {
+    const { rows } = await client.query<{ owner: string; n: number }>('select owner, count(*)::int as n from shard_leases where expires_at > now() group by owner');
+    return Object.fromEntries(rows.map((r) => [r.owner, r.n]));
+  }
+
   async function resetDatabase(): Promise<void> {
     // Each scenario starts from empty tables (the schema stays; migrations ran once).
     await client.query('truncate events, deliveries, delivery_attempts, shard_leases, dispatchers').catch(() => undefined);
@@ -64,25 +70,19 @@ describe('failover', () => {
     };
     const t0 = Date.now();
     const mark = (what: string) => console.log(`# ${Date.now() - t0} ms: ${what}`);
-    const procs: Spawned[] = [];
-    cleanups.push(async () => {
-      for (const p of procs) await p.kill('SIGKILL');
-    });
-    const api = spawnBin('webhookd', ['api'], { ...env, WEBHOOKD_LISTEN: '127.0.0.1:0' });
-    procs.push(api);
-    const apiUrl = (await api.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]!;
+    const processes = webhookdProcesses(env);
+    cleanups.push(() => processes.killAll('SIGKILL'));
+    const { url: apiUrl } = await processes.api();
     mark('api up');
-    const dispatchers = [spawnBin('webhookd', ['dispatcher'], env), spawnBin('webhookd', ['dispatcher'], env)];
-    procs.push(...dispatchers);
-    const ids = [];
-    for (const d of dispatchers) ids.push((await d.waitFor(/"dispatcher":"(dsp_[^"]+)"[^\n]*dispatcher started/))[1]!);
+    const dispatchers = await Promise.all([processes.dispatcher(), processes.dispatcher()]);
+    const ids = dispatchers.map((d) => d.id);
     mark('dispatchers up');
     // Both hold shards before the stream starts.
     const deadline = Date.now() + 15_000;
     for (;;) {
-      const { rows } = await client.query<{ owner: string; n: string }>('select owner, count(*) as n from shard_leases where expires_at > now() group by owner');
-      if (rows.length === 2 && rows.reduce((s, r) => s + Number(r.n), 0) === 64) break;
-      if (Date.now() > deadline) throw new Error(`shards not balanced: ${JSON.stringify(rows)}`);
+      const owners = await leaseCounts();
+      if (Object.keys(owners).length === 2 && Object.values(owners).reduce((a, b) => a + b, 0) === 64) break;
+      if (Date.now() > deadline) throw new Error(`shards not balanced: ${JSON.stringify(owners)}`);
       await sleep(100);
     }
 
@@ -93,7 +93,7 @@ describe('failover', () => {
     const shardOf = new Map(shardRows.map((r) => [r.id, r.shard]));
 
     const ROUNDS = 60;
-    const victim = dispatchers[0]!;
+    const victim = dispatchers[0]!.proc;
     let victimShards = new Set<number>();
     let killedAt = 0;
     for (let round = 0; round < ROUNDS; round++) {
@@ -137,7 +137,7 @@ describe('failover', () => {
       'the survivor holds every shard',
     );
     console.log(`# sigkill: ${total} events, ${[...duplicates.values()].reduce((a, b) => a + b, 0)} duplicates over ${victimHooks.length} webhooks on the victim`);
-    for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await processes.killAll('SIGTERM');
   });
 
   test('a dispatcher cut off from Postgres past its lease TTL does not send beside the one that took its shards', async () => {
@@ -246,9 +246,8 @@ describe('failover', () => {
     const held = dispatchers.map((d) => d.dispatcher!.shards);
     assert.equal(new Set(held.flat()).size, 64, 'every shard held, by one process each');
     assert.equal(held.flat().length, 64);
-    const { rows } = await client.query<{ owner: string; n: number }>('select owner, count(*)::int as n from shard_leases where expires_at > now() group by owner');
     assert.deepEqual(
-      Object.fromEntries(rows.map((r) => [r.owner, r.n])),
+      await leaseCounts(),
       Object.fromEntries(dispatchers.map((d) => [d.dispatcher!.id, d.dispatcher!.shards.length])),
       'the leases say the same',
     );
@@ -274,22 +273,9 @@ describe('failover', () => {
       WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY,
       WEBHOOKD_LOG_LEVEL: 'info',
     };
-    const procs: Spawned[] = [];
-    cleanups.push(async () => {
-      for (const p of procs) await p.kill('SIGKILL');
-    });
-    const api = spawnBin('webhookd', ['api'], { ...env, WEBHOOKD_LISTEN: '127.0.0.1:0' });
-    procs.push(api);
-    const rest = restClient((await api.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]!, TEST_ADMIN_KEY);
-    const startDispatcher = async () => {
-      const d = spawnBin('webhookd', ['dispatcher'], env);
-      procs.push(d);
-      return { process: d, id: (await d.waitFor(/"dispatcher":"(dsp_[^"]+)"[^\n]*dispatcher started/))[1]! };
-    };
-    const held = async () => {
-      const { rows } = await client.query<{ owner: string; n: number }>('select owner, count(*)::int as n from shard_leases where expires_at > now() group by owner');
-      return Object.fromEntries(rows.map((r) => [r.owner, r.n]));
-    };
+    const processes = webhookdProcesses(env);
+    cleanups.push(() => processes.killAll('SIGKILL'));
+    const rest = restClient((await processes.api()).url, TEST_ADMIN_KEY);
     const hooks = await createHooks(rest, receiver, 20, 'rr');
     let round = 0;
     const publish = async () => {
@@ -299,24 +285,24 @@ describe('failover', () => {
     /** Publishes until `done` holds (checked between rounds), or fails naming `what` after `ms`. */
     const publishUntil = async (done: (owners: Record<string, number>) => boolean, what: string, ms: number) => {
       const deadline = Date.now() + ms;
-      for (let owners = await held(); !done(owners); owners = await held()) {
+      for (let owners = await leaseCounts(); !done(owners); owners = await leaseCounts()) {
         assert.ok(Date.now() < deadline, `${what} within ${ms} ms; leases: ${JSON.stringify(owners)}`);
         await publish();
       }
     };
     /** SIGTERMs `leaving` with attempts in flight while publishing goes on; `staying` must hold every shard soon after. */
-    const stopOne = async (leaving: { process: Spawned; id: string }, staying: { id: string }) => {
+    const stopOne = async (leaving: { proc: Spawned; id: string }, staying: { id: string }) => {
       slow = true;
       // Every lane has a slow attempt in flight before the signal.
       for (let i = 0; i < 3; i++) await publish();
       await sleep(200);
-      const stopping = leaving.process.kill('SIGTERM');
+      const stopping = leaving.proc.kill('SIGTERM');
       const signalledAt = Date.now();
       let exit: number | null | undefined;
       void stopping.then((code) => (exit = code));
       while (exit === undefined) await publish();
       const stoppedIn = Date.now() - signalledAt;
-      assert.equal(exit, 0, `the dispatcher stopped cleanly:\n${leaving.process.output().slice(-2_000)}`);
+      assert.equal(exit, 0, `the dispatcher stopped cleanly:\n${leaving.proc.output().slice(-2_000)}`);
       assert.ok(stoppedIn >= 1_000, `it waited for its attempts in flight (${stoppedIn} ms)`);
       slow = false;
       // Handed back, not left to lapse: taken within two lease ticks (2 s each), not the 10 s TTL.
@@ -327,18 +313,18 @@ describe('failover', () => {
       console.log(`# rolling: SIGTERM to exit ${stoppedIn} ms, exit to every shard held by the other ${takenIn} ms`);
     };
 
-    const a = await startDispatcher();
-    const b = await startDispatcher();
+    const a = await processes.dispatcher();
+    const b = await processes.dispatcher();
     await publishUntil((owners) => owners[a.id] === 32 && owners[b.id] === 32, 'the two sharing the shards', 15_000);
     while (round < 5) await publish();
     await stopOne(a, b);
-    const c = await startDispatcher();
+    const c = await processes.dispatcher();
     await publishUntil((owners) => owners[b.id] === 32 && owners[c.id] === 32, 'the replacement taking its share', 15_000);
     await stopOne(b, c);
     for (const end = round + 5; round < end; ) await publish();
 
     await expectEachOnce(client, receiver, hooks, 30_000, `${hooks.length * round} deliveries`, 'a dispatcher stopped with attempts in flight repeats nothing');
-    for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await processes.killAll('SIGTERM');
   });
 
   test('the API process SIGKILLed between commit and publish: the orphans are delivered from Postgres, in order', async () => {
@@ -357,17 +343,10 @@ describe('failover', () => {
       WEBHOOKD_ALLOWED_CIDRS: '127.0.0.0/8',
       WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY,
     };
-    const procs: Spawned[] = [];
-    cleanups.push(async () => {
-      for (const p of procs) await p.kill('SIGKILL');
-    });
-    const startApi = async (natsUrl: string) => {
-      const api = spawnBin('webhookd', ['api'], { ...env, NATS_URL: natsUrl, WEBHOOKD_LISTEN: '127.0.0.1:0' });
-      procs.push(api);
-      return { api, url: (await api.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]! };
-    };
+    const processes = webhookdProcesses(env);
+    cleanups.push(() => processes.killAll('SIGKILL'));
     // The API reaches NATS through the proxy; the dispatcher directly.
-    const first = await startApi(proxy.url);
+    const first = await processes.api({ NATS_URL: proxy.url });
     const { app: dispatcher } = await startTestApp({ ...env, NATS_URL }, ['dispatcher']);
     cleanups.push(() => dispatcher.stop());
     let rest = restClient(first.url, TEST_ADMIN_KEY);
@@ -387,7 +366,7 @@ describe('failover', () => {
       committed = hooks.map((h) => rows.find((r) => r.event_type === h.type)?.id ?? '').filter(Boolean);
       await sleep(10);
     }
-    await first.api.kill('SIGKILL');
+    await first.proc.kill('SIGKILL');
     const answer = await orphan;
     assert.ok(answer instanceof Error, `the killed API never answered: ${JSON.stringify(answer)}`);
     hooks.forEach((h, i) => h.published.push(committed[i]!));
@@ -395,12 +374,12 @@ describe('failover', () => {
     // A new API, straight to NATS: later events go through the feed and wait behind the orphans, which come
     // from Postgres (the owner's sweep, or the lane reading its gap). With neither, they never arrive:
     // nothing of them reached NATS.
-    const second = await startApi(NATS_URL);
+    const second = await processes.api({ NATS_URL });
     rest = restClient(second.url, TEST_ADMIN_KEY);
     for (let round = 6; round < 10; round++) await publishRound(rest, hooks, round);
     await expectEachOnce(client, receiver, hooks, 30_000, '100 deliveries');
     await dispatcher.stop();
-    for (const p of procs.splice(0)) await p.kill('SIGTERM');
+    await processes.killAll('SIGTERM');
   });
 
   test('webhookd started before NATS: accepts and delivers from the start, and takes up the feed when NATS comes', async () => {

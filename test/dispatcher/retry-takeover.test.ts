@@ -6,7 +6,7 @@ import pg from "pg";
 import { createTestDatabase } from "../support/postgres.js";
 import { NATS_URL, natsPrefix } from "../support/nats.js";
 import { restClient, TEST_ADMIN_KEY } from "../support/app.js";
-import { spawnBin, type Spawned } from "../support/processes.js";
+import { webhookdProcesses } from "../support/processes.js";
 import { startReceiver, verifyDelivery, type Received } from "../support/receiver.js";
 import { eventually, sleep } from "../support/wait.js";
 import { publishRound, type Hook as BaseHook, type Receiver, type Rest } from "../support/hooks.js";
@@ -60,29 +60,16 @@ async function startCluster(label: string) {
     WEBHOOKD_RETRY_SCHEDULE: `${RETRY_MS / 1000}s`,
     WEBHOOKD_LOG_LEVEL: "info",
   };
-  const procs: Spawned[] = [];
-  cleanups.push(async () => {
-    for (const p of procs) await p.kill("SIGKILL");
-  });
-  const api = spawnBin("webhookd", ["api"], { ...env, WEBHOOKD_LISTEN: "127.0.0.1:0" });
-  procs.push(api);
-  const apiUrl = (await api.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]!;
-  const startDispatcher = async () => {
-    const proc = spawnBin("webhookd", ["dispatcher"], env);
-    procs.push(proc);
-    const id = (await proc.waitFor(/"dispatcher":"(dsp_[^"]+)"[^\n]*dispatcher started/))[1]!;
-    return { proc, id };
-  };
+  const processes = webhookdProcesses(env);
+  cleanups.push(() => processes.killAll("SIGKILL"));
+  const { url: apiUrl } = await processes.api();
   const leases = async () => {
     const { rows } = await client.query<{ owner: string; n: string }>("select owner, count(*) as n from shard_leases where expires_at > now() group by owner");
     return Object.fromEntries(rows.map((r) => [r.owner, Number(r.n)]));
   };
   const ownerOf = async (shard: number) =>
     (await client.query<{ owner: string }>("select owner from shard_leases where shard = $1 and expires_at > now()", [shard])).rows[0]?.owner;
-  const stopAll = async () => {
-    for (const p of procs.splice(0)) await p.kill("SIGTERM");
-  };
-  return { client, rest: restClient(apiUrl, TEST_ADMIN_KEY), startDispatcher, leases, ownerOf, stopAll };
+  return { client, rest: restClient(apiUrl, TEST_ADMIN_KEY), startDispatcher: processes.dispatcher, leases, ownerOf, stopAll: () => processes.killAll("SIGTERM") };
 }
 
 async function createHook(rest: Rest, client: pg.Client, receiver: Receiver, label: string): Promise<Hook> {

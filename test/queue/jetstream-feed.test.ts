@@ -261,15 +261,7 @@ test("with file storage (WEBHOOKD_NATS_STORAGE=file), jobs queued when the serve
   await feed.publish([job("wh_d", 4, 3, 100)]);
   // The feed publishes without waiting for the stream to store (Postgres is the record; the sweep sends
   // what the stream missed), so a job published just before a kill may not be stored: wait until it is.
-  const { stream } = jetStreamNames(prefix);
-  const before = await connect({ servers: nats.url });
-  try {
-    const { jetstreamManager } = await import("@nats-io/jetstream");
-    const jsm = await jetstreamManager(before);
-    await eventually(async () => (await jsm.streams.info(stream)).state.messages, (n) => n === 2, "both messages stored before the kill", 5_000);
-  } finally {
-    await before.close();
-  }
+  await eventually(() => messagesOn(nats.url, prefix, 4), (n) => n === 2, "both messages stored before the kill", 5_000);
 
   await nats.kill();
   await nats.start();
@@ -284,6 +276,7 @@ test("with file storage (WEBHOOKD_NATS_STORAGE=file), jobs queued when the serve
   try {
     const { jetstreamManager } = await import("@nats-io/jetstream");
     const jsm = await jetstreamManager(nc);
+    const { stream } = jetStreamNames(prefix);
     assert.equal((await jsm.streams.info(stream)).config.storage, "file");
     // Work-queue retention: what the consumer acked is gone from the stream.
     await eventually(async () => (await jsm.streams.info(stream)).state.messages, (n) => n === 0, "the acked jobs removed", 5_000);

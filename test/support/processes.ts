@@ -56,3 +56,31 @@ export async function runBin(bin: "webhookd" | "webhookctl", args: string[], env
   const code = await new Promise<number | null>((resolve) => p.child.once("exit", (c) => resolve(c)));
   return { code, output: p.output() };
 }
+
+/**
+ * The webhookd processes of one scenario, each the real binary started with `env` as an operator would.
+ * `killAll` ends every one still running: SIGKILL in a cleanup after a failure, SIGTERM at a clean end.
+ */
+export function webhookdProcesses(env: Record<string, string>) {
+  const running: Spawned[] = [];
+  const start = (role: "api" | "dispatcher", extra: Record<string, string>) => {
+    const proc = spawnBin("webhookd", [role], { ...env, ...extra });
+    running.push(proc);
+    return proc;
+  };
+  return {
+    /** An API on a free port, once it listens; `extra` overrides the scenario's env for it alone. */
+    async api(extra: Record<string, string> = {}) {
+      const proc = start("api", { WEBHOOKD_LISTEN: "127.0.0.1:0", ...extra });
+      return { proc, url: (await proc.waitFor(/webhookd listening on (http:\/\/\S+)/))[1]! };
+    },
+    /** A dispatcher, once it has started, and its id. */
+    async dispatcher() {
+      const proc = start("dispatcher", {});
+      return { proc, id: (await proc.waitFor(/"dispatcher":"(dsp_[^"]+)"[^\n]*dispatcher started/))[1]! };
+    },
+    async killAll(signal: NodeJS.Signals): Promise<void> {
+      for (const proc of running.splice(0)) await proc.kill(signal);
+    },
+  };
+}
