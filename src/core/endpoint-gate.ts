@@ -58,6 +58,12 @@ export const MAX_THROTTLE_MS = 60_000;
 export class EndpointGate {
   private health: EndpointHealth;
   private probeOut = false;
+  /**
+   * Whether the start admitted last is the half-open circuit's probe. The caller hands it back with the
+   * outcome: another attempt still out from before the circuit opened must neither end the probe nor
+   * count as its failure.
+   */
+  admittedProbe = false;
   private lastStart = -Infinity;
   private bucket: { rate: number; limiter: TokenBucket } | undefined;
 
@@ -90,16 +96,20 @@ export class EndpointGate {
     const tokenWait = this.takeToken(now, ratePerSecond);
     if (tokenWait > 0) return tokenWait;
     if (h.circuitState === "open") this.health = { ...h, circuitState: "half_open", openUntil: null };
-    if (this.health.circuitState === "half_open") this.probeOut = true;
+    this.admittedProbe = this.health.circuitState === "half_open";
+    if (this.admittedProbe) this.probeOut = true;
     this.lastStart = now;
     return 0;
   }
 
-  /** Takes an attempt's outcome; true when the saved health changed. */
-  record(signal: AttemptSignal, now: number): boolean {
+  /**
+   * Takes an attempt's outcome (`probe`: it was the probe, see `admittedProbe`; a "neutral" one gives a
+   * probe that never went back); true when the saved health changed.
+   */
+  record(signal: AttemptSignal, now: number, probe = this.probeOut): boolean {
     const before = this.health;
-    const wasProbe = this.probeOut;
-    this.probeOut = false;
+    const wasProbe = probe && this.probeOut;
+    if (probe) this.probeOut = false;
     switch (signal) {
       case "success":
         this.health = { ...HEALTHY, throttleMs: before.throttleMs >= 2 * MIN_THROTTLE_MS ? Math.floor(before.throttleMs / 2) : 0 };

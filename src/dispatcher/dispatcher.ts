@@ -285,9 +285,9 @@ export class Dispatcher {
     }
     const dueSince = full ? undefined : new Date(now - SWEEP_RECENT_MS);
     const due = await findWebhooksWithDueDeliveries(this.options.db, shards, new Date(now - graceMs), 10_000, new Date(now + lookaheadMs), dueSince);
-    for (const { webhook_id, shard, first_seq } of due) {
+    for (const { webhook_id, shard, first_seq, last_seq } of due) {
       // first_seq is the lowest pending seq of the webhook, due or not.
-      if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq, now);
+      if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq, now, last_seq);
     }
   }
 

@@ -109,10 +109,11 @@ export class LaneEngine {
 
   /**
    * From the sweep: the webhook has due work in Postgres, its lowest pending seq is `firstPendingSeq`
-   * (as of `readAt`, when the sweep's query was sent); make sure a lane is on it.
+   * and its last seq given out `lastSeq` (as of `readAt`, when the sweep's query was sent); make sure a
+   * lane is on it.
    */
-  wake(webhookId: string, shard: number, firstPendingSeq?: number, readAt = Date.now()): void {
-    this.laneFor(webhookId, shard).poke(firstPendingSeq, readAt);
+  wake(webhookId: string, shard: number, firstPendingSeq?: number, readAt = Date.now(), lastSeq?: number): void {
+    this.laneFor(webhookId, shard).poke(firstPendingSeq, readAt, lastSeq);
   }
 
   has(webhookId: string): boolean {
@@ -172,15 +173,24 @@ export class LaneEngine {
 
   releaseSlot(): void {
     this.inFlight--;
-    const next = this.waitingForSlot.values().next();
-    if (!next.done) {
-      this.waitingForSlot.delete(next.value);
-      next.value.pump();
-    }
+    this.offerSlot();
     if (this.inFlight === 0) {
       for (const resolve of this.idle) resolve();
       this.idle.clear();
     }
+  }
+
+  /**
+   * A free slot goes to the lane that has waited longest. A lane that does not take it (paused, deleted,
+   * its lease unconfirmed, its gate says wait) passes it on when its pump ends: handed to one lane only,
+   * a slot it let go stayed free while the others waited for the next sweep.
+   */
+  offerSlot(): void {
+    if (this.inFlight >= this.deps.maxInFlight) return;
+    const next = this.waitingForSlot.values().next();
+    if (next.done) return;
+    this.waitingForSlot.delete(next.value);
+    next.value.offerSlot();
   }
 
   private laneFor(webhookId: string, shard: number): Lane {
@@ -214,8 +224,15 @@ class Lane {
   private readonly finalWhileLoading = new Set<string>();
   /** Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS. */
   private readonly recentFinals = new Map<number, number>();
-  private readonly busyKeys = new Set<string>();
+  /**
+   * Jobs in flight, and whether each is the half-open circuit's probe. Their ordering keys are worked out
+   * at each pump under the webhook's current setting: a key kept from the start of an attempt let the
+   * same job start again beside itself when `ordered_by_key` changed meanwhile.
+   */
+  private readonly inFlight = new Map<DeliveryJob, { probe: boolean }>();
   private readonly attempts = new Set<Promise<void>>();
+  /** The engine handed this lane a free slot; passed on if the pump does not take one. */
+  private slotOffered = false;
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Infinity;
   private gapTimer: NodeJS.Timeout | undefined;
@@ -260,7 +277,7 @@ class Lane {
   }
 
   /** The sweep found due work for this webhook in Postgres, reading it at `readAt`. */
-  poke(firstPendingSeq: number | undefined, readAt: number): void {
+  poke(firstPendingSeq: number | undefined, readAt: number, lastSeq?: number): void {
     if (this.closed || this.loading) return;
     if (
       this.loaded &&
@@ -281,6 +298,10 @@ class Lane {
     // An idle lane rereads from the start: that also finds deliveries put back below knownThrough.
     if (!head || this.truncated) this.load(0);
     else if (head.nextAttemptAt <= Date.now()) this.pump();
+    // The head waits for its retry, maybe for hours, and there are seqs past the lane's position whose
+    // feed message has not come (lost with the stream, or never published): with ordering keys they may
+    // go beside it. (A lane that is moving reads on as it drains, and its feed is only behind.)
+    else if (lastSeq !== undefined && lastSeq > this.knownThrough) this.load();
   }
 
   isIdleSince(cutoff: number): boolean {
@@ -300,8 +321,8 @@ class Lane {
   }
 
   private append(job: DeliveryJob): void {
-    if (this.queue.length >= PAYLOADS_KEPT) job.payload = undefined;
-    this.queue.push(job);
+    // At the end but for a job in flight past the lane's position (see load): sorted all the same.
+    this.insertSorted(job);
     this.knownThrough = job.seq;
   }
 
@@ -352,7 +373,15 @@ class Lane {
         for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
         this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
-        this.knownThrough = Math.max(this.knownThrough, cut ? jobs.at(-1)!.seq : lastSeq);
+        const cutAt = cut ? jobs.at(-1)!.seq : lastSeq;
+        if (cutAt < this.knownThrough) {
+          // Read from below the lane's position (deliveries put back: a replay, retries by hand) and cut
+          // short: between the cut and knownThrough may lie more of them, which no later job may pass.
+          // The position moves back to the cut, and the jobs past it leave the queue but for those in
+          // flight; Postgres has them, and the lane reads on from the cut as it drains.
+          this.knownThrough = cutAt;
+          this.queue = this.queue.filter((j) => j.seq <= cutAt || this.inFlight.has(j));
+        } else this.knownThrough = cutAt;
         this.truncated = cut || this.overflows !== overflowsBefore;
         this.loaded = true;
         this.absorbAhead();
@@ -377,11 +406,22 @@ class Lane {
       .catch((err) => this.engine.deps.log.error({ err, webhookId: this.webhookId }, "lane pump failed"))
       .finally(() => {
         this.pumping = false;
+        if (this.slotOffered) {
+          this.slotOffered = false;
+          this.engine.offerSlot();
+        }
         if (this.pumpAgain) {
           this.pumpAgain = false;
           this.pump();
         }
       });
+  }
+
+  /** A slot is free for this lane: see LaneEngine.offerSlot. */
+  offerSlot(): void {
+    if (this.closed || !this.loaded) return this.engine.offerSlot();
+    this.slotOffered = true;
+    this.pump();
   }
 
   private async pumpOnce(): Promise<void> {
@@ -419,19 +459,22 @@ class Lane {
     const seenKeys = new Set<string>();
     let earliest = Infinity;
     const perLane = this.engine.deps.maxInFlightPerLane ?? 16;
+    const keyOf = (job: DeliveryJob) => (webhook.orderedByKey ? job.orderingKey : "");
+    const busyKeys = new Set([...this.inFlight.keys()].map(keyOf));
     for (const job of this.queue) {
       // Room again when an attempt ends: its completion pumps the lane.
       if (this.attempts.size >= perLane) break;
-      const key = webhook.orderedByKey ? job.orderingKey : "";
+      const key = keyOf(job);
       if (seenKeys.has(key)) continue;
       seenKeys.add(key);
-      if (!this.busyKeys.has(key)) {
+      if (!busyKeys.has(key)) {
         const paceWait = job.paceMs ? this.lastPacedStart + job.paceMs - now : 0;
         if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
         else if (paceWait > 0) earliest = Math.min(earliest, now + paceWait);
         else {
           // The slot first: the gate counts a start (a token, a probe) only when it says go.
           if (!this.engine.acquireSlot(this)) break;
+          this.slotOffered = false;
           const wait = this.gate.admit(now, webhook.rateLimitPerSecond);
           if (wait > 0) {
             this.engine.releaseSlot();
@@ -439,7 +482,7 @@ class Lane {
             break;
           }
           if (job.paceMs) this.lastPacedStart = now;
-          this.start(job, key, webhook);
+          this.start(job, key, webhook, this.gate.admittedProbe);
         }
       }
       if (!webhook.orderedByKey) break;
@@ -447,14 +490,18 @@ class Lane {
     if (earliest !== Infinity) this.schedule(earliest);
   }
 
-  private start(job: DeliveryJob, key: string, webhook: LaneWebhook): void {
-    this.busyKeys.add(key);
+  private start(job: DeliveryJob, key: string, webhook: LaneWebhook, probe: boolean): void {
+    this.inFlight.set(job, { probe });
     const attempt = this.engine.deps
       .execute(job, webhook)
       .then((outcome) => {
-        // Untouched at the head; the pump that follows finds the lease unconfirmed and waits for it.
-        if ("notStarted" in outcome) return;
-        this.recordSignal(outcome.signal);
+        if ("notStarted" in outcome) {
+          // Untouched at the head; the pump that follows finds the lease unconfirmed and waits for it.
+          // A probe that never went is given back, or the half-open circuit waited for it for good.
+          this.recordSignal("neutral", probe);
+          return;
+        }
+        this.recordSignal(outcome.signal, probe);
         if (outcome.final) {
           this.queue = this.queue.filter((j) => j !== job);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
@@ -468,12 +515,12 @@ class Lane {
       })
       .catch((err) => {
         this.engine.deps.log.error({ err, deliveryId: job.deliveryId }, "attempt failed to run; trying again shortly");
-        this.recordSignal("neutral");
+        this.recordSignal("neutral", probe);
         job.nextAttemptAt = Date.now() + 1_000;
       })
       .finally(() => {
         this.attempts.delete(attempt);
-        this.busyKeys.delete(key);
+        this.inFlight.delete(job);
         this.lastActivity = Date.now();
         this.engine.releaseSlot();
         this.absorbAhead();
@@ -505,8 +552,8 @@ class Lane {
     return undefined;
   }
 
-  private recordSignal(signal: AttemptSignal): void {
-    if (this.gate?.record(signal, Date.now())) this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot);
+  private recordSignal(signal: AttemptSignal, probe: boolean): void {
+    if (this.gate?.record(signal, Date.now(), probe)) this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot);
   }
 
   private schedule(at: number): void {

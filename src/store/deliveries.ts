@@ -85,7 +85,8 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
  * Webhooks of these shards with a pending delivery due by `dueBy` (and after `dueSince`, when given), or
  * coming due between now and `horizon` — the lanes that should be moving or about to — with the lowest
  * seq pending for each (due or not), so a lane whose position is past it reads from there and finds
- * deliveries put back behind it without skipping one that waits for its retry.
+ * deliveries put back behind it without skipping one that waits for its retry; and the webhook's last
+ * seq, so a lane short of it reads on (a feed message lost: other ordering keys may have work there).
  *
  * With `dueSince`, one index entry is read per delivery that came due since then (the periodic sweep).
  * Without it, a backlog behind a dead endpoint must not be read whole: the webhooks with pending
@@ -100,25 +101,25 @@ export async function findWebhooksWithDueDeliveries(
   limit: number,
   horizon: Date,
   dueSince?: Date,
-): Promise<{ webhook_id: string; shard: number; first_seq: number }[]> {
+): Promise<DueWebhook[]> {
   if (shards.length === 0) return [];
   const now = new Date();
   if (!dueSince) {
-    const { rows } = await sql<{ webhook_id: string; shard: number; first_seq: number }>`
+    const { rows } = await sql<DueWebhook>`
       with recursive hooks(webhook_id) as (
         (select d.webhook_id from deliveries d where d.status = 'pending' order by d.webhook_id limit 1)
         union all
         select (select d.webhook_id from deliveries d where d.status = 'pending' and d.webhook_id > h.webhook_id order by d.webhook_id limit 1)
         from hooks h where h.webhook_id is not null
       )
-      select w.id as webhook_id, w.shard,
+      select w.id as webhook_id, w.shard, w.last_seq,
         (select min(p.seq) from deliveries p where p.webhook_id = w.id and p.status = 'pending') as first_seq
       from hooks h join webhooks w on w.id = h.webhook_id
       where w.shard = any(${sql.val(shards)}::int[])
         and exists (select 1 from deliveries p where p.webhook_id = w.id and p.status = 'pending'
           and (p.next_attempt_at <= ${dueBy} or (p.next_attempt_at > ${now} and p.next_attempt_at <= ${horizon})))
       limit ${limit}`.execute(db);
-    return rows.map((r) => ({ webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq) }));
+    return rows.map(dueWebhook);
   }
   const rows = await db
     .selectFrom("deliveries as d")
@@ -126,6 +127,7 @@ export async function findWebhooksWithDueDeliveries(
       "d.webhook_id",
       "d.shard",
       sql<number>`(select min(p.seq) from deliveries p where p.webhook_id = d.webhook_id and p.status = 'pending')`.as("first_seq"),
+      sql<number>`(select w.last_seq from webhooks w where w.id = d.webhook_id)`.as("last_seq"),
     ])
     .where("d.status", "=", "pending")
     .where("d.shard", "in", shards)
@@ -138,7 +140,20 @@ export async function findWebhooksWithDueDeliveries(
     .groupBy(["d.webhook_id", "d.shard"])
     .limit(limit)
     .execute();
-  return rows.map((r) => ({ webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq) }));
+  return rows.map(dueWebhook);
+}
+
+export interface DueWebhook {
+  webhook_id: string;
+  shard: number;
+  /** The lowest seq pending, due or not. */
+  first_seq: number;
+  /** The highest seq the webhook has given out. */
+  last_seq: number;
+}
+
+function dueWebhook(r: DueWebhook): DueWebhook {
+  return { webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq), last_seq: Number(r.last_seq) };
 }
 
 /**

@@ -47,6 +47,23 @@ describe("circuit breaker", () => {
     assert.equal(gate.snapshot.openUntil, 3_100 + 3_000, "the cool-down is capped at maxCooldownMs");
   });
 
+  test("an attempt still out from before the circuit opened neither ends the probe nor fails it; a probe that never went is given back", () => {
+    const gate = new EndpointGate(policy);
+    // Ordering keys: four attempts out at once; three fail and open the circuit, the fourth is still out.
+    for (let t = 0; t < 4; t++) assert.equal(gate.admit(t, 0), 0);
+    assert.equal(gate.admittedProbe, false);
+    for (let t = 0; t < 3; t++) gate.record("failure", 10 + t, false);
+    assert.equal(gate.snapshot.circuitState, "open");
+    assert.equal(gate.admit(1_012, 0), 0, "the probe goes");
+    assert.equal(gate.admittedProbe, true);
+    gate.record("failure", 1_013, false);
+    assert.equal(gate.snapshot.circuitState, "half_open", "the older attempt's failure is not the probe's");
+    assert.ok(gate.admit(1_014, 0) > 0, "and the probe is still out");
+    gate.record("neutral", 1_015, true);
+    assert.equal(gate.admit(1_016, 0), 0, "a probe that was not started is given back: the next start probes");
+    assert.equal(gate.admittedProbe, true);
+  });
+
   test("a successful probe closes the circuit and clears the failure record", () => {
     const gate = new EndpointGate(policy);
     for (let t = 0; t < 3; t++) attempt(gate, t, "failure");

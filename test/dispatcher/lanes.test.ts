@@ -702,4 +702,97 @@ describe('LaneEngine', () => {
     assert.deepEqual(seen[3], { seq: 3, payload: undefined });
     assert.equal(offered.filter((j) => j.payload !== undefined).length <= 3, true, 'seq 3 (in flight) and at most the next two hold payloads');
   });
+
+  test('a replay of more deliveries than the lane holds: a live event published meanwhile waits for every replayed one', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_r');
+    const engine = newEngine(record.deps({ laneCapacity: 4, gapWaitMs: 50 }));
+    const done = Array.from({ length: 10 }, () => record.commit('wh_r'));
+    for (const job of done) engine.offer(record.copy(job));
+    await until(() => record.sent('wh_r').length === 10, 'the first ten');
+    // The replay puts seqs 1..8 back, due now; the sweep names the lowest pending seq, 1. The lane can
+    // hold 4: its read from seq 1 is cut at 4, below its position (10).
+    record.responder = () => 'hold';
+    for (const job of done.slice(0, 8)) {
+      const row = record.row(job.deliveryId)!;
+      row.status = 'pending';
+      row.job.nextAttemptAt = Date.now();
+    }
+    engine.wake('wh_r', 0, 1, Date.now());
+    await until(() => record.sent('wh_r').length === 11, 'replayed seq 1 in flight');
+    engine.offer(record.copy(record.commit('wh_r')));
+    await sleep(100);
+    record.responder = () => ({ final: true, signal: 'success' });
+    for (const call of record.calls) call.finish();
+    await until(() => record.sent('wh_r').includes(11), 'seq 11 sent', 5_000);
+    assert.deepEqual(record.sent('wh_r').slice(10), [1, 2, 3, 4, 5, 6, 7, 8, 11]);
+  });
+
+  test('a half-open probe that never went (the lease lapsed first) is given back: the lane probes again once the lease is confirmed', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_probe');
+    let confirmed = true;
+    record.responder = () => {
+      if (record.calls.length === 1) return { final: false, nextAttemptAt: Date.now(), signal: 'failure' };
+      if (record.calls.length === 2) {
+        confirmed = false;
+        return { notStarted: true };
+      }
+      return { final: true, signal: 'success' };
+    };
+    const engine = newEngine(record.deps({ mayStart: () => confirmed, circuitPolicy: { failureThreshold: 1, cooldownMs: 100, maxCooldownMs: 100 } }));
+    engine.offer(record.copy(record.commit('wh_probe')));
+    await until(() => record.calls.length === 2, 'the failure that opens the circuit, then the probe');
+    await sleep(50);
+    confirmed = true;
+    engine.leasesConfirmed();
+    await until(() => record.calls.length === 3, 'the probe, sent this time', 3_000);
+  });
+
+  test('ordered_by_key switched on while the head is in flight: that delivery is not started again beside itself', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_flip', { orderedByKey: false });
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps());
+    engine.offer(record.copy(record.commit('wh_flip', 'a')));
+    engine.offer(record.copy(record.commit('wh_flip', 'b')));
+    await until(() => record.calls.length === 1, 'seq 1 in flight');
+    record.webhooks.get('wh_flip')!.orderedByKey = true;
+    engine.offer(record.copy(record.commit('wh_flip', 'c')));
+    await until(() => record.calls.length === 3, 'keys b and c started beside a');
+    await sleep(100);
+    assert.deepEqual(record.calls.map((c) => c.seq), [1, 2, 3], 'seq 1 once; b and c go under the new setting');
+  });
+
+  test('a free slot offered to a lane that does not take it (paused meanwhile) goes on to the next lane waiting', async () => {
+    const record = newRecord();
+    for (const id of ['wh_x', 'wh_b', 'wh_c']) record.addWebhook(id);
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ maxInFlight: 1, holdRecheckMs: 10_000 }));
+    engine.offer(record.copy(record.commit('wh_x')));
+    await until(() => record.calls.length === 1, 'x in flight');
+    engine.offer(record.copy(record.commit('wh_b')));
+    engine.offer(record.copy(record.commit('wh_c')));
+    await sleep(50);
+    record.webhooks.get('wh_b')!.status = 'paused';
+    record.responder = () => ({ final: true, signal: 'success' });
+    record.calls[0]!.finish();
+    await until(() => record.sent('wh_c').length === 1, 'wh_c sent with the slot wh_b let go', 1_000);
+    assert.deepEqual(record.sent('wh_b'), [], 'the paused one holds');
+  });
+
+  test('ordering keys: a delivery whose feed message was lost goes beside a head that waits for its retry, once the sweep names the last seq', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_keys', { orderedByKey: true });
+    record.responder = (call) =>
+      call.key === 'A' ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps());
+    engine.offer(record.copy(record.commit('wh_keys', 'A')));
+    await until(() => record.calls.length === 1, 'key A tried, its retry an hour away');
+    record.commit('wh_keys', 'B'); // committed, its feed message lost
+    // The sweep: seq 2 is due; the lowest pending seq is 1 (A's head, in the lane), the last seq 2.
+    engine.wake('wh_keys', 0, 1, Date.now(), 2);
+    await until(() => record.sent('wh_keys').includes(2), "key B's delivery", 2_000);
+    assert.deepEqual(record.sent('wh_keys'), [1, 2]);
+  });
 });

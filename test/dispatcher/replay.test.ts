@@ -366,6 +366,23 @@ test("a replay while live events keep arriving delivers the replayed and the liv
   assert.deepEqual(liveOrder, range(11, 40), "every live delivery once, in order");
 });
 
+test("a replay of more deliveries than a lane holds: a live event published during it waits for all of them", async () => {
+  // 300 put back, past the 256 a lane holds: its read from the first is cut below its position.
+  const path = "/replay-past-capacity";
+  const { id } = await createWebhook(path, "big.x");
+  const since = new Date().toISOString();
+  for (let b = 0; b < 3; b++) await publish("big.x", range(b * 100 + 1, b * 100 + 100));
+  await receiver.waitFor(() => receiver.forPath(path).length === 300, 30_000, "the 300 originals");
+  const res = await replay(id, { since, scope: "all", rate_per_second: 300 });
+  assert.equal(res.status, 202, JSON.stringify(res.body));
+  assert.equal(res.body.total, 300);
+  await receiver.waitFor(() => receiver.forPath(path).length >= 305, 20_000, "the replay under way");
+  const live = await api("POST", "/events", { event_type: "big.x", payload: { n: 301 } });
+  assert.equal(live.status, 201, JSON.stringify(live.body));
+  await receiver.waitFor(() => receiver.forPath(path).length >= 601, 30_000, "the replay and the live event");
+  assert.deepEqual(receiver.forPath(path).slice(300).map(n), range(1, 301), "the replayed ones in seq order, then the live one");
+});
+
 test("with the JetStream feed: the replay comes from the sweep and the live events from NATS, in one ordered lane", async () => {
   const natsDb = await createTestDatabase("replay_nats");
   const nats = natsPrefix("replay");

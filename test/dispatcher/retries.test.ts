@@ -4,6 +4,9 @@ import { createTestDatabase } from "../support/postgres.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
 import { startReceiver, type Received } from "../support/receiver.js";
 import { eventually, sleep } from "../support/wait.js";
+import { insertDeliveries, insertEvents } from "../support/rows.js";
+import { newId } from "../../src/core/ids.js";
+import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
 
 /**
  * Retries against a real receiver, Postgres and dispatcher: the order they keep, the schedule they follow,
@@ -27,6 +30,7 @@ before(async () => {
     // Earlier attempts of this event (the one being answered is recorded after this answer).
     if (req.path === "/twice") return attemptsOf("/twice", n).length < 2 ? { status: 500 } : undefined;
     if (req.path === "/down") return healthy.has("/down") ? undefined : { status: 503 };
+    if (req.path === "/keys-unfed") return JSON.parse(req.body).payload.key === "A" ? { status: 500 } : undefined;
     return undefined;
   });
   api = restClient(server.url, TEST_ADMIN_KEY);
@@ -155,4 +159,30 @@ test("a webhook's rate limit holds at the receiver within 10 %", async () => {
   const steady = times.slice(rate);
   const measured = ((steady.length - 1) * 1000) / (steady.at(-1)! - steady[0]!);
   assert.ok(Math.abs(measured - rate) / rate <= 0.1, `measured ${measured.toFixed(2)}/s against a limit of ${rate}/s`);
+});
+
+test("ordered by key: a delivery committed but never fed (the API died before publishing) goes beside another key's head that waits an hour for its retry", async () => {
+  const id = await webhook("/keys-unfed", { ordered_by_key: true, retry_schedule: "1h" });
+  const res = await api("POST", "/events", { event_type: "r.keys-unfed", ordering_key: "A", payload: { n: 1, key: "A" } });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  await receiver.waitFor(() => receiver.forPath("/keys-unfed").length === 1, 10_000, "key A's first attempt, which fails");
+
+  // Key B's event as a commit whose publish never happened: its rows, the webhook's seq counter moved on.
+  const { db: store } = server.app.store;
+  const webhookRow = await store.selectFrom("webhooks").select(["shard", "last_seq"]).where("id", "=", id).executeTakeFirstOrThrow();
+  const now = new Date();
+  const eventId = newId("evt");
+  await insertEvents(store, [
+    { id: eventId, tenant_id: DEFAULT_TENANT_ID, event_type: "r.keys-unfed", payload: JSON.stringify({ n: 2, key: "B" }), idempotency_key: null, ordering_key: "B", delivery_count: 1, created_at: now },
+  ]);
+  await insertDeliveries(store, [
+    {
+      id: newId("dlv"), tenant_id: DEFAULT_TENANT_ID, webhook_id: id, event_id: eventId, seq: webhookRow.last_seq + 1, shard: webhookRow.shard,
+      ordering_key: "B", status: "pending", next_attempt_at: now, expires_at: new Date(now.getTime() + 3_600_000), created_at: now,
+    },
+  ]);
+  await store.updateTable("webhooks").set({ last_seq: webhookRow.last_seq + 1 }).where("id", "=", id).execute();
+
+  await receiver.waitFor(() => receiver.forPath("/keys-unfed").some((r) => JSON.parse(r.body).payload.key === "B"), 10_000, "key B's delivery, found by the sweep");
+  assert.deepEqual(receiver.forPath("/keys-unfed").map((r) => JSON.parse(r.body).payload.key), ["A", "B"], "A waits for its retry; B went beside it");
 });

@@ -1,6 +1,6 @@
-// The owners' sweep query: which webhooks have work due, with the lowest seq each has pending, and what
-// the periodic sweep leaves to the full one — the backlog that has been due for long, which it would
-// otherwise read whole every period behind a dead endpoint.
+// The owners' sweep query: which webhooks have work due, with the lowest seq each has pending and the last
+// it has given out, and what the periodic sweep leaves to the full one — the backlog that has been due
+// for long, which it would otherwise read whole every period behind a dead endpoint.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import os from "node:os";
@@ -45,6 +45,10 @@ before(async () => {
     });
   }
   await insertDeliveries(store.db, rows);
+  // What ingest keeps on the webhook row: the last seq given out.
+  for (const [webhookId, dues] of Object.entries(plan)) {
+    await store.db.updateTable("webhooks").set({ last_seq: 10 + dues.length - 1 }).where("id", "=", webhookId).execute();
+  }
 });
 
 after(async () => {
@@ -54,21 +58,21 @@ after(async () => {
 
 async function sweep(dueSince?: Date) {
   const found = await findWebhooksWithDueDeliveries(store.db, [1, 2], new Date(now - 2_000), 100, new Date(now + 60_000), dueSince);
-  return Object.fromEntries(found.map((r) => [r.webhook_id, { shard: r.shard, first: r.first_seq }]));
+  return Object.fromEntries(found.map((r) => [r.webhook_id, { shard: r.shard, first: r.first_seq, last: r.last_seq }]));
 }
 
 test("the full sweep finds every webhook with work due past the grace or coming due within the horizon", async () => {
   assert.deepEqual(await sweep(), {
-    wh_backlog: { shard: 1, first: 10 },
-    wh_recent: { shard: 1, first: 10 },
-    wh_retry_soon: { shard: 1, first: 10 },
+    wh_backlog: { shard: 1, first: 10, last: 12 },
+    wh_recent: { shard: 1, first: 10, last: 11 },
+    wh_retry_soon: { shard: 1, first: 10, last: 10 },
   });
 });
 
 test("the periodic sweep leaves work due for long to the full sweep, and still finds the rest", async () => {
   assert.deepEqual(await sweep(new Date(now - 2 * MINUTE)), {
-    wh_recent: { shard: 1, first: 10 },
-    wh_retry_soon: { shard: 1, first: 10 },
+    wh_recent: { shard: 1, first: 10, last: 11 },
+    wh_retry_soon: { shard: 1, first: 10, last: 10 },
   });
 });
 
@@ -80,6 +84,7 @@ test("the full sweep reads about one index entry per webhook, not one per delive
     insert into deliveries (id, tenant_id, webhook_id, event_id, seq, shard, ordering_key, status, next_attempt_at, expires_at, created_at)
     select ${idFloor("dlv", now)} || lpad(g::text, 8, '0'), ${DEFAULT_TENANT_ID}, 'wh_dead', 'evt_x', g, 2, '', 'pending', ${dueAt}, ${new Date(now + 24 * 60 * MINUTE)}, ${new Date(now)}
     from generate_series(1, 50000) g`.execute(store.db);
+  await store.db.updateTable("webhooks").set({ last_seq: 50_000 }).where("id", "=", "wh_dead").execute();
   const read = await store.db.connection().execute(async (conn) => {
     const tuples = async () => {
       await sql`select pg_stat_force_next_flush()`.execute(conn);
@@ -90,7 +95,7 @@ test("the full sweep reads about one index entry per webhook, not one per delive
     };
     const before = await tuples();
     const found = await findWebhooksWithDueDeliveries(conn, [1, 2], new Date(now - 2_000), 100, new Date(now + 3_000));
-    assert.deepEqual(found.find((r) => r.webhook_id === "wh_dead"), { webhook_id: "wh_dead", shard: 2, first_seq: 1 });
+    assert.deepEqual(found.find((r) => r.webhook_id === "wh_dead"), { webhook_id: "wh_dead", shard: 2, first_seq: 1, last_seq: 50_000 });
     return (await tuples()) - before;
   });
   assert.ok(read < 1_000, `${read} index entries read for 50,000 due deliveries`);
