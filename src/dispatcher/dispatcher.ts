@@ -101,7 +101,7 @@ export class Dispatcher {
     this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
     this.sweepIntervalMs = options.sweepIntervalMs ?? 2_000;
     this.writer = new AttemptWriter(options.db, this.log);
-    this.webhooks = createWebhookCache(options.db, options.secretBox);
+    this.webhooks = createWebhookCache(options.db, options.secretBox, this.log);
     this.payloads = new PayloadReader(options.db);
     this.engine = new LaneEngine({
       loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),

@@ -1,3 +1,4 @@
+import type { Logger } from "pino";
 import type { SecretBox } from "../core/secret-box.js";
 import { webhookReads } from "../metrics.js";
 import type { Db } from "../store/db.js";
@@ -10,6 +11,8 @@ const MAX_ENTRIES = 100_000;
 const CHUNK = 500;
 /** An entry not asked for this long is dropped. */
 const IDLE_MS = 60_000;
+/** How often a webhook whose secrets do not open is read again (and logged). */
+const UNOPENABLE_RETRY_MS = 5_000;
 
 interface Entry {
   webhook: LaneWebhook | undefined;
@@ -32,7 +35,7 @@ interface Entry {
  * webhooks that was 10,000 rows a second, each parsed and its secrets opened, and 5,000 webhooks × 20
  * events took 72 s to deliver against 53 s now.
  */
-export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) {
+export function createWebhookCache(db: Db, secretBox: SecretBox, log: Logger, ttlMs = 1_000) {
   const entries = new Map<string, Entry>();
   /** Ids being read, and those of them forgotten meanwhile: what was read may predate the change. */
   const reading = new Set<string>();
@@ -40,6 +43,8 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
   /** Ids to confirm in the next round, and who waits for them. */
   const queued = new Map<string, ((webhook: LaneWebhook | undefined) => void)[]>();
   let round: NodeJS.Immediate | undefined;
+  /** Closed: the reads tried again later (Postgres down, a secret that does not open) stop. */
+  let closed = false;
   const evictor = setInterval(() => {
     const cutoff = Date.now() - IDLE_MS;
     for (const [id, entry] of entries) if (entry.usedAt < cutoff) entries.delete(id);
@@ -95,6 +100,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
         if (entries.size > MAX_ENTRIES) entries.clear();
         let unchanged = 0;
         let changedOrGone = 0;
+        const unopenable: string[] = [];
         for (const [index, [id, waiters]] of chunk.entries()) {
           if (forgottenWhileReading.delete(id)) {
             queue(id, ...waiters);
@@ -105,9 +111,18 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
           let entry = known[index]!;
           if (found) {
             changedOrGone++;
-            entry = found.row
-              ? build(found.row, found.version, sentAt)
-              : { webhook: undefined, version: undefined, secrets: [], confirmedAt: sentAt, usedAt: now };
+            try {
+              entry = found.row
+                ? build(found.row, found.version, sentAt)
+                : { webhook: undefined, version: undefined, secrets: [], confirmedAt: sentAt, usedAt: now };
+            } catch {
+              // A secret that does not open (sealed under another WEBHOOKD_ENCRYPTION_KEY, or copied from
+              // another row): nothing can be signed for this webhook, so its lane waits, and nobody else's.
+              // Thrown out of the loop, it held every webhook read after it in the round, whoever's.
+              unopenable.push(id);
+              setTimeout(() => queue(id, ...waiters), UNOPENABLE_RETRY_MS).unref();
+              continue;
+            }
           } else {
             unchanged++;
             entry.confirmedAt = sentAt;
@@ -116,6 +131,12 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
           entry.usedAt = now;
           entries.set(id, entry);
           for (const resolve of waiters) resolve(entry.webhook);
+        }
+        if (unopenable.length > 0) {
+          log.error(
+            { webhookIds: unopenable.slice(0, 10), count: unopenable.length },
+            "signing secrets do not open with this WEBHOOKD_ENCRYPTION_KEY; these webhooks' deliveries wait",
+          );
         }
         webhookReads.inc({ result: "changed" }, changedOrGone);
         webhookReads.inc({ result: "unchanged" }, unchanged);
@@ -129,6 +150,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
   }
 
   function queue(id: string, ...waiters: ((webhook: LaneWebhook | undefined) => void)[]): void {
+    if (closed) return;
     const list = queued.get(id);
     if (list) list.push(...waiters);
     else queued.set(id, waiters);
@@ -151,6 +173,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, ttlMs = 1_000) 
       return new Promise((resolve) => queue(id, resolve));
     },
     close(): void {
+      closed = true;
       clearInterval(evictor);
       clearImmediate(round);
     },

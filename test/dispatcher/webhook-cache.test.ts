@@ -2,6 +2,7 @@
 // confirmed longer than the ttl ago, and a confirmation of an unchanged row costs its version, not the row.
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import pino from "pino";
 import { SecretBox } from "../../src/core/secret-box.js";
 import { createWebhookCache } from "../../src/dispatcher/webhook-cache.js";
 import { webhookReads } from "../../src/metrics.js";
@@ -13,6 +14,9 @@ import { sleep } from "../support/wait.js";
 
 const TTL_MS = 100;
 const box = SecretBox.fromEncodedKey(SecretBox.generateEncodedKey());
+/** What the cache logs, kept for the tests that look at it. */
+const logged: { level: number; msg: string; webhookIds?: string[] }[] = [];
+const log = pino({ level: "info" }, { write: (line: string) => void logged.push(JSON.parse(line)) });
 const caches: ReturnType<typeof createWebhookCache>[] = [];
 after(() => caches.forEach((cache) => cache.close()));
 
@@ -30,7 +34,7 @@ async function counting(work: () => Promise<unknown>): Promise<{ changed: number
   return { changed: later.changed - before.changed, unchanged: later.unchanged - before.unchanged };
 }
 
-async function addWebhook(store: Store, id: string, secrets: { plain: string; expiresAt: Date | null }[]): Promise<void> {
+async function addWebhook(store: Store, id: string, secrets: { plain: string; expiresAt: Date | null }[], sealer = box): Promise<void> {
   await insertWebhook(store.db, {
     id,
     tenant_id: DEFAULT_TENANT_ID,
@@ -38,7 +42,7 @@ async function addWebhook(store: Store, id: string, secrets: { plain: string; ex
     event_types: ["order.created"],
     status: "active",
     description: "",
-    signing_secrets: JSON.stringify(secrets.map((s) => ({ secret: box.seal(s.plain, id), expires_at: s.expiresAt?.toISOString() ?? null }))),
+    signing_secrets: JSON.stringify(secrets.map((s) => ({ secret: sealer.seal(s.plain, id), expires_at: s.expiresAt?.toISOString() ?? null }))),
     shard: 1,
     public_key: null,
     retry_schedule: null,
@@ -48,7 +52,7 @@ async function addWebhook(store: Store, id: string, secrets: { plain: string; ex
 
 function checks(getStore: () => Store, label: string) {
   const newCache = () => {
-    const cache = createWebhookCache(getStore().db, box, TTL_MS);
+    const cache = createWebhookCache(getStore().db, box, log, TTL_MS);
     caches.push(cache);
     return cache;
   };
@@ -106,6 +110,25 @@ function checks(getStore: () => Store, label: string) {
     await updateWebhook(getStore().db, id, { status: "deleted" });
     cache.forget(id);
     assert.equal((await cache.get(id))?.status, "deleted", "within the ttl, after forget");
+  });
+
+  test("a webhook whose secret does not open waits alone: the others read in the same round are answered", async () => {
+    const broken = `wh_${label}_a_broken`;
+    const healthy = `wh_${label}_b_healthy`;
+    // Sealed under another key: what a row written by a deployment with another WEBHOOKD_ENCRYPTION_KEY holds.
+    await addWebhook(getStore(), broken, [{ plain: "whsec_x", expiresAt: null }], SecretBox.fromEncodedKey(SecretBox.generateEncodedKey()));
+    await addWebhook(getStore(), healthy, [{ plain: "whsec_y", expiresAt: null }]);
+    const cache = newCache();
+    let brokenAnswered = false;
+    void cache.get(broken).then(() => (brokenAnswered = true));
+    const answer = await Promise.race([cache.get(healthy), sleep(2_000).then(() => "no answer" as const)]);
+    assert.ok(answer !== "no answer", "the healthy webhook, read in the same round after the broken one, is answered");
+    assert.deepEqual(answer?.secrets, ["whsec_y"]);
+    assert.equal(brokenAnswered, false, "the broken one is not answered: nothing could be signed for it");
+    assert.ok(
+      logged.some((l) => l.level === 50 && l.webhookIds?.includes(broken)),
+      "the broken webhook is named in an error",
+    );
   });
 
   test("hundreds of webhooks asked for in one turn are read in chunks, each with its own row", async () => {
