@@ -81,53 +81,56 @@ export class AttemptWriter {
 
   private async flush(): Promise<void> {
     const batch = this.pending.splice(0, this.options.maxBatch);
-    // Capped at 1 s: lanes wait on these records, and a try a second costs a down Postgres nothing.
+    const outcome = await this.commit(batch.map((b) => b.record));
+    if (outcome === "written") for (const b of batch) b.resolve();
+    // Postgres refuses something in the batch itself: retrying it whole would stall every lane.
+    else if ("refused" in outcome) await this.writeOneByOne(batch);
+    else for (const b of batch) b.reject(outcome.givenUp);
+  }
+
+  /**
+   * Writes the records in one statement, trying again while Postgres cannot be reached (capped at 1 s
+   * apart: lanes wait on these records, and a try a second costs a down Postgres nothing), until the
+   * writer gives up (`giveUpAfter`). Refused: Postgres refused the data itself.
+   */
+  private async commit(records: AttemptRecord[]): Promise<"written" | { refused: unknown } | { givenUp: unknown }> {
     for (let backoff = 100, retry = false; ; backoff = Math.min(backoff * 2, 1_000), retry = true) {
       try {
-        await recordAttempts(
-          this.db,
-          batch.map((b) => b.record),
-        );
-        for (const b of batch) b.resolve();
-        return;
+        await recordAttempts(this.db, records);
+        return "written";
       } catch (err) {
         if (Date.now() >= this.giveUpAt) {
-          this.log.error({ err, records: batch.length }, "stopping: attempt records given up; their deliveries stay pending and will be sent again");
-          for (const b of batch) b.reject(err);
-          return;
+          this.log.error({ err, records: records.length }, "stopping: attempt records given up; their deliveries stay pending and will be sent again");
+          return { givenUp: err };
         }
-        if (retry && isUniqueViolation(err)) {
-          // A batch is one statement and its attempt ids are new: meeting them stored, a retry learns that
-          // the try before it committed and only its reply was lost with the connection.
-          for (const b of batch) b.resolve();
-          return;
-        }
-        if (isRejectedData(err)) {
-          // Postgres refuses something in the batch itself: retrying it whole would stall every lane.
-          await this.writeOneByOne(batch);
-          return;
-        }
-        this.log.error({ err, records: batch.length }, "recording attempts failed; retrying");
+        // A statement's attempt ids are new: meeting them stored, a retry learns that the try before it
+        // committed and only its reply was lost with the connection.
+        if (retry && isUniqueViolation(err)) return "written";
+        if (isRejectedData(err)) return { refused: err };
+        this.log.error({ err, records: records.length }, "recording attempts failed; retrying");
         await new Promise((r) => setTimeout(r, backoff));
       }
     }
   }
 
   /**
-   * Isolates the record Postgres refuses. It is written again without the receiver-controlled text; if
-   * even that fails it is dropped, and its delivery stays pending, to be sent again (at least once).
+   * Isolates the record Postgres refuses and writes it again without the receiver-controlled text. One
+   * that cannot be written even so is not reported written: its lane sends the delivery again, in its
+   * place. Reported written, the lane went on to the next while the delivery stayed pending, and sent it
+   * again after later ones; a connection lost during these writes did that to records with nothing wrong.
    */
   private async writeOneByOne(batch: Pending[]): Promise<void> {
-    for (const { record, resolve } of batch) {
-      try {
-        await recordAttempts(this.db, [record]);
-      } catch (err) {
-        this.log.error({ err, deliveryId: record.deliveryId }, "attempt record refused; storing it without the response body");
-        await recordAttempts(this.db, [{ ...record, responseBody: null, error: record.error && "attempt error not storable" }]).catch(
-          (again) => this.log.error({ err: again, deliveryId: record.deliveryId }, "attempt record dropped; the delivery stays pending"),
-        );
+    for (const { record, resolve, reject } of batch) {
+      let outcome = await this.commit([record]);
+      if (outcome !== "written" && "refused" in outcome) {
+        this.log.error({ err: outcome.refused, deliveryId: record.deliveryId }, "attempt record refused; storing it without the response body");
+        outcome = await this.commit([{ ...record, responseBody: null, error: record.error && "attempt error not storable" }]);
       }
-      resolve();
+      if (outcome === "written") resolve();
+      else if ("refused" in outcome) {
+        this.log.error({ err: outcome.refused, deliveryId: record.deliveryId }, "attempt record refused even without the response; the attempt is made again");
+        reject(outcome.refused);
+      } else reject(outcome.givenUp);
     }
   }
 

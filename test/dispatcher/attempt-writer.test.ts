@@ -6,6 +6,7 @@ import { AttemptWriter } from "../../src/dispatcher/attempt-writer.js";
 import { createLogger } from "../../src/logger.js";
 import { newId } from "../../src/core/ids.js";
 import { pino } from "pino";
+import { sql } from "kysely";
 import { startTcpProxy } from "../support/tcp-proxy.js";
 
 let db: Awaited<ReturnType<typeof createTestDatabase>>;
@@ -107,6 +108,41 @@ test("a record Postgres refuses does not stall the records batched with it", asy
   const bodies = await store.db.selectFrom("delivery_attempts").select(["delivery_id", "response_body"]).where("delivery_id", "in", ids).execute();
   assert.equal(bodies.length, 3);
   assert.equal(bodies.find((b) => b.delivery_id === ids[1])!.response_body, null);
+});
+
+test("a record written one by one after its batch was refused is tried again while Postgres fails for a moment, not dropped and reported written", async () => {
+  const ids = await Promise.all([1, 2, 3].map(pendingDelivery));
+  // A moment of trouble for the writes of one fine record, as a lost connection would be: a transient
+  // error (serialization failure, class 40) for its first two tries, the batch's and its own.
+  // A sequence counts the tries: unlike a row, it is not rolled back with the statement that failed.
+  await sql`create sequence flaky_tries`.execute(store.db);
+  await sql`
+    create function flaky_attempt() returns trigger language plpgsql as $$
+    begin
+      if new.delivery_id = ${sql.lit(ids[0]!)} and nextval('flaky_tries') <= 2 then
+        raise exception 'flaky' using errcode = '40001';
+      end if;
+      return new;
+    end $$`.execute(store.db);
+  await sql`create trigger flaky before insert on delivery_attempts for each row execute function flaky_attempt()`.execute(store.db);
+  const lines: { level: number; msg: string }[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => void lines.push(JSON.parse(line)) });
+  try {
+    const writer = new AttemptWriter(store.db, log, { maxBatch: 10, maxDelayMs: 20 });
+    // The NUL byte makes the batch's statement refused: the writer goes one by one, and meets the trouble.
+    const outcomes = await Promise.allSettled([writer.write(success(ids[0]!, "fine")), writer.write(success(ids[1]!, "bad\u0000body")), writer.write(success(ids[2]!, "fine"))]);
+    await writer.stop();
+    assert.deepEqual(outcomes.map((o) => o.status), ["fulfilled", "fulfilled", "fulfilled"]);
+    const rows = await store.db.selectFrom("deliveries").select(["id", "status"]).where("id", "in", ids).execute();
+    assert.deepEqual(rows.map((r) => r.status), ["succeeded", "succeeded", "succeeded"], "a delivery reported written is written");
+    const first = await store.db.selectFrom("delivery_attempts").select("response_body").where("delivery_id", "=", ids[0]!).execute();
+    assert.deepEqual(first, [{ response_body: "fine" }], "the record with nothing wrong kept its response");
+    assert.ok(lines.some((l) => /retrying/.test(l.msg)), "the trouble was met");
+  } finally {
+    await sql`drop trigger flaky on delivery_attempts`.execute(store.db);
+    await sql`drop function flaky_attempt`.execute(store.db);
+    await sql`drop sequence flaky_tries`.execute(store.db);
+  }
 });
 
 test("a write whose commit was hidden by a lost connection is not written again, nor reported dropped", async () => {
