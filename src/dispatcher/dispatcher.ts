@@ -79,6 +79,8 @@ export class Dispatcher {
   private readonly engine: LaneEngine;
   private readonly writer: AttemptWriter;
   private readonly owned = new Map<number, FeedSubscription | undefined>();
+  /** Shards let go whose attempts in flight are still being recorded: their leases are renewed until then. */
+  private readonly draining = new Set<number>();
   private leaseTimer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private tick: Promise<void> = Promise.resolve();
@@ -163,7 +165,7 @@ export class Dispatcher {
     const { db, shardCount } = this.options;
     const asked = performance.now();
     await leases.heartbeat(db, this.id);
-    const held = new Set(await leases.renewLeases(db, this.id, this.leaseTtlMs));
+    const held = new Set(await leases.renewLeases(db, this.id, [...this.owned.keys(), ...this.draining], this.leaseTtlMs));
     for (const shard of [...this.owned.keys()]) {
       if (!held.has(shard)) {
         this.log.warn({ shard }, "lease lost");
@@ -178,10 +180,21 @@ export class Dispatcher {
     for (const shard of this.shards.slice(target)) {
       // The lease stays ours (and renewed) until the shard's attempts in flight are recorded, so the
       // next owner never sends beside us; draining happens off this tick so renewals go on meanwhile.
+      this.draining.add(shard);
       void this.letGo(shard)
-        .then(() => leases.releaseShard(db, this.id, shard))
-        .catch((err) => this.log.warn({ err, shard }, "releasing shard failed; its lease will lapse"));
+        // Claimed again while it drained (its lease had lapsed): it is ours to work, not to release.
+        .then(() => (this.owned.has(shard) ? undefined : leases.releaseShard(db, this.id, shard)))
+        .catch((err) => this.log.warn({ err, shard }, "releasing shard failed; the next lease tick releases it"))
+        .finally(() => this.draining.delete(shard));
     }
+    // A lease of ours on a shard nobody here works: a release above that failed, or a claim that committed
+    // but whose answer was lost. Renewed with the others, it kept the shard from every process for as long
+    // as this one lived; unrenewed it would still hold it for a TTL.
+    const stray = await leases.releaseLeasesExcept(db, this.id, [...this.owned.keys(), ...this.draining]).catch((err) => {
+      this.log.warn({ err }, "could not release the leases of shards not worked here; they lapse within the TTL");
+      return [];
+    });
+    if (stray.length > 0) this.log.warn({ shards: stray }, "released leases of shards not worked here");
     for (const [shard, subscription] of this.owned) {
       // A shard taken while the feed was down runs on the sweep alone until its subscription comes back;
       // one failure ends the round, so a dead feed never holds up the lease renewals.

@@ -23,12 +23,30 @@ export async function countLiveDispatchers(db: Db, ttlMs: number): Promise<numbe
   return Number(row.n);
 }
 
-/** Extends this process's leases; returns the shards it still holds (a lease that lapsed may be gone). */
-export async function renewLeases(db: Db, owner: string, ttlMs: number): Promise<number[]> {
+/**
+ * Extends this process's leases on `shards` (those it works or still drains); returns the ones it still
+ * holds (a lease that lapsed may be gone). Only those: a row this owner holds for a shard it no longer
+ * works (a release that failed, a claim whose answer was lost) must lapse, not be kept alive by every tick
+ * while nobody sends its deliveries.
+ */
+export async function renewLeases(db: Db, owner: string, shards: readonly number[], ttlMs: number): Promise<number[]> {
+  if (shards.length === 0) return [];
   const rows = await db
     .updateTable("shard_leases")
     .set({ expires_at: sql<Date>`now() + ${`${ttlMs} milliseconds`}::interval` })
     .where("owner", "=", owner)
+    .where("shard", "=", sql<number>`any(${sql.val([...shards])}::int[])`)
+    .returning("shard")
+    .execute();
+  return rows.map((r) => r.shard);
+}
+
+/** Deletes this owner's leases on every shard but `keep`; returns the shards released. */
+export async function releaseLeasesExcept(db: Db, owner: string, keep: readonly number[]): Promise<number[]> {
+  const rows = await db
+    .deleteFrom("shard_leases")
+    .where("owner", "=", owner)
+    .where(sql<boolean>`not (shard = any(${sql.val([...keep])}::int[]))`)
     .returning("shard")
     .execute();
   return rows.map((r) => r.shard);
