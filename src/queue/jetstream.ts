@@ -13,7 +13,7 @@ import {
 } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import type { DeliveryFeed, FeedSubscription } from "./feed.js";
-import { decodeJobHeads, encodeJobHeads, type DeliveryJob } from "./job.js";
+import { decodeJobHeads, encodeJobHead, joinJobHeads, type DeliveryJob } from "./job.js";
 import { withTimeout } from "../core/timeout.js";
 
 export interface JetStreamNames {
@@ -36,23 +36,45 @@ const DUPLICATE_WINDOW_NS = 2 * 60 * 1e9;
 const MAX_AGE_NS = 7 * 24 * 3600 * 1e9;
 const PUBLISH_TIMEOUT_MS = 2_000;
 const DRAIN_TIMEOUT_MS = 2_000;
-/** Jobs in one feed message at most (a head is about 300 bytes: a message stays far below max_payload). */
+/** Jobs in one feed message at most. */
 const MAX_JOBS_PER_MESSAGE = 500;
+/**
+ * Bytes of one feed message at most, half of what a shard's pull asks for (PULL_MAX_BYTES) and a quarter
+ * of the server's default max_payload. Most heads are about 300 bytes, but the longest ordering key and
+ * event type accepted make one of 1.2 KB: 500 of them were 614 KB, which no pull of 512 KB could take,
+ * and NATS delivers nothing of a consumer past a message its pulls cannot take.
+ */
+const MAX_MESSAGE_BYTES = 256 * 1024;
 
-/** The jobs of each webhook, in order, in runs of at most `MAX_JOBS_PER_MESSAGE`. */
-function* byWebhook(jobs: DeliveryJob[]): Generator<DeliveryJob[]> {
-  const runs = new Map<string, DeliveryJob[]>();
+interface FeedMessage {
+  jobs: DeliveryJob[];
+  heads: string[];
+  /** Of the message once made: the heads, a comma after each but the last, and the brackets. */
+  bytes: number;
+}
+
+/**
+ * The jobs of each webhook, in order, in messages of at most `MAX_JOBS_PER_MESSAGE` jobs and
+ * `MAX_MESSAGE_BYTES` bytes (a single head larger than that goes alone). The split depends on the
+ * heads alone, so a repeated publish of the same jobs makes the same messages, with the same ids.
+ */
+function* byWebhook(jobs: DeliveryJob[]): Generator<FeedMessage> {
+  const runs = new Map<string, FeedMessage>();
   for (const job of jobs) {
+    const head = encodeJobHead(job);
+    const bytes = Buffer.byteLength(head) + 1;
     let run = runs.get(job.webhookId);
-    if (run && run.length >= MAX_JOBS_PER_MESSAGE) {
+    if (run && (run.jobs.length >= MAX_JOBS_PER_MESSAGE || run.bytes + bytes > MAX_MESSAGE_BYTES)) {
       yield run;
       run = undefined;
     }
     if (!run) {
-      run = [];
+      run = { jobs: [], heads: [], bytes: 1 };
       runs.set(job.webhookId, run);
     }
-    run.push(job);
+    run.jobs.push(job);
+    run.heads.push(head);
+    run.bytes += bytes;
   }
   yield* runs.values();
 }
@@ -208,16 +230,18 @@ export async function createJetStreamFeed(options: {
       // Postgres holds every job already and the owners' sweep sends whatever the stream missed, so an
       // acknowledgement would only tell us what the sweep finds out anyway. A webhook's jobs of one call
       // travel in one message, in seq order, without their payloads (the owner reads those from
-      // Postgres). The dedup id is the first job's and the count; its attempt count lets a manual retry through.
-      for (const group of byWebhook(jobs)) {
-        const first = group[0]!;
+      // Postgres). The dedup id is the first job's and the count: the messages of one webhook's run start
+      // at different jobs, and a repeated publish splits them alike. The attempt count lets a manual retry through.
+      for (const message of byWebhook(jobs)) {
+        const first = message.jobs[0]!;
+        const count = message.jobs.length;
         const h = headers();
-        h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${group.length > 1 ? `+${group.length}` : ""}`);
+        h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${count > 1 ? `+${count}` : ""}`);
         try {
-          nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, encodeJobHeads(group), { headers: h });
+          nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, joinJobHeads(message.heads), { headers: h });
         } catch (err) {
           // A connection closing under us: the rest still go, and the sweep sends these.
-          log.warn({ err, webhookId: first.webhookId, jobs: group.length }, "publish failed; the owners' sweep picks these up from Postgres");
+          log.warn({ err, webhookId: first.webhookId, jobs: count }, "publish failed; the owners' sweep picks these up from Postgres");
         }
       }
       if (silentSince !== undefined) return;
@@ -311,6 +335,7 @@ async function ensureStream(jsm: JetStreamManager, names: JetStreamNames, storag
     duplicate_window: DUPLICATE_WINDOW_NS,
     max_age: MAX_AGE_NS,
     max_bytes: storage === "memory" ? MEMORY_STREAM_MAX_BYTES : -1,
+    max_msg_size: MAX_STORED_MESSAGE_BYTES,
   };
   try {
     const info = await jsm.streams.info(names.stream);
@@ -341,6 +366,13 @@ const CONSUMER_SETTINGS = { ack_wait: 30 * 1e9, max_ack_pending: 10_000 };
  * closed the connection as a slow consumer. 64 × 512 KB stays at half that.
  */
 const PULL_MAX_BYTES = 512 * 1024;
+/**
+ * What the stream takes of one message at most; the server refuses a larger one at publish, and the sweep
+ * sends its jobs. A message no pull can take (a stray publish, an older release's 500 long heads) would
+ * hold up every later message of its shard until max_age, 7 days; the 64 KB left of a pull are for the
+ * subject and headers it also counts.
+ */
+const MAX_STORED_MESSAGE_BYTES = PULL_MAX_BYTES - 64 * 1024;
 
 /**
  * Creates the consumer, or brings one an earlier release (or an operator) left otherwise to today's

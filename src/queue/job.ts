@@ -34,7 +34,17 @@ export interface DeliveryJob {
  * times as many jobs in its memory.
  */
 export function encodeJobHeads(jobs: readonly DeliveryJob[]): Uint8Array {
-  return Buffer.from(JSON.stringify(jobs.map(({ payload: _payload, ...head }) => head)));
+  return joinJobHeads(jobs.map(encodeJobHead));
+}
+
+/** One job's part of a feed message, for a publisher that sizes its messages before it makes them. */
+export function encodeJobHead({ payload: _payload, ...head }: DeliveryJob): string {
+  return JSON.stringify(head);
+}
+
+/** The feed message of heads made by `encodeJobHead`: 2 bytes besides theirs, and one between each two. */
+export function joinJobHeads(heads: readonly string[]): Uint8Array {
+  return Buffer.from(`[${heads.join(",")}]`);
 }
 
 export function decodeJobHeads(data: Uint8Array): DeliveryJob[] {

@@ -113,6 +113,56 @@ test("a backlog bigger than the server's per-client buffer, met by a process too
   );
 });
 
+test("a run of heads as long as accepted input makes them goes in messages a pull can take: every job arrives, in order, and the jobs after it too", async () => {
+  // 500 heads with the longest ordering key (256 CJK characters, 768 bytes) and event type (200) made one
+  // message of 614 KB: no 512 KB pull could take it, and the shard's later messages waited behind it.
+  const { feed, prefix } = await feedOn(NATS_URL, "bigheads");
+  const orderingKey = "注".repeat(256);
+  const eventType = `a${"b".repeat(98)}.${"c".repeat(100)}`;
+  const big = Array.from({ length: 500 }, (_, i) => ({ ...job("wh_big", 6, i + 1, 100), orderingKey, eventType }));
+  const bytes = encodeJobHeads(big).byteLength;
+  assert.ok(bytes > 512 * 1024, `the run's heads (${bytes} bytes) are past a pull's 512 KB`);
+  await feed.publish(big);
+  // Published again (a relay's repeat): the same messages with the same ids, each dropped as a repeat.
+  await feed.publish(big);
+  await feed.publish([job("wh_after", 6, 1, 100)]);
+  const stored = await messagesOn(NATS_URL, prefix, 6);
+  console.log(`# ${bytes} bytes of heads in ${stored - 1} messages`);
+  assert.equal(stored, Math.ceil(bytes / (256 * 1024)) + 1, "the run split by size, the repeat dropped");
+
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(6, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await eventually(async () => received.length, (n) => n >= 501, "the run and the job after it", 10_000);
+  await sleep(300);
+  assert.equal(received.length, 501, "each job once");
+  assert.deepEqual(received.filter((j) => j.webhookId === "wh_big").map((j) => j.seq), big.map((j) => j.seq));
+  assert.deepEqual(received.filter((j) => j.webhookId === "wh_big")[499], (({ payload: _payload, ...head }) => head)(big[499]!));
+  assert.deepEqual(received.filter((j) => j.webhookId === "wh_after").map((j) => j.seq), [1]);
+});
+
+test("a message no pull can take (a stray publish, an older release's) is refused by the stream, and the shard's jobs after it arrive", async () => {
+  const { feed, prefix } = await feedOn(NATS_URL, "toolarge");
+  const orderingKey = "注".repeat(256);
+  const eventType = `a${"b".repeat(98)}.${"c".repeat(100)}`;
+  const heads = encodeJobHeads(Array.from({ length: 500 }, (_, i) => ({ ...job("wh_old", 8, i + 1, 0), orderingKey, eventType })));
+  assert.ok(heads.byteLength > 512 * 1024 && heads.byteLength < 1024 * 1024, `${heads.byteLength} bytes: past a pull, within max_payload`);
+  const nc = await connect({ servers: NATS_URL });
+  try {
+    nc.publish(`${jetStreamNames(prefix).subjectRoot}.8.wh_old`, heads);
+    await nc.flush();
+  } finally {
+    await nc.close();
+  }
+  await feed.publish([job("wh_after", 8, 1, 100)]);
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(8, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await eventually(async () => received.length, (n) => n >= 1, "the job published after the oversized message", 10_000);
+  await sleep(200);
+  assert.deepEqual(received.map((j) => `${j.webhookId}:${j.seq}`), ["wh_after:1"], "the oversized message's jobs are the sweep's");
+});
+
 test("a message that is not a list of job heads is acked and dropped; the ones after it still arrive", async () => {
   const { feed, prefix } = await feedOn(NATS_URL, "stray");
   const subject = `${jetStreamNames(prefix).subjectRoot}.4.wh_x`;
