@@ -94,10 +94,13 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
       if (removedAt - REQUEUE_MARGIN_MS <= Date.now()) {
         throw failedPrecondition(`delivery ${delivery.id} is past its retention: its records are removed at ${new Date(removedAt).toISOString()}`);
       }
+      await refuseIfWebhookDeleted(db, principal, delivery);
       // The answer is the delivery as this call left it, read in its transaction: once committed, a
       // dispatcher may deliver it before a second read, and the caller would not see what it did.
       const requeued = await db.transaction().execute(async (trx) => {
         if (!(await deliveries.requeueDelivery(trx, delivery.id, deps.eventTtlMs))) {
+          // The webhook may have been deleted since the check above; the update waited for that.
+          await refuseIfWebhookDeleted(trx, principal, delivery);
           throw failedPrecondition(`delivery ${delivery.id} changed state meanwhile; look at it again`);
         }
         await recordAudit(trx, {
@@ -115,6 +118,13 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
       return create(RetryDeliveryResponseSchema, { delivery: toDelivery(requeued) });
     },
   };
+}
+
+/** Nothing is sent to a deleted webhook, not even by hand; a paused or disabled one holds what it is given. */
+async function refuseIfWebhookDeleted(db: Db, principal: Principal, delivery: DeliveryRow): Promise<void> {
+  if (!(await getWebhook(db, principal.tenantId, delivery.webhook_id))) {
+    throw failedPrecondition(`delivery ${delivery.id} cannot be retried: its webhook ${delivery.webhook_id} was deleted, and nothing is sent to a deleted webhook`);
+  }
 }
 
 export function toDelivery(row: DeliveryRow): Delivery {

@@ -76,6 +76,10 @@ export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRa
           resourceId: webhook.id,
           details: { replay_id: row.id, scope, since: range.since.toISOString(), until: range.until.toISOString(), total: row.total, rate_per_second: ratePerSecond },
         });
+        // Locked as DeleteWebhook locks it, and only now, so ingest into the webhook never waits on a
+        // long replay: a delete that committed meanwhile rolls the replay back, and one still to come
+        // waits for this commit, then cancels what the replay put back.
+        if (!(await getWebhook(trx, principal.tenantId, webhook.id, { forUpdate: true }))) throw notFound("webhook", JSON.stringify(req.webhookId));
         return row;
       });
       // The owner's sweep finds the deliveries due in Postgres, in seq order, as each one's time comes.

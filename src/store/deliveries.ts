@@ -278,8 +278,8 @@ export function listAttempts(db: Db, deliveryId: string): Promise<DeliveryAttemp
 
 /**
  * Puts a failed or expired delivery back in its lane, due now, with a fresh TTL capped at its partition's
- * retention; returns false when it was not in such a state, or too close to that retention to be put back.
- * Its attempt count goes on, so it gets one more attempt, not a new schedule.
+ * retention; returns false when it was not in such a state, too close to that retention to be put back,
+ * or its webhook is deleted. Its attempt count goes on, so it gets one more attempt, not a new schedule.
  */
 export async function requeueDelivery(db: Db, id: string, eventTtlMs: number): Promise<boolean> {
   const result = await db
@@ -289,6 +289,19 @@ export async function requeueDelivery(db: Db, id: string, eventTtlMs: number): P
     .where("id", "=", id)
     .where("status", "in", ["failed", "expired"])
     .where(requeueableSql(sql`created_at`, eventTtlMs))
+    // Share-locked, so a delete in progress is waited for and its outcome seen (the row is read again):
+    // either the delete commits first and nothing is put back, or it waits for this transaction and
+    // then cancels the delivery with the webhook's other pending ones. Paused and disabled webhooks
+    // take it: their lanes hold it until they are active again.
+    .where(({ exists, selectFrom }) =>
+      exists(
+        selectFrom("webhooks as w")
+          .select(sql.lit(1).as("one"))
+          .whereRef("w.id", "=", "deliveries.webhook_id")
+          .where("w.status", "<>", "deleted")
+          .forShare(),
+      ),
+    )
     .executeTakeFirst();
   return Number(result.numUpdatedRows) > 0;
 }

@@ -8,7 +8,7 @@ import { newId } from "../../src/core/ids.js";
 import { createTestDatabase } from "../support/postgres.js";
 import { connectClient, restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
 import { startReceiver } from "../support/receiver.js";
-import { eventually } from "../support/wait.js";
+import { eventually, sleep } from "../support/wait.js";
 
 type Rest = ReturnType<typeof restClient>;
 type Rpc = ReturnType<typeof connectClient>;
@@ -35,6 +35,7 @@ before(async () => {
   pool = new pg.Pool({ connectionString: db.url, max: 2 });
   receiver = await startReceiver((req) => {
     if (req.path === "/mixed" && mixedFailing) return { status: 500, body: "upstream broken" };
+    if (req.path.startsWith("/failing/")) return { status: 500, body: "always broken" };
     if (req.path === "/known") return { status: 200, delayMs: RECEIVER_DELAY_MS, headers: { "content-type": "text/plain" }, body: KNOWN_BODY };
     return undefined;
   });
@@ -451,5 +452,80 @@ describe("GetDelivery and ListDeliveryAttempts", () => {
     const own = await rest("GET", `/deliveries/${deliveryId}`);
     assert.equal(own.status, 200);
     assert.equal(own.body.delivery_id, deliveryId);
+  });
+});
+
+describe("RetryDelivery and replay of a deleted webhook", () => {
+  /** A webhook without retries whose one delivery has failed: its id and the delivery's. */
+  async function failedDelivery(name: string): Promise<{ webhookId: string; deliveryId: string }> {
+    const webhookId = await createWebhook(`/failing/${name}`, `${name}.created`, { retry_schedule: "none" });
+    await publish(`${name}.created`, {});
+    const failed = await eventually(
+      () => rest("GET", `/webhooks/${webhookId}/deliveries?status=failed`),
+      (r) => r.status === 200 && r.body.deliveries.length === 1,
+      `the ${name} delivery failed`,
+    );
+    return { webhookId, deliveryId: failed.body.deliveries[0].delivery_id };
+  }
+
+  /**
+   * Runs `call` while another transaction has marked the webhook deleted and holds its row, as
+   * DeleteWebhook does; commits that once `call` waits on it (or has answered), then returns its answer.
+   */
+  async function racingDelete<T>(webhookId: string, call: () => Promise<T>): Promise<T> {
+    const deleter = await pool.connect();
+    try {
+      await deleter.query("begin");
+      await deleter.query("update webhooks set status = 'deleted' where id = $1", [webhookId]);
+      let settled = false;
+      const answer = call().finally(() => (settled = true));
+      await eventually(
+        async () => settled || (await pool.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'")).rows[0].n > 0,
+        (done) => done,
+        "the call to wait on the deleting transaction, or to answer",
+      );
+      await deleter.query("commit");
+      return await answer;
+    } finally {
+      deleter.release();
+    }
+  }
+
+  test("retrying a failed delivery of a deleted webhook is refused through both doors, and changes nothing", async () => {
+    const { webhookId, deliveryId } = await failedDelivery("retrydeleted");
+    assert.equal((await rest("DELETE", `/webhooks/${webhookId}`)).status, 200);
+    const before = await counts();
+    const refusal = new RegExp(`${deliveryId}.*${webhookId} was deleted`);
+    assertRestError(await rest("POST", `/deliveries/${deliveryId}/retry`), 409, "failed_precondition", refusal);
+    assertConnectError(await rpc("DeliveryService", "RetryDelivery", { deliveryId }), 400, "failed_precondition", refusal);
+    await sleep(300);
+    assert.deepEqual(await counts(), before);
+    assert.equal(receiver.forPath("/failing/retrydeleted").length, 1, "nothing more is sent to the deleted webhook");
+  });
+
+  test("a retry racing the delete of its webhook waits for it and is refused; nothing is put back", async () => {
+    const { webhookId, deliveryId } = await failedDelivery("retryrace");
+    const before = await counts();
+    const res = await racingDelete(webhookId, () => rest("POST", `/deliveries/${deliveryId}/retry`));
+    assertRestError(res, 409, "failed_precondition", new RegExp(`${webhookId} was deleted`));
+    assert.deepEqual(await counts(), before);
+  });
+
+  test("a replay racing the delete of its webhook is refused and puts nothing back", async () => {
+    const { webhookId } = await failedDelivery("replayrace");
+    const before = await counts();
+    const since = new Date(Date.now() - 3_600_000).toISOString();
+    const res = await racingDelete(webhookId, () => rest("POST", `/webhooks/${webhookId}/replay`, { since }));
+    assertRestError(res, 404, "not_found", new RegExp(webhookId));
+    assert.deepEqual(await counts(), before);
+    assert.equal((await pool.query("select count(*)::int as n from replays where webhook_id = $1", [webhookId])).rows[0].n, 0);
+  });
+
+  test("a paused webhook's failed delivery may still be retried: its lane holds it", async () => {
+    const { webhookId, deliveryId } = await failedDelivery("retrypaused");
+    assert.equal((await rest("PUT", `/webhooks/${webhookId}`, { status: "paused" })).status, 200);
+    const res = await rest("POST", `/deliveries/${deliveryId}/retry`);
+    assert.equal(res.status, 202, JSON.stringify(res.body));
+    assert.equal(res.body.status, "pending");
   });
 });
