@@ -30,6 +30,15 @@ export const failedPrecondition = (message: string) => new ConnectError(message,
 /** A write that lost a race it could not win by waiting; the caller may try again as it is. */
 export const aborted = (message: string) => new ConnectError(message, Code.Aborted);
 
+/**
+ * Postgres ended the transaction to break a deadlock (SQLSTATE 40P01) or a serialization conflict
+ * (40001) with another one: nothing it did was kept, and the same request may well succeed again.
+ */
+export function isTransactionConflict(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === "40P01" || code === "40001";
+}
+
 /** The one mapping from Connect codes to REST statuses and error codes. */
 const REST: Partial<Record<Code, { status: number; code: string }>> = {
   [Code.InvalidArgument]: { status: 400, code: "invalid_argument" },
@@ -56,6 +65,9 @@ export function toConnectError(err: unknown): ConnectError {
     // A publish that ends here may still have committed (the connection can go between the commit and
     // its reply): sent again with its idempotency keys, it returns the events it made, never a second.
     return new ConnectError("the database is unavailable; try again shortly", Code.Unavailable, { "retry-after": "1" });
+  }
+  if (isTransactionConflict(err)) {
+    return aborted("the request collided with a concurrent one and was rolled back; nothing was written, try again");
   }
   const code = (err as { code?: unknown })?.code;
   if (typeof code === "string" && code.startsWith("22")) {

@@ -30,7 +30,7 @@ import {
   type PublishEventsResponse,
 } from "../../gen/webhook/v1/event_pb.js";
 import type { Principal } from "./auth.js";
-import { PayloadTooLargeError, aborted, invalidArgument, notFound } from "./errors.js";
+import { PayloadTooLargeError, aborted, invalidArgument, isTransactionConflict, notFound } from "./errors.js";
 import { pageOf, readPage } from "./paging.js";
 import { GroupCommit } from "./group-commit.js";
 import { SubscriberLists } from "./subscriber-lists.js";
@@ -99,7 +99,8 @@ export function createEventService(deps: EventServiceDeps) {
         return results;
       } catch (err) {
         // Two callers raced on one idempotency key: the loser starts over and finds the winner's event.
-        if (isUniqueViolation(err) && attempt < 3) continue;
+        // A deadlock or serialization failure rolled the statement back whole: starting over is safe.
+        if ((isUniqueViolation(err) || isTransactionConflict(err)) && attempt < 3) continue;
         throw err;
       }
     }

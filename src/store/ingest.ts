@@ -93,6 +93,10 @@ export function everyColumn<T>() {
 export const EVENT_COLUMNS = everyColumn<Event>()(["id", "tenant_id", "event_type", "payload", "idempotency_key", "ordering_key", "delivery_count", "created_at"]);
 export const DELIVERY_COLUMNS = everyColumn<NewDelivery>()(["id", "tenant_id", "webhook_id", "event_id", "seq", "shard", "ordering_key", "status", "next_attempt_at", "expires_at", "created_at"]);
 
+function compareKeys(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 /** A subscriber as the statement compares it: its id and event types. Event types never contain a space or a comma. */
 function signature(webhook: { id: string; event_types: string[] }): string {
   return `${webhook.id} ${webhook.event_types.join(",")}`;
@@ -105,7 +109,9 @@ function signature(webhook: { id: string; event_types: string[] }): string {
 export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | null> {
   const counts = new Map<string, number>();
   for (const d of plan.deliveries) counts.set(d.webhookId, (counts.get(d.webhookId) ?? 0) + 1);
-  const keyed = plan.events.filter((e) => e.idempotency_key !== null);
+  // Keys are inserted in one order whatever the batch's, as the subscribers are locked: two batches
+  // with keys in common then wait for each other instead of each holding a key the other needs (a deadlock).
+  const keyed = plan.events.filter((e) => e.idempotency_key !== null).sort((a, b) => compareKeys(a.idempotency_key!, b.idempotency_key!));
   const params: unknown[] = [
     plan.tenantId,
     plan.patterns,

@@ -3,14 +3,22 @@
 // read, and, from many connections at once, hand out every seq once, in order, without a deadlock.
 import { describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import { CompiledQuery } from "kysely";
+import { PublishEventRequestSchema } from "../../gen/webhook/v1/event_pb.js";
 import { patternsMatching } from "../../src/core/event-types.js";
 import { newId } from "../../src/core/ids.js";
 import type { Db, Store } from "../../src/store/db.js";
 import { findSubscribers, planDeliveries, writeIngest, type IngestPlan } from "../../src/store/ingest.js";
 import type { Event } from "../../src/store/schema.js";
 import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
+import type { DeliveryFeed } from "../../src/queue/feed.js";
+import { createEventService } from "../../src/server/event-service.js";
+import { restError, toConnectError } from "../../src/server/errors.js";
 import { insertTestWebhook } from "../support/rows.js";
 import { suiteStore } from "../support/store.js";
+import { eventually } from "../support/wait.js";
 
 const DAY = 86_400_000;
 
@@ -143,6 +151,104 @@ describe("the ingest write on Postgres", () => {
       assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i + 1), `webhook ${w.id}: every seq once, none skipped`);
       assert.equal(Number(w.last_seq), seqs.length);
     }
+  });
+});
+
+/** Events of a type nobody subscribes to, one per key, in the order given. */
+function keyedEvents(keys: string[]): Event[] {
+  return keys.map((key) => ({ ...newEvents(["ingest4.unheard"])[0]!, idempotency_key: key }));
+}
+
+/** The SQLSTATE a promise was rejected with, or "ok". */
+async function outcome(write: Promise<unknown>): Promise<string> {
+  return write.then(
+    () => "ok",
+    (err: { code?: string }) => err.code ?? String(err),
+  );
+}
+
+/** The store's db, but the ingest statement fails with a deadlock the first `times` times it is sent. */
+function deadlockingIngest(db: Db, times: number): Db {
+  let left = times;
+  return new Proxy(db, {
+    get(target, prop) {
+      if (prop === "executeQuery") {
+        return (query: CompiledQuery) => {
+          if (query.sql.includes("prepared: ingest") && left-- > 0) throw Object.assign(new Error("deadlock detected"), { code: "40P01" });
+          return target.executeQuery(query);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+const quietFeed: DeliveryFeed = {
+  kind: "embedded",
+  publish: async () => undefined,
+  consume: async () => ({ stop: async () => undefined }),
+  healthy: () => true,
+  close: async () => undefined,
+};
+
+const principal = { tenantId: DEFAULT_TENANT_ID, admin: true, actor: "test" };
+
+describe("idempotency keys shared by concurrent ingests", () => {
+  const store = suiteStore("postgres", "ingest_keys");
+
+  test("two batches holding the same keys in opposite orders wait for each other instead of deadlocking", async () => {
+    const { db } = store();
+    const run = newId("evt");
+    const [k1, k2, kx, ky] = ["a", "b", "x", "y"].map((k) => `${run}-${k}`);
+    // Another transaction holds kx and ky (uncommitted), so each batch stops after its first key:
+    // in the order given, one batch would hold k1 and the other k2 when both went on.
+    const first = await plan(db, keyedEvents([k1!, kx!, k2!]));
+    const second = await plan(db, keyedEvents([k2!, ky!, k1!]));
+    let writes: Promise<string>[] = [];
+    await db
+      .transaction()
+      .execute(async (trx) => {
+        for (const key of [kx!, ky!]) {
+          await trx.insertInto("idempotency_keys").values({ tenant_id: DEFAULT_TENANT_ID, key, event_id: newId("evt"), created_at: new Date() }).execute();
+        }
+        writes = [outcome(writeIngest(db, first)), outcome(writeIngest(db, second))];
+        await eventually(
+          async () => (await db.executeQuery<{ n: number }>(CompiledQuery.raw("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'"))).rows[0]!.n,
+          (n) => n >= 2,
+          "both ingests waiting on a lock",
+        );
+        throw new Error("rolled back on purpose");
+      })
+      .catch((err: Error) => assert.equal(err.message, "rolled back on purpose"));
+    // One goes through; the other finds the keys taken (the event service then returns the first's events).
+    assert.deepEqual((await Promise.all(writes)).sort(), ["23505", "ok"]);
+  });
+
+  test("a publish that lost a deadlock is tried again and goes through, once", async () => {
+    const { db } = store();
+    const events = createEventService({ db: deadlockingIngest(db, 1), feed: quietFeed, eventTtlMs: DAY });
+    const key = `retried-${newId("evt")}`;
+    const res = await events.publishEvent(principal, create(PublishEventRequestSchema, { eventType: "ingest5.thing", payload: { a: 1 }, idempotencyKey: key }));
+    assert.equal(res.duplicate, false);
+    const rows = await db.selectFrom("events").select("id").where("idempotency_key", "=", key).execute();
+    assert.deepEqual(rows, [{ id: res.eventId }]);
+  });
+
+  test("one that keeps losing answers aborted (409 over REST), not internal, and writes nothing", async () => {
+    const { db } = store();
+    const events = createEventService({ db: deadlockingIngest(db, 100), feed: quietFeed, eventTtlMs: DAY });
+    const key = `lost-${newId("evt")}`;
+    const err = await events.publishEvent(principal, create(PublishEventRequestSchema, { eventType: "ingest5.thing", payload: {}, idempotencyKey: key })).then(
+      () => assert.fail("the publish should fail"),
+      (e: unknown) => e,
+    );
+    assert.equal(toConnectError(err).code, Code.Aborted);
+    const rest = restError(err);
+    assert.equal(rest.status, 409);
+    assert.equal(rest.body.error.code, "aborted");
+    assert.match(rest.body.error.message, /try again/);
+    assert.deepEqual(await db.selectFrom("idempotency_keys").select("key").where("key", "=", key).execute(), []);
   });
 });
 
