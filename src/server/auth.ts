@@ -98,7 +98,8 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
         if (requested && requested !== key.tenantId) refuse("tenant_mismatch", match[1], key.tenantId);
         return { tenantId: key.tenantId, admin: false, actor: key.id };
       }
-      const tenantId = requested || key.tenantId;
+      // The contract's rule, whichever tenant the admin key was made for: no header means `default`.
+      const tenantId = requested || DEFAULT_TENANT_ID;
       if (tenantId !== key.tenantId && !(await getTenant(deps.db, tenantId))) throw notFound("tenant", tenantId);
       return { tenantId, admin: true, actor: key.id };
     },

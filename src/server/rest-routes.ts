@@ -39,9 +39,19 @@ interface BodyLimit {
   bytes: number;
   note?: string;
 }
-const PAYLOAD_LIMIT_NOTE = `an event's payload may be at most ${MAX_PAYLOAD_BYTES} bytes (256 KB)`;
-const EVENT_BODY_LIMIT: BodyLimit = { bytes: MAX_REST_BODY_BYTES, note: PAYLOAD_LIMIT_NOTE };
-const BATCH_BODY_LIMIT: BodyLimit = { bytes: 8 * 1024 * 1024, note: `split the batch; ${PAYLOAD_LIMIT_NOTE}` };
+/**
+ * What the event routes read of a body: as much as Connect reads of any call (http-server.ts), since a
+ * tighter limit here would guard nothing and would refuse what Connect takes. It only stops abuse; the
+ * payload limit is the event service's, on the payload re-serialised as compact JSON, because a client
+ * may spell the same payload six times larger (`\u0061` for `a`; Python's json.dumps writes every
+ * non-ASCII character as `\uXXXX`) or pretty-print it larger still.
+ */
+const MAX_EVENT_BODY_BYTES = MAX_BATCH * MAX_REST_BODY_BYTES;
+const EVENT_BODY_LIMIT: BodyLimit = {
+  bytes: MAX_EVENT_BODY_BYTES,
+  note: `the most the API reads of a request; an event's payload may be at most ${MAX_PAYLOAD_BYTES} bytes (256 KB) as compact JSON`,
+};
+const BATCH_BODY_LIMIT: BodyLimit = { bytes: MAX_EVENT_BODY_BYTES, note: "the most the API reads of a request; split the batch" };
 
 interface Reply {
   status: number;

@@ -553,6 +553,17 @@ describe("authentication and tenants", () => {
     assert.match(unknown.body.error.message, /tenant/);
   });
 
+  test("an admin key made for another tenant acts on default without x-tenant-id, and on its own tenant only when named", async () => {
+    const { key } = await adminRpc.createApiKey({ tenantId: a.id, admin: true }, asAdmin);
+    const created = await createWebhook(restClient(main.url, key));
+    const { rows } = await pool.query("select tenant_id from webhooks where id = $1", [created.webhook_id]);
+    assert.deepEqual(rows, [{ tenant_id: "default" }]);
+    assert.equal((await admin("GET", `/webhooks/${created.webhook_id}`)).status, 200, "the bootstrap admin key sees it in default");
+    assert.equal((await restA("GET", `/webhooks/${created.webhook_id}`)).status, 404);
+    const named = await createWebhook(restClient(main.url, key, a.id));
+    assert.equal((await restA("GET", `/webhooks/${named.webhook_id}`)).status, 200);
+  });
+
   test("the audit log records every change with its actor", async () => {
     const t = await newTenant("audited");
     const rest = restClient(main.url, t.key);
@@ -600,6 +611,52 @@ describe("authentication and tenants", () => {
     assert.equal((await restClient(main.url, t.key)("GET", "/webhooks")).status, 200);
     const audit = await pool.query("select details::text as d from audit_log");
     assert.ok(audit.rows.every((r) => !r.d.includes(t.key)));
+  });
+});
+
+describe("event bodies: the payload limit is on the payload, however the client spells its JSON", () => {
+  /** JSON with every character past ASCII written as \uXXXX, as Python's json.dumps writes it by default. */
+  const asciiOnly = (json: string) => json.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  /** JSON with every character of every string (none holds an escape here) written as \uXXXX: six bytes a byte. */
+  const allEscaped = (json: string) => json.replace(/"((?:[^"\\]|\\.)*)"/g, (_, text: string) => `"${[...text].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`).join("")}"`);
+  const eventCount = async () => (await pool.query("select count(*)::int as n from events")).rows[0].n as number;
+
+  test("POST /events takes a payload within 256 KB written \\u-escaped or pretty-printed, and stores it as sent", async () => {
+    const cjk = { text: "中".repeat(66_660) };
+    assert.ok(Buffer.byteLength(JSON.stringify(cjk)) < 200_000);
+    const escaped = await admin("POST", "/events", asciiOnly(JSON.stringify({ event_type: "doc.escaped", payload: cjk })));
+    assert.equal(escaped.status, 201, JSON.stringify(escaped.body));
+    assert.deepEqual((await admin("GET", `/events/${escaped.body.event_id}`)).body.payload, cjk);
+
+    const list = { items: Array.from({ length: 20_000 }, (_, i) => ({ i })) };
+    const pretty = JSON.stringify({ event_type: "doc.pretty", payload: list }, null, 8);
+    assert.ok(pretty.length > 6 * Buffer.byteLength(JSON.stringify(list)), "pretty-printing may take more than six bytes a byte");
+    const res = await admin("POST", "/events", pretty);
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+  });
+
+  test("the limit is exact on the compact payload: 262144 bytes escaped throughout are taken, one more is refused by name", async () => {
+    const payload = (bytes: number) => ({ s: "a".repeat(bytes - JSON.stringify({ s: "" }).length) });
+    const atLimit = allEscaped(JSON.stringify({ event_type: "doc.limit", payload: payload(262_144) }));
+    assert.ok(atLimit.length > 6 * 262_000);
+    const taken = await admin("POST", "/events", atLimit);
+    assert.equal(taken.status, 201, JSON.stringify(taken.body));
+
+    const before = await eventCount();
+    const over = await admin("POST", "/events", allEscaped(JSON.stringify({ event_type: "doc.limit", payload: payload(262_145) })));
+    assert.equal(over.status, 413, JSON.stringify(over.body));
+    assert.equal(over.body.error.code, "payload_too_large");
+    assert.match(over.body.error.message, /payload is 262145 bytes; the limit is 262144 bytes/);
+    assert.equal(await eventCount(), before);
+  });
+
+  test("POST /events/batch takes a hundred \\u-escaped payloads that Connect takes", async () => {
+    const events = Array.from({ length: 100 }, (_, i) => ({ event_type: "doc.batch", payload: { i, text: "中".repeat(15_000) } }));
+    const body = asciiOnly(JSON.stringify({ events }));
+    assert.ok(body.length > 8 * 1024 * 1024, `${body.length} bytes`);
+    const res = await admin("POST", "/events/batch", body);
+    assert.equal(res.status, 201, JSON.stringify(res.body).slice(0, 500));
+    assert.equal(res.body.events.length, 100);
   });
 });
 
