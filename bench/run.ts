@@ -614,11 +614,6 @@ async function main(): Promise<number> {
     };
   }
 
-  /**
-   * Publishes `count` events over POST /events/batch, round-robin over the webhooks. Each webhook belongs
-   * to one of `batchConcurrency` publishers, which sends its batches one after another, so the order the
-   * API accepted a webhook's events in is the seq order.
-   */
   /** `count` events round-robin over the webhooks, split among `batchConcurrency` publishers by webhook. */
   function publisherPlan(count: number): { wh: number; seq: number }[][] {
     const C = Math.max(1, Math.min(Math.floor(options.batchConcurrency), M));
@@ -648,6 +643,11 @@ async function main(): Promise<number> {
     return false;
   }
 
+  /**
+   * Publishes `count` events over POST /events/batch, round-robin over the webhooks. Each webhook belongs
+   * to one of `batchConcurrency` publishers, which sends its batches one after another, so the order the
+   * API accepted a webhook's events in is the seq order.
+   */
   async function publishBatches(phase: string, expected: Expected, count: number): Promise<{ errors: number; lastAcceptedAt: number }> {
     const perWorker = publisherPlan(count);
     let errors = 0;
