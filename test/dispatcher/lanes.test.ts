@@ -718,8 +718,13 @@ describe('LaneEngine', () => {
       row.status = 'pending';
       row.job.nextAttemptAt = Date.now();
     }
-    engine.wake('wh_r', 0, 1, Date.now());
-    await until(() => record.sent('wh_r').length === 11, 'replayed seq 1 in flight');
+    // Swept until the lane takes it up: a sweep that finds the lane reading its record leaves it be.
+    const sweeps = setInterval(() => engine.wake('wh_r', 0, 1, Date.now()), 50);
+    try {
+      await until(() => record.sent('wh_r').length === 11, 'replayed seq 1 in flight');
+    } finally {
+      clearInterval(sweeps);
+    }
     engine.offer(record.copy(record.commit('wh_r')));
     await sleep(100);
     record.responder = () => ({ final: true, signal: 'success' });
@@ -790,9 +795,14 @@ describe('LaneEngine', () => {
     engine.offer(record.copy(record.commit('wh_keys', 'A')));
     await until(() => record.calls.length === 1, 'key A tried, its retry an hour away');
     record.commit('wh_keys', 'B'); // committed, its feed message lost
-    // The sweep: seq 2 is due; the lowest pending seq is 1 (A's head, in the lane), the last seq 2.
-    engine.wake('wh_keys', 0, 1, Date.now(), 2);
-    await until(() => record.sent('wh_keys').includes(2), "key B's delivery", 2_000);
+    // The sweeps: seq 2 is due; the lowest pending seq is 1 (A's head, in the lane), the last seq 2. Each
+    // sweep while A's attempt is still being recorded finds the lane busy and leaves it be.
+    const sweeps = setInterval(() => engine.wake('wh_keys', 0, 1, Date.now(), 2), 50);
+    try {
+      await until(() => record.sent('wh_keys').includes(2), "key B's delivery", 2_000);
+    } finally {
+      clearInterval(sweeps);
+    }
     assert.deepEqual(record.sent('wh_keys'), [1, 2]);
   });
 });
