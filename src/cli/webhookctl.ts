@@ -413,7 +413,7 @@ function buildProgram(io: CliIO): { program: Command; conn: Connection } {
       `
 Connection options go before the command (after it too, unless the command has
 its own flag of that name, like webhooks create --url):
-  webhookctl --url http://127.0.0.1:8080 --tenant acme webhooks list
+  webhookctl --url http://127.0.0.1:8080 --tenant ten_01j… webhooks list
 
 Examples:
   webhookctl webhooks create --url https://example.com/hook --events 'document.*'
