@@ -52,7 +52,10 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, log: Logger, tt
   evictor.unref();
 
   function build(row: Webhook, version: string, now: number): Entry {
-    const secrets = row.signing_secrets.map((s) => ({
+    // A deleted webhook signs nothing again: its lane only needs to learn that it is gone, even when its
+    // secrets would not open.
+    const sealed = row.status === "deleted" ? [] : row.signing_secrets;
+    const secrets = sealed.map((s) => ({
       value: secretBox.open(s.secret, row.id),
       expiresAt: s.expires_at === null ? Infinity : Date.parse(s.expires_at),
     }));

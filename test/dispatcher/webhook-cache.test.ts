@@ -129,6 +129,9 @@ function checks(getStore: () => Store, label: string) {
       logged.some((l) => l.level === 50 && l.webhookIds?.includes(broken)),
       "the broken webhook is named in an error",
     );
+    // Deleted, it needs no secret: its lane learns that it is gone and goes.
+    await updateWebhook(getStore().db, broken, { status: "deleted" });
+    assert.equal((await Promise.race([cache.get(broken), sleep(7_000).then(() => "no answer" as const)]) as { status?: string })?.status, "deleted");
   });
 
   test("hundreds of webhooks asked for in one turn are read in chunks, each with its own row", async () => {
