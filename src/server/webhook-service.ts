@@ -62,6 +62,9 @@ export interface WebhookServiceDeps {
 
 export type WebhookService = ReturnType<typeof createWebhookService>;
 
+/** Rotated-out secrets that go on signing (within their grace period) at most, besides the current one. */
+export const MAX_PREVIOUS_SECRETS = 3;
+
 export function createWebhookService(deps: WebhookServiceDeps) {
   const { db } = deps;
 
@@ -254,9 +257,13 @@ export function createWebhookService(deps: WebhookServiceDeps) {
         const fresh = newCredential(current.signature_scheme);
         const now = Date.now();
         const graceEnd = new Date(now + deps.secretGraceMs).toISOString();
-        // The previous secret keeps signing for the grace period, so receivers can roll over without a gap.
+        // The previous secret keeps signing for the grace period, so receivers can roll over without a gap;
+        // the newest few only (newest first): every one signs every delivery, and a few hundred rotations
+        // within a grace period made webhook-signature too large for receivers' header limits (431) and
+        // tied up the dispatcher signing each attempt hundreds of times.
         const previous = current.signing_secrets
           .filter((s) => webhooks.isSigning(s, now))
+          .slice(0, MAX_PREVIOUS_SECRETS)
           .map((s) => ({ secret: s.secret, expires_at: s.expires_at ?? graceEnd }));
         await webhooks.updateWebhook(trx, id, {
           signing_secrets: [{ secret: deps.secretBox.seal(fresh.stored, id), expires_at: null }, ...previous],

@@ -260,6 +260,14 @@ describe("webhook lifecycle", () => {
     assert.equal(secrets[0]!.secret, again.body.secret);
     assert.equal(secrets[0]!.expires_at, null);
     assert.ok(secrets.some((s) => s.secret === created.secret && s.expires_at !== null));
+
+    // Rotated again and again within the grace period: the current secret and the newest three before it
+    // sign, the older ones are dropped, so the signature header stays a few hundred bytes.
+    const issued = [created.secret, res.body.secret, again.body.secret];
+    for (let i = 0; i < 4; i++) issued.push((await admin("POST", `/webhooks/${created.webhook_id}/rotate-secret`)).body.secret);
+    const after = await pool.query("select signing_secrets from webhooks where id = $1", [created.webhook_id]);
+    const kept = (after.rows[0].signing_secrets as { secret: string }[]).map((s) => box.open(s.secret, created.webhook_id));
+    assert.deepEqual(kept, issued.slice(-4).reverse());
   });
 
   test("unknown routes are 404 and wrong methods 405, both with an error body", async () => {
