@@ -7,7 +7,7 @@ import type { DeliveryFeed, FeedSubscription } from "../queue/feed.js";
 import type { DeliveryJob } from "../queue/job.js";
 import type { Db } from "../store/db.js";
 import type { DeliveryStatus } from "../store/schema.js";
-import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane } from "../store/deliveries.js";
+import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane, pendingSchedule } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
 import { disableWebhook, saveEndpointHealth } from "../store/webhooks.js";
 import type { AttemptSignal, CircuitPolicy, EndpointHealth } from "../core/endpoint-gate.js";
@@ -324,9 +324,17 @@ export class Dispatcher {
 
   private async execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome> {
     if (job.expiresAt <= Date.now()) {
-      await expireDeliveries(this.options.db, [job.deliveryId]);
-      attemptsMade.inc({ status: "expired" });
-      return { final: true, signal: "neutral" };
+      if ((await expireDeliveries(this.options.db, [job.deliveryId])) > 0) {
+        attemptsMade.inc({ status: "expired" });
+        return { final: true, signal: "neutral" };
+      }
+      // Not past its TTL in Postgres: put back since the lane took this copy (a retry by hand or a replay
+      // of a delivery housekeeping had expired while the lane held it) with a fresh one, or final. The
+      // lane's copy takes the record's schedule and goes again; the stale one expired the retry unsent.
+      const schedule = await pendingSchedule(this.options.db, job.deliveryId);
+      if (!schedule) return { final: true, signal: "neutral" };
+      Object.assign(job, schedule);
+      return { notStarted: true };
     }
     const payload = job.payload ?? (await this.payloads.read(job.eventId));
     // The event row goes with the delivery's: a retention that removed one removed both.

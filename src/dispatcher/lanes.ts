@@ -18,11 +18,17 @@ export interface LaneWebhook {
   retrySchedule: number[] | null;
   /** As last saved; the lane's gate starts from it. */
   health: EndpointHealth;
+  /**
+   * When the API last changed the webhook (its updated_at): a change that reset the health (re-enabled,
+   * a new URL) makes the lane start its gate again from the saved health.
+   */
+  changedAt?: number;
 }
 
 /**
  * What became of an attempt, once it is durable in Postgres, and what it says of the endpoint; or that
- * it was not made, because the lease was no longer confirmed when the request would have gone.
+ * it was not made, and the head stays as it is: the lease was no longer confirmed when the request would
+ * have gone, or the job's schedule was stale and has been read again.
  */
 export type LaneOutcome = (({ final: true } | { final: false; nextAttemptAt: number }) & { signal: AttemptSignal }) | { notStarted: true };
 
@@ -61,6 +67,8 @@ export interface LaneEngineDeps {
 }
 
 const IDLE_EVICT_MS = 60_000;
+/** The longest a lane's timer is set for at once. */
+const MAX_TIMER_MS = 3_600_000;
 /** Queue positions whose jobs keep the payload they came with. */
 const PAYLOADS_KEPT = 2;
 /**
@@ -240,6 +248,7 @@ class Lane {
   /** Rate limit, 429 slow-down and circuit breaker; made from the saved health on the first pump. */
   private gate: EndpointGate | undefined;
   private gateUrl = "";
+  private gateChangedAt: number | undefined;
   /** When the lane last started a replayed job: replays are paced here, however late the lane saw them. */
   private lastPacedStart = -Infinity;
   private pumpAgain = false;
@@ -450,11 +459,14 @@ class Lane {
       this.schedule(Date.now() + this.engine.holdRecheckMs);
       return;
     }
-    if (!this.gate || this.gateUrl !== webhook.url) {
-      // A new URL is a new endpoint; updating it reset the saved health.
+    if (!this.gate || this.gateUrl !== webhook.url || (webhook.changedAt !== this.gateChangedAt && isReset(webhook.health))) {
+      // A new URL is a new endpoint, and re-enabling a webhook starts it afresh: both reset the saved
+      // health. A lane whose webhook was disabled while its head waited for a retry never saw it disabled,
+      // and without this kept its old failures: one more, and the webhook was disabled again.
       this.gate = new EndpointGate(this.engine.deps.circuitPolicy, webhook.health);
       this.gateUrl = webhook.url;
     }
+    this.gateChangedAt = webhook.changedAt;
     const now = Date.now();
     const seenKeys = new Set<string>();
     let earliest = Infinity;
@@ -553,17 +565,30 @@ class Lane {
   }
 
   private recordSignal(signal: AttemptSignal, probe: boolean): void {
-    if (this.gate?.record(signal, Date.now(), probe)) this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot);
+    if (!this.gate) return;
+    const changed = this.gate.record(signal, Date.now(), probe);
+    // A 429 at the slow-down's cap changes nothing, yet counts toward auto-disable, which the save checks.
+    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot);
   }
 
   private schedule(at: number): void {
     if (this.timer && this.timerAt <= at) return;
     clearTimeout(this.timer);
     this.timerAt = at;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.timerAt = Infinity;
-      this.pump();
-    }, Math.max(0, at - Date.now()));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = Infinity;
+        this.pump();
+      },
+      // Node runs a delay past 2^31 − 1 ms (24.8 days: a slow replay, a long retry schedule) after 1 ms,
+      // and the lane spun; a pump before its time sets the timer again.
+      Math.min(Math.max(0, at - Date.now()), MAX_TIMER_MS),
+    );
   }
+}
+
+/** Health as the API leaves it when it resets it (re-enabled, a new URL). */
+function isReset(health: EndpointHealth): boolean {
+  return health.circuitState === "closed" && health.consecutiveFailures === 0 && health.failingSince === null && health.throttleMs === 0;
 }

@@ -68,6 +68,7 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, log: Logger, tt
       rateLimitPerSecond: row.rate_limit_per_second,
       retrySchedule: row.retry_schedule,
       health: healthOf(row),
+      changedAt: new Date(row.updated_at).getTime(),
       secrets: [],
     };
     const entry: Entry = { webhook, version, secrets, confirmedAt: now, usedAt: now };

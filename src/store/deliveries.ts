@@ -226,20 +226,36 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
 /** What a delivery ended without an attempt looks like. */
 const EXPIRED_UNTRIED = { status: "expired", last_error: "expired before it could be delivered" } as const;
 
-/** Ends deliveries without an attempt (expired before they could be tried). */
-export async function expireDeliveries(db: Db, ids: string[]): Promise<void> {
-  if (ids.length === 0) return;
-  await db
+/**
+ * Ends deliveries without an attempt (expired before they could be tried) whose TTL has passed in
+ * Postgres, not only in a lane's copy: a retry by hand or a replay gives a fresh one. Returns how many.
+ */
+export async function expireDeliveries(db: Db, ids: string[]): Promise<number> {
+  if (ids.length === 0) return 0;
+  const result = await db
     .updateTable("deliveries")
     .set(EXPIRED_UNTRIED)
     .where("id", "in", ids)
     .where(stillPending("deliveries"))
-    .execute();
+    .where("expires_at", "<=", sql<Date>`now()`)
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows);
 }
 
 export async function isDeliveryPending(db: Db, id: string): Promise<boolean> {
   const row = await db.selectFrom("deliveries").select("status").where("id", "=", id).executeTakeFirst();
   return row?.status === "pending";
+}
+
+/** A pending delivery's schedule as Postgres has it; undefined when it is not pending (or not there). */
+export async function pendingSchedule(db: Db, id: string): Promise<{ attempts: number; nextAttemptAt: number; expiresAt: number } | undefined> {
+  const row = await db
+    .selectFrom("deliveries")
+    .select(["attempts", "next_attempt_at", "expires_at"])
+    .where("id", "=", id)
+    .where("status", "=", "pending")
+    .executeTakeFirst();
+  return row && { attempts: row.attempts, nextAttemptAt: new Date(row.next_attempt_at).getTime(), expiresAt: new Date(row.expires_at).getTime() };
 }
 
 export function getDelivery(db: Db, tenantId: string, id: string) {

@@ -348,6 +348,8 @@ describe("auto-disable (WEBHOOKD_AUTO_DISABLE_AFTER=2s, circuit off)", () => {
     );
     receiver = await startReceiver((req) => {
       if (req.path === "/down") return downUp ? undefined : { status: 503 };
+      if (req.path === "/always-down") return { status: 503 };
+      if (req.path === "/always-busy") return { status: 429 };
       return undefined;
     });
     api = restClient(server.url, TEST_ADMIN_KEY);
@@ -409,6 +411,37 @@ describe("auto-disable (WEBHOOKD_AUTO_DISABLE_AFTER=2s, circuit off)", () => {
     const healthy = await getWebhook(api, id);
     assert.equal(healthy.status, "active");
     assert.deepEqual(healthy.health, { circuit_state: "closed", consecutive_failures: 0, throttle_ms: 0 });
+  });
+
+  test("re-enabled while its head waits for a retry, a webhook starts afresh: one more failure does not disable it again", async () => {
+    // The lane never sees the webhook disabled (no pump while its head waits 4 s), so only the
+    // re-enable tells it that the saved health was reset.
+    const path = "/always-down";
+    const created = await api("POST", "/webhooks", { url: receiver.url(path), event_types: ["down.again"], retry_schedule: "4s,4s,4s,4s,4s,4s" });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.webhook_id;
+    await api("POST", "/events", { event_type: "down.again", payload: { n: 1 } });
+    await eventually(async () => (await api("GET", `/webhooks/${id}`)).body, (w: any) => w.status === "disabled", "auto-disable after two failures 4 s apart", 20_000);
+    const put = await api("PUT", `/webhooks/${id}`, { status: "active" });
+    assert.equal(put.status, 200, JSON.stringify(put.body));
+    const reenabledAt = Date.now();
+    const seen = receiver.forPath(path).length;
+    await receiver.waitFor(() => receiver.forPath(path).length > seen, 15_000, "the retry after re-enabling");
+    const w = await eventually(async () => (await api("GET", `/webhooks/${id}`)).body, (w: any) => w.health.consecutive_failures === 1, "the failure saved", 5_000);
+    assert.equal(w.status, "active", "one failure after re-enabling, 0 s into a new failing streak");
+    assert.ok(Date.parse(w.health.failing_since) >= reenabledAt, `failing_since ${w.health.failing_since} is after the re-enable`);
+  });
+
+  test("an endpoint answering 429 to everything is disabled once the window passes, the slow-down at its cap or not", async () => {
+    const created = await api("POST", "/webhooks", { url: receiver.url("/always-busy"), event_types: ["busy.x"], retry_schedule: "none" });
+    const id = created.body.webhook_id;
+    // The state after a dozen 429s in a row: the slow-down at its 60 s cap, failing for an hour. Another
+    // 429 then changes nothing in the health, and no save used to follow to check the window.
+    await server.app.store.db.updateTable("webhooks").set({ throttle_ms: 60_000, failing_since: new Date(Date.now() - 3_600_000) }).where("id", "=", id).execute();
+    await sleep(1_200); // the dispatcher's cache takes the row
+    await api("POST", "/events", { event_type: "busy.x", payload: { n: 1 } });
+    await receiver.waitFor(() => receiver.forPath("/always-busy").length === 1, 10_000, "the 429");
+    await eventually(async () => (await api("GET", `/webhooks/${id}`)).body, (w: any) => w.status === "disabled", "auto-disable", 5_000);
   });
 
   test("an SSRF-refused destination counts for nothing: no failing_since, no auto-disable past the window", async () => {

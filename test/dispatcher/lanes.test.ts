@@ -805,4 +805,19 @@ describe('LaneEngine', () => {
     }
     assert.deepEqual(record.sent('wh_keys'), [1, 2]);
   });
+
+  test('a head due months from now (a very slow replay, a long retry schedule) does not spin its lane: Node runs a timer past 24.8 days at once', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_far');
+    const job = record.commit('wh_far');
+    const far = Date.now() + 100 * 86_400_000;
+    record.row(job.deliveryId)!.job.nextAttemptAt = far;
+    let reads = 0;
+    const deps = record.deps();
+    const engine = newEngine({ ...deps, getWebhook: (id) => (reads++, deps.getWebhook(id)) });
+    engine.offer({ ...record.copy(job), nextAttemptAt: far });
+    await sleep(500);
+    assert.deepEqual(record.sent('wh_far'), []);
+    assert.ok(reads <= 2, `the lane looked at its webhook ${reads} times in 500 ms`);
+  });
 });

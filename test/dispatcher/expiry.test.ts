@@ -1,0 +1,53 @@
+// A delivery that a lane holds (its webhook paused) while housekeeping expires it, then put back by hand
+// with a fresh TTL: the lane's copy, with the old TTL, must not expire it again unsent. Real Postgres,
+// the embedded feed, a real receiver, a 5 s event TTL and housekeeping every 500 ms.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { createTestDatabase } from "../support/postgres.js";
+import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
+import { startReceiver } from "../support/receiver.js";
+import { eventually, sleep } from "../support/wait.js";
+
+let db: Awaited<ReturnType<typeof createTestDatabase>>;
+let server: Awaited<ReturnType<typeof startTestApp>>;
+let receiver: Awaited<ReturnType<typeof startReceiver>>;
+let api: ReturnType<typeof restClient>;
+
+before(async () => {
+  db = await createTestDatabase("expiry");
+  server = await startTestApp({ DATABASE_URL: db.url, WEBHOOKD_EVENT_TTL: "5s" }, ["api", "dispatcher"], {
+    dispatcherTimings: { leaseTtlMs: 3_000, leaseIntervalMs: 500, sweepIntervalMs: 500, sweepGraceMs: 500, housekeepingIntervalMs: 500 },
+  });
+  receiver = await startReceiver();
+  api = restClient(server.url, TEST_ADMIN_KEY);
+});
+
+after(async () => {
+  await server?.app.stop();
+  await receiver?.close();
+  await db?.drop();
+});
+
+test("a delivery housekeeping expired while its lane held it, retried by hand, is delivered once the webhook is resumed", async () => {
+  const id = (await api("POST", "/webhooks", { url: receiver.url("/held"), event_types: ["held.x"] })).body.webhook_id;
+  assert.equal((await api("PUT", `/webhooks/${id}`, { status: "paused" })).status, 200);
+  await sleep(1_200); // the dispatcher's webhook cache sees the pause
+  assert.equal((await api("POST", "/events", { event_type: "held.x", payload: { n: 1 } })).status, 201);
+  const [expired] = await eventually(
+    async () => (await api("GET", `/webhooks/${id}/deliveries`)).body.deliveries,
+    (list: { status: string; delivery_id: string }[]) => list[0]?.status === "expired",
+    "housekeeping to expire the held delivery after its 5 s TTL",
+    15_000,
+  );
+  const retry = await api("POST", `/deliveries/${expired.delivery_id}/retry`);
+  assert.equal(retry.status, 202, JSON.stringify(retry.body));
+  assert.equal((await api("PUT", `/webhooks/${id}`, { status: "active" })).status, 200);
+  const ended = await eventually(
+    async () => (await api("GET", `/deliveries/${expired.delivery_id}`)).body,
+    (d: { status: string }) => d.status !== "pending",
+    "the retried delivery to end",
+    15_000,
+  );
+  assert.equal(ended.status, "succeeded", JSON.stringify(ended));
+  assert.equal(receiver.forPath("/held").length, 1, "sent once, after the retry");
+});
