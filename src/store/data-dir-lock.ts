@@ -15,9 +15,30 @@ export class DataDirInUseError extends Error {}
  * (a named pipe on Windows) the owner listens on. The kernel stops it answering when the process dies,
  * however it dies, so a crash leaves nothing a new start could take for a live owner (a pid file can,
  * once its pid is reused).
+ *
+ * A socket left by a dead process is removed before a new one is made, and two starts doing that at once
+ * could each remove the other's fresh socket and both hold the lock (3 of 5 rounds of two processes
+ * racing after a SIGKILL). On Linux an abstract socket, named for the data dir, comes first: binding one
+ * is atomic and leaves no file, so only its holder ever clears and takes the socket in the data dir.
  */
 export async function lockDataDir(dir: string): Promise<{ release(): Promise<void> }> {
   const named = `webhookd-${createHash("sha256").update(await fs.realpath(dir)).digest("hex").slice(0, 16)}.lock`;
+  const gate = process.platform === "linux" ? await lockAt(`\0${named}`, dir) : undefined;
+  try {
+    const lock = await lockSocketFile(dir, named);
+    return {
+      release: async () => {
+        await lock.release();
+        await gate?.release();
+      },
+    };
+  } catch (err) {
+    await gate?.release();
+    throw err;
+  }
+}
+
+async function lockSocketFile(dir: string, named: string): Promise<{ release(): Promise<void> }> {
   // In the data dir where a socket can be made there; else one in the temp dir, named for the data dir,
   // does the same job on this host (a path too long for a socket, a file system without sockets).
   const places =
@@ -51,12 +72,15 @@ async function lockAt(socketPath: string, dir: string): Promise<{ release(): Pro
       server.unref();
       return { release: () => new Promise<void>((resolve) => server.close(() => resolve())) };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE" || attempt > 0) throw err;
+      if ((err as NodeJS.ErrnoException).code !== "EADDRINUSE") throw err;
+      // Taken again between clearing a dead one and binding, by a live process: in use, not a place
+      // where no socket can be made (which the caller tries the next place for).
       if (await answers(socketPath)) {
         throw new DataDirInUseError(
           `the embedded database in ${dir} is in use by another webhookd process: run one \`webhookd serve\` per data dir, or set DATABASE_URL to share a Postgres`,
         );
       }
+      if (attempt > 0) throw err;
       // Left by a process that died: nobody listens on it.
       await fs.unlink(socketPath).catch(() => undefined);
     }

@@ -64,3 +64,53 @@ test("where no socket can be made in the data dir, the lock is taken in the temp
   await other.release();
   await first.release();
 });
+
+/** A data dir whose lock socket was left by a process killed with SIGKILL. */
+async function staleLockDir(): Promise<string> {
+  const dir = await dataDir();
+  const child = spawn(process.execPath, ["-e", "require('net').createServer().listen(process.argv[1], () => console.log('held'))", path.join(dir, "webhookd.lock")], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve) => child.stdout!.once("data", () => resolve()));
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  child.kill("SIGKILL");
+  await exited;
+  return dir;
+}
+
+test("two starts at once on a data dir with a stale lock: one gets it, the other is refused as in use", async () => {
+  // Each cleared the dead socket and bound its own, or cleared the other's fresh one: both held it.
+  for (let round = 0; round < 10; round++) {
+    const dir = await staleLockDir();
+    const results = await Promise.allSettled([lockDataDir(dir), lockDataDir(dir)]);
+    const held = results.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
+    for (const r of results) if (r.status === "rejected") assert.ok(r.reason instanceof DataDirInUseError, `refused as in use, not: ${r.reason}`);
+    for (const lock of held) await lock.release();
+    assert.equal(held.length, 1, `round ${round}: ${held.length} holders of one data dir`);
+  }
+});
+
+test("two processes starting at once on a data dir with a stale lock: one holds it", async () => {
+  const lockModule = path.resolve("src/store/data-dir-lock.ts");
+  for (let round = 0; round < 3; round++) {
+    const dir = await staleLockDir();
+    const at = Date.now() + 1_500;
+    const script = `
+      const { lockDataDir } = await import(${JSON.stringify(lockModule)});
+      await new Promise((r) => setTimeout(r, ${at} - Date.now()));
+      try { await lockDataDir(${JSON.stringify(dir)}); console.log("HELD"); } catch (e) { console.log("REFUSED " + e.constructor.name); }
+      setTimeout(() => {}, 1000);`;
+    const outs = await Promise.all(
+      [0, 1].map(
+        () =>
+          new Promise<string>((resolve) => {
+            const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "inherit"] });
+            let out = "";
+            child.stdout!.on("data", (d) => (out += d));
+            child.once("exit", () => resolve(out.trim()));
+          }),
+      ),
+    );
+    assert.deepEqual([...outs].sort(), ["HELD", "REFUSED DataDirInUseError"], `round ${round}`);
+  }
+});
