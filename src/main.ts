@@ -6,6 +6,15 @@ import { awaitDatabase, DatabaseUnreachableError, describeDatabase, migrate, ope
 
 /** The webhookd entry point: reads the configuration once, then runs the roles asked for until a signal. */
 export async function main(argv: string[]): Promise<number> {
+  // A reader of our output that goes away (`| head`, a log shipper that died) must not end the server.
+  // Unhandled, the EPIPE of the "listening" line crashed it, and the crash then hung for good in the
+  // logger's exit flush, holding the port and the data-dir lock, deaf to SIGTERM. The logger stops
+  // writing on its own EPIPE.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on("error", (err: NodeJS.ErrnoException) => {
+      if (err.code !== "EPIPE") throw err;
+    });
+  }
   const program = new Command()
     .name("webhookd")
     .description("Webhook delivery: signed, ordered, at-least-once")

@@ -83,6 +83,31 @@ describe("the webhookd binary", { concurrency: 2 }, () => {
 
       assert.equal(await second.proc.kill("SIGTERM"), 0, second.proc.output());
     });
+
+    test("a reader of its output that goes away (`| head`) does not stop it: it serves on, and stops on SIGTERM", async () => {
+      const ownDir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-embedded-pipe-"));
+      const port = await freePort();
+      const proc = spawnBin("webhookd", ["serve"], { WEBHOOKD_DATA_DIR: ownDir, WEBHOOKD_LISTEN: `127.0.0.1:${port}`, WEBHOOKD_LOG_LEVEL: "info" });
+      running.push(proc);
+      try {
+        // Closed after its first log line, before "listening": that line met EPIPE. Unhandled, it crashed
+        // the process, which then hung for good in the logger's exit flush, holding port and lock.
+        await new Promise<void>((resolve) => proc.child.stdout!.once("data", () => resolve()));
+        proc.child.stdout!.destroy();
+        const deadline = Date.now() + 60_000;
+        let status: number | string = "no answer";
+        while (status !== 200 && Date.now() < deadline && proc.child.exitCode === null) {
+          await new Promise((r) => setTimeout(r, 300));
+          status = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.status, (e: Error) => e.name);
+        }
+        assert.equal(status, 200, `serving (exit code ${proc.child.exitCode}): ${proc.output()}`);
+        const code = await Promise.race([proc.kill("SIGTERM"), new Promise<string>((r) => setTimeout(() => r("still running 15 s after SIGTERM"), 15_000))]);
+        assert.equal(code, 0, proc.output());
+      } finally {
+        await proc.kill("SIGKILL");
+        await fs.rm(ownDir, { recursive: true, force: true });
+      }
+    });
   });
 
   // The default a new user gets from `npm start`: PGlite and the in-process feed, delivering to a real
