@@ -114,13 +114,8 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     let sender: Sender | undefined;
     if (options.roles.includes("dispatcher")) {
       // Node's `ca` replaces the trust store: the operator's CAs are added to it, not put in its place.
-      const ca = config.caFile
-        ? [
-            ...tls.rootCertificates,
-            ...(config.nodeExtraCaFile ? [await fs.readFile(config.nodeExtraCaFile, "utf8")] : []),
-            await fs.readFile(config.caFile, "utf8"),
-          ]
-        : undefined;
+      // loadConfig read the files, so a wrong path stopped the start before the store was opened.
+      const ca = config.caPem ? [...tls.rootCertificates, ...(config.nodeExtraCaPem ? [config.nodeExtraCaPem] : []), config.caPem] : undefined;
       sender = createSender({
         addressPolicy: { allowedCidrs: config.allowedCidrs },
         timeoutMs: config.deliveryTimeoutMs,

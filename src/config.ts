@@ -1,7 +1,9 @@
+import fs from "node:fs";
 import path from "node:path";
-import { parseDuration, parseRetrySchedule } from "./core/durations.js";
+import { formatDuration, parseDuration, parseRetrySchedule } from "./core/durations.js";
 import { parseCidrList } from "./core/address-policy.js";
 import { SecretBox } from "./core/secret-box.js";
+import { LOG_LEVELS, type LogLevel } from "./logger.js";
 
 /** Everything webhookd reads from its environment, parsed once at start. Nothing else reads process.env. */
 export interface Config {
@@ -21,10 +23,13 @@ export interface Config {
   eventTtlMs: number;
   /** How long a rotated-out signing secret keeps signing beside the new one. */
   secretGraceMs: number;
-  /** Extra CA certificates (PEM file) trusted for deliveries, beside the system's. */
-  caFile: string | undefined;
-  /** Node's own extra-CA file, part of the default trust store that an explicit CA list replaces. */
-  nodeExtraCaFile: string | undefined;
+  /** Extra CA certificates (WEBHOOKD_CA_FILE's PEM, read at start) trusted for deliveries, beside the system's. */
+  caPem: string | undefined;
+  /**
+   * Node's own extra CAs (NODE_EXTRA_CA_CERTS's PEM), part of the default trust store that an explicit CA
+   * list replaces; read only when caPem is set, since only then does webhookd pass a list of its own.
+   */
+  nodeExtraCaPem: string | undefined;
   /** Stream and consumer names are prefixed with this, so that test runs never collide. */
   natsPrefix: string;
   /** memory (default) or file: where the JetStream stream keeps jobs; Postgres is the record either way. */
@@ -46,7 +51,7 @@ export interface Config {
   autoDisableAfterMs: number;
   /** Default pace of a replay, deliveries per second. */
   replayRate: number;
-  logLevel: string;
+  logLevel: LogLevel;
 }
 
 export class ConfigError extends Error {}
@@ -93,6 +98,45 @@ function parseCount(raw: string): number {
   return value;
 }
 
+const SECOND_MS = 1_000;
+const HOUR_MS = 3_600_000;
+const DAY_MS = 86_400_000;
+/** A webhook's own retry_schedule has the same limits (server/webhook-service.ts). */
+const MAX_RETRIES = 30;
+const MAX_RETRY_DELAY_MS = 7 * DAY_MS;
+
+/**
+ * A duration from min to max. Node runs a timer of more than 2^31-1 ms (24.8 days) after 1 ms, and a
+ * Date past about 270,000 years is invalid, so every duration has an upper bound as well as a lower one.
+ */
+function durationWithin(min: number, max: number) {
+  return (raw: string): number => {
+    const ms = parseDuration(raw);
+    if (ms < min || ms > max) throw new Error(`expected a duration from ${formatDuration(min)} to ${formatDuration(max)}`);
+    return ms;
+  };
+}
+
+function parseGlobalRetrySchedule(raw: string): number[] {
+  const schedule = parseRetrySchedule(raw);
+  if (schedule.length > MAX_RETRIES) throw new Error(`${schedule.length} retries; the limit is ${MAX_RETRIES}`);
+  const bad = schedule.findIndex((ms) => ms < 1 || ms > MAX_RETRY_DELAY_MS);
+  if (bad >= 0) throw new Error(`entry ${bad + 1}: expected a delay from 1ms to ${formatDuration(MAX_RETRY_DELAY_MS)}`);
+  return schedule;
+}
+
+/** A PEM file's text, read at start so that a wrong path stops the process before anything is created. */
+function readPem(raw: string): string {
+  let text: string;
+  try {
+    text = fs.readFileSync(raw, "utf8");
+  } catch (err) {
+    throw new Error(`cannot read it: ${(err as Error).message}`);
+  }
+  if (!text.includes("-----BEGIN CERTIFICATE-----")) throw new Error("expected PEM certificates (-----BEGIN CERTIFICATE-----)");
+  return text;
+}
+
 function parseUrl(protocols: string[]) {
   return (raw: string): string => {
     const url = new URL(raw);
@@ -104,6 +148,7 @@ function parseUrl(protocols: string[]) {
 export function loadConfig(env: Env = process.env): Config {
   const databaseUrl = nonEmpty(env, "DATABASE_URL");
   const natsUrl = nonEmpty(env, "NATS_URL");
+  const caFile = nonEmpty(env, "WEBHOOKD_CA_FILE");
   return {
     listen: parseWith(env, "WEBHOOKD_LISTEN", "127.0.0.1:8080", parseListen),
     databaseUrl: databaseUrl && parseWith(env, "DATABASE_URL", "", parseUrl(["postgres:", "postgresql:"])),
@@ -125,12 +170,14 @@ export function loadConfig(env: Env = process.env): Config {
     retrySchedule:
       env.WEBHOOKD_RETRY_SCHEDULE?.trim() === ""
         ? []
-        : parseWith(env, "WEBHOOKD_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", parseRetrySchedule),
-    deliveryTimeoutMs: parseWith(env, "WEBHOOKD_DELIVERY_TIMEOUT", "15s", parseDuration),
-    eventTtlMs: parseWith(env, "WEBHOOKD_EVENT_TTL", "30d", parseDuration),
-    secretGraceMs: parseWith(env, "WEBHOOKD_SECRET_GRACE", "24h", parseDuration),
-    caFile: nonEmpty(env, "WEBHOOKD_CA_FILE"),
-    nodeExtraCaFile: nonEmpty(env, "NODE_EXTRA_CA_CERTS"),
+        : parseWith(env, "WEBHOOKD_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", parseGlobalRetrySchedule),
+    // 0 would end every attempt at once; an endpoint slower than an hour is down.
+    deliveryTimeoutMs: parseWith(env, "WEBHOOKD_DELIVERY_TIMEOUT", "15s", durationWithin(1, HOUR_MS)),
+    eventTtlMs: parseWith(env, "WEBHOOKD_EVENT_TTL", "30d", durationWithin(SECOND_MS, 3650 * DAY_MS)),
+    secretGraceMs: parseWith(env, "WEBHOOKD_SECRET_GRACE", "24h", durationWithin(0, 365 * DAY_MS)),
+    caPem: caFile && parseWith(env, "WEBHOOKD_CA_FILE", "", readPem),
+    nodeExtraCaPem:
+      caFile && nonEmpty(env, "NODE_EXTRA_CA_CERTS") !== undefined ? parseWith(env, "NODE_EXTRA_CA_CERTS", "", readPem) : undefined,
     natsStorage: parseWith(env, "WEBHOOKD_NATS_STORAGE", "memory", (raw) => {
       if (raw !== "memory" && raw !== "file") throw new Error('expected "memory" or "file"');
       return raw;
@@ -143,15 +190,28 @@ export function loadConfig(env: Env = process.env): Config {
     maxInFlight: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT", "512", parsePositiveInt),
     maxInFlightPerEndpoint: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "16", parsePositiveInt),
     connectionsPerOrigin: parseWith(env, "WEBHOOKD_CONNECTIONS_PER_ORIGIN", "16", parsePositiveInt),
-    leaseTtlMs: parseWith(env, "WEBHOOKD_LEASE_TTL", "10s", parseDuration),
+    // Attempts start only within three quarters of the TTL after a renewal, and renewals come every fifth
+    // of it but no more often than every 100 ms: a TTL of a few milliseconds is over before the renewal's
+    // round trip to the database ends, so no lease is ever confirmed and nothing is delivered.
+    leaseTtlMs: parseWith(env, "WEBHOOKD_LEASE_TTL", "10s", durationWithin(SECOND_MS, HOUR_MS)),
     circuitFailures: parseWith(env, "WEBHOOKD_CIRCUIT_FAILURES", "5", parseCount),
-    circuitCooldownMs: parseWith(env, "WEBHOOKD_CIRCUIT_COOLDOWN", "30s", parseDuration),
-    autoDisableAfterMs: parseWith(env, "WEBHOOKD_AUTO_DISABLE_AFTER", "5d", (raw) => (raw === "0" ? 0 : parseDuration(raw))),
+    circuitCooldownMs: parseWith(env, "WEBHOOKD_CIRCUIT_COOLDOWN", "30s", durationWithin(1, MAX_RETRY_DELAY_MS)),
+    autoDisableAfterMs: parseWith(env, "WEBHOOKD_AUTO_DISABLE_AFTER", "5d", (raw) => {
+      if (raw === "0") return 0;
+      const ms = parseDuration(raw);
+      // Under a second, one failed attempt would disable an endpoint.
+      if (ms !== 0 && (ms < SECOND_MS || ms > 3650 * DAY_MS)) throw new Error("expected 0 (never) or a duration from 1s to 3650d");
+      return ms;
+    }),
     replayRate: parseWith(env, "WEBHOOKD_REPLAY_RATE", "20", (raw) => {
       const value = Number(raw);
       if (!Number.isFinite(value) || value <= 0 || value > 10_000) throw new Error("expected deliveries per second, more than 0 and at most 10000");
       return value;
     }),
-    logLevel: nonEmpty(env, "WEBHOOKD_LOG_LEVEL") ?? "info",
+    logLevel: parseWith(env, "WEBHOOKD_LOG_LEVEL", "info", (raw) => {
+      const level = raw.toLowerCase();
+      if (!LOG_LEVELS.includes(level as LogLevel)) throw new Error(`expected one of ${LOG_LEVELS.join(", ")}`);
+      return level as LogLevel;
+    }),
   };
 }

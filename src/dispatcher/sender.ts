@@ -4,6 +4,8 @@ import type { AddressPolicy } from "../core/address-policy.js";
 import { buildDeliveryBody, buildDeliveryHeaders } from "../core/signing.js";
 import { checkHostBeforeConnect, createGuardedLookup } from "./guarded-lookup.js";
 
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** What one HTTP attempt produced, before any policy decides what it means. */
 export type SendResult =
   | { kind: "response"; status: number; body: string; retryAfter: string | undefined; durationMs: number }
@@ -131,7 +133,9 @@ class Attempt implements Dispatcher.DispatchHandler {
     private readonly timeoutMs: number,
     private readonly resolve: (result: SendResult) => void,
   ) {
-    this.deadline = setTimeout(() => this.timedOut(), timeoutMs);
+    // Node runs a delay past 2^31-1 ms after 1 ms, which would end every attempt at once; the
+    // configuration caps the timeout at an hour, this keeps any other caller safe too.
+    this.deadline = setTimeout(() => this.timedOut(), Math.min(timeoutMs, MAX_TIMER_MS));
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {

@@ -1,6 +1,13 @@
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { ConfigError, loadConfig } from "../../src/config.js";
+
+const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "webhookd-config-test-"));
+after(() => fs.rmSync(scratch, { recursive: true, force: true }));
+const PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
 test("endpoint health, replay and stream settings: defaults", () => {
   const config = loadConfig({});
@@ -53,8 +60,64 @@ test("a bad value names the variable and what it expects", () => {
     [{ WEBHOOKD_NATS_STORAGE: "disk" }, /WEBHOOKD_NATS_STORAGE="disk" is invalid: expected "memory" or "file"/],
     [{ WEBHOOKD_DELIVERY_TIMEOUT: "15" }, /WEBHOOKD_DELIVERY_TIMEOUT="15" is invalid/],
     [{ WEBHOOKD_LEASE_TTL: "forever" }, /WEBHOOKD_LEASE_TTL="forever" is invalid/],
+    // Node runs a timer of 0 or of more than 2^31-1 ms (24.8 days) after 1 ms: every attempt would time out.
+    [{ WEBHOOKD_DELIVERY_TIMEOUT: "0s" }, /WEBHOOKD_DELIVERY_TIMEOUT="0s" is invalid: expected a duration from 1ms to 1h/],
+    [{ WEBHOOKD_DELIVERY_TIMEOUT: "25d" }, /WEBHOOKD_DELIVERY_TIMEOUT="25d" is invalid: expected a duration from 1ms to 1h/],
+    [{ WEBHOOKD_DELIVERY_TIMEOUT: "61m" }, /WEBHOOKD_DELIVERY_TIMEOUT="61m" is invalid/],
+    // A lease shorter than its own renewal is never confirmed, and nothing is delivered.
+    [{ WEBHOOKD_LEASE_TTL: "0s" }, /WEBHOOKD_LEASE_TTL="0s" is invalid: expected a duration from 1s to 1h/],
+    [{ WEBHOOKD_LEASE_TTL: "1ms" }, /WEBHOOKD_LEASE_TTL="1ms" is invalid: expected a duration from 1s to 1h/],
+    [{ WEBHOOKD_LEASE_TTL: "25d" }, /WEBHOOKD_LEASE_TTL="25d" is invalid/],
+    [{ WEBHOOKD_EVENT_TTL: "0s" }, /WEBHOOKD_EVENT_TTL="0s" is invalid: expected a duration from 1s to 3650d/],
+    [{ WEBHOOKD_EVENT_TTL: "500ms" }, /WEBHOOKD_EVENT_TTL="500ms" is invalid/],
+    [{ WEBHOOKD_EVENT_TTL: "100000000d" }, /WEBHOOKD_EVENT_TTL="100000000d" is invalid/],
+    [{ WEBHOOKD_SECRET_GRACE: "366d" }, /WEBHOOKD_SECRET_GRACE="366d" is invalid: expected a duration from 0s to 365d/],
+    [{ WEBHOOKD_CIRCUIT_COOLDOWN: "0s" }, /WEBHOOKD_CIRCUIT_COOLDOWN="0s" is invalid: expected a duration from 1ms to 7d/],
+    [{ WEBHOOKD_CIRCUIT_COOLDOWN: "8d" }, /WEBHOOKD_CIRCUIT_COOLDOWN="8d" is invalid/],
+    // The same limits as a webhook's own schedule.
+    [{ WEBHOOKD_RETRY_SCHEDULE: "5s,0s" }, /WEBHOOKD_RETRY_SCHEDULE="5s,0s" is invalid: entry 2: expected a delay from 1ms to 7d/],
+    [{ WEBHOOKD_RETRY_SCHEDULE: "5s,8d" }, /WEBHOOKD_RETRY_SCHEDULE="5s,8d" is invalid: entry 2: expected a delay from 1ms to 7d/],
+    [{ WEBHOOKD_RETRY_SCHEDULE: Array(31).fill("1s").join(",") }, /WEBHOOKD_RETRY_SCHEDULE=.* is invalid: 31 retries; the limit is 30/],
+    [{ WEBHOOKD_AUTO_DISABLE_AFTER: "500ms" }, /WEBHOOKD_AUTO_DISABLE_AFTER="500ms" is invalid: expected 0 \(never\) or a duration from 1s to 3650d/],
+    [{ WEBHOOKD_LOG_LEVEL: "loud" }, /WEBHOOKD_LOG_LEVEL="loud" is invalid: expected one of fatal, error, warn, info, debug, trace, silent/],
+    [{ WEBHOOKD_CA_FILE: path.join(scratch, "missing.pem") }, /WEBHOOKD_CA_FILE=".*missing\.pem" is invalid: cannot read it: ENOENT/],
+    [{ WEBHOOKD_CA_FILE: scratch }, /WEBHOOKD_CA_FILE=".*" is invalid: cannot read it: EISDIR/],
+    [{ WEBHOOKD_CA_FILE: notPem() }, /WEBHOOKD_CA_FILE=".*not-pem\.txt" is invalid: expected PEM certificates/],
   ];
   for (const [env, message] of cases) {
     assert.throws(() => loadConfig(env), (err: unknown) => err instanceof ConfigError && message.test(err.message), JSON.stringify(env));
   }
 });
+
+test("duration bounds: the edges are accepted, and the CA file is read at start", () => {
+  const caFile = path.join(scratch, "ca.pem");
+  fs.writeFileSync(caFile, PEM);
+  const config = loadConfig({
+    WEBHOOKD_DELIVERY_TIMEOUT: "1h",
+    WEBHOOKD_LEASE_TTL: "1s",
+    WEBHOOKD_EVENT_TTL: "1s",
+    WEBHOOKD_SECRET_GRACE: "0s",
+    WEBHOOKD_CIRCUIT_COOLDOWN: "1ms",
+    WEBHOOKD_RETRY_SCHEDULE: "1ms,7d",
+    WEBHOOKD_AUTO_DISABLE_AFTER: "1s",
+    WEBHOOKD_LOG_LEVEL: "DEBUG",
+    WEBHOOKD_CA_FILE: caFile,
+  });
+  assert.equal(config.deliveryTimeoutMs, 3_600_000);
+  assert.equal(config.leaseTtlMs, 1_000);
+  assert.equal(config.eventTtlMs, 1_000);
+  assert.equal(config.secretGraceMs, 0);
+  assert.equal(config.circuitCooldownMs, 1);
+  assert.deepEqual(config.retrySchedule, [1, 7 * 86_400_000]);
+  assert.equal(config.autoDisableAfterMs, 1_000);
+  assert.equal(config.logLevel, "debug");
+  assert.equal(config.caPem, PEM);
+  // "0s" is spelled out as well as "0" for never.
+  assert.equal(loadConfig({ WEBHOOKD_AUTO_DISABLE_AFTER: "0s" }).autoDisableAfterMs, 0);
+});
+
+function notPem(): string {
+  const file = path.join(scratch, "not-pem.txt");
+  fs.writeFileSync(file, "hello\n");
+  return file;
+}

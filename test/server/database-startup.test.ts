@@ -2,6 +2,9 @@
 // database that comes, and otherwise stops with one line naming where and why (no stack, no password).
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
+import fs from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
 import { DatabaseUnreachableError } from "../../src/store/db.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
 import { ADMIN_URL, startPostgresServer } from "../support/postgres.js";
@@ -48,4 +51,25 @@ test("a database that does not exist: the binary exits 2 at once with one line n
   assert.equal(code, 2, output);
   assert.equal(output, `webhookd: Postgres at ${url.hostname}:${url.port || 5432}/webhookd_no_such_database refused this process: database "webhookd_no_such_database" does not exist\n`);
   assert.ok(Date.now() - t0 < 10_000, "no wait for a server that answered");
+});
+
+// The embedded serve creates the data dir, the database and the key files first thing; a bad value must
+// stop it before any of that (the CA file used to be read once the database had been migrated).
+test("an unreadable WEBHOOKD_CA_FILE or unknown WEBHOOKD_LOG_LEVEL: exit 2 naming it, nothing created", async () => {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-bad-config-"));
+  cleanups.push(() => fs.rm(root, { recursive: true, force: true }));
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ WEBHOOKD_CA_FILE: path.join(root, "no-such-ca.pem") }, /^webhookd: WEBHOOKD_CA_FILE=".*no-such-ca\.pem" is invalid: cannot read it: ENOENT/],
+    [{ WEBHOOKD_LOG_LEVEL: "loud" }, /^webhookd: WEBHOOKD_LOG_LEVEL="loud" is invalid: expected one of fatal, error, warn, info, debug, trace, silent/],
+  ];
+  const results = await Promise.all(
+    cases.map(([env], i) => runBin("webhookd", ["serve"], { WEBHOOKD_DATA_DIR: path.join(root, `data-${i}`), WEBHOOKD_LISTEN: "127.0.0.1:0", ...env })),
+  );
+  for (const [i, [env, message]] of cases.entries()) {
+    const res = results[i]!;
+    assert.equal(res.code, 2, `${JSON.stringify(env)}: ${res.output}`);
+    assert.match(res.output, message);
+    assert.doesNotMatch(res.output, /\n\s+at /, "a message, not a stack trace");
+  }
+  assert.deepEqual(await fs.readdir(root), [], "no data dir, database or key file was created");
 });
