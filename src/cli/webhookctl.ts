@@ -266,7 +266,8 @@ function eventFields(e: Event | undefined): Array<[string, string]> {
     ["ordering_key", orDash(e.orderingKey)],
     ["delivery_count", String(e.deliveryCount)],
     ["created_at", formatTime(e.createdAt)],
-    ["payload", JSON.stringify(e.payload ?? {})],
+    // Left out where the answer leaves it out (a publish): `{}` would claim the event had an empty one.
+    ...(e.payload ? ([["payload", JSON.stringify(e.payload)]] as [string, string][]) : []),
   ];
 }
 
@@ -696,7 +697,10 @@ Examples:
         orderingKey: opts.orderingKey ?? "",
       });
       if (json) return emit(PublishEventResponseSchema, res);
-      printFields(out, [...eventFields(res.event), ["duplicate", String(res.duplicate)]]);
+      // A new event's payload is the one sent, which the answer does not echo; a duplicate is the earlier
+      // event, whose payload may differ, so it shows none (`events get` shows it).
+      const event = res.event && !res.duplicate ? { ...res.event, payload } : res.event;
+      printFields(out, [...eventFields(event), ["duplicate", String(res.duplicate)]]);
       if (res.duplicate) out.write("The idempotency key matched an earlier event; that event is shown.\n");
     },
   );

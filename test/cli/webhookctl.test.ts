@@ -266,6 +266,25 @@ test("events publish --ordering-key: the event and its delivery carry the key", 
   }
 });
 
+test("events publish prints the payload it sent, as events get does; a duplicate prints none", async () => {
+  const data = { id: 42, note: "ü" };
+  const published = await ctl(["events", "publish", "--type", "clipayload.done", "--data", JSON.stringify(data), "--idempotency-key", "cli-payload-1"]);
+  assert.equal(published.code, 0, published.output);
+  const eventId = /^event_id:\s+(evt_\S+)$/m.exec(published.output)?.[1];
+  assert.ok(eventId, published.output);
+  // The publish answer leaves the payload out (the caller has it): it used to print as {}.
+  assert.match(published.output, /^payload:\s+\{"id":42,"note":"ü"\}$/m);
+  const read = await ctl(["events", "get", eventId]);
+  assert.equal(/^payload:.*$/m.exec(read.output)?.[0], /^payload:.*$/m.exec(published.output)?.[0]);
+
+  // A duplicate shows the earlier event, whose payload the answer does not carry: no payload line at all.
+  const again = await ctl(["events", "publish", "--type", "clipayload.done", "--data", '{"id": 43}', "--idempotency-key", "cli-payload-1"]);
+  assert.equal(again.code, 0, again.output);
+  assert.match(again.output, new RegExp(`^event_id:\\s+${eventId}$`, "m"));
+  assert.match(again.output, /^duplicate:\s+true$/m);
+  assert.doesNotMatch(again.output, /^payload:/m);
+});
+
 test("events publish --data @file reads the payload from a file", async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookctl-data-"));
   try {
