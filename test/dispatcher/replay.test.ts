@@ -373,6 +373,12 @@ test("a replay of more deliveries than a lane holds: a live event published duri
   const since = new Date().toISOString();
   for (let b = 0; b < 3; b++) await publish("big.x", range(b * 100 + 1, b * 100 + 100));
   await receiver.waitFor(() => receiver.forPath(path).length === 300, 30_000, "the 300 originals");
+  // Received is not yet recorded: a replay takes final deliveries only.
+  await eventually(
+    async () => (await sqlClient.query<{ n: number }>("select count(*)::int as n from deliveries where webhook_id = $1 and status = 'succeeded'", [id])).rows[0]!.n,
+    (n) => n === 300,
+    "the 300 originals recorded",
+  );
   const res = await replay(id, { since, scope: "all", rate_per_second: 300 });
   assert.equal(res.status, 202, JSON.stringify(res.body));
   assert.equal(res.body.total, 300);
