@@ -158,7 +158,7 @@ export class EndpointGate {
   }
 }
 
-function sameHealth(a: EndpointHealth, b: EndpointHealth): boolean {
+export function sameHealth(a: EndpointHealth, b: EndpointHealth): boolean {
   return (
     a.circuitState === b.circuitState &&
     a.openUntil === b.openUntil &&

@@ -2,7 +2,7 @@ import type { Logger } from "pino";
 import type { DeliveryJob } from "../queue/job.js";
 import type { LaneLoad } from "../store/deliveries.js";
 import type { SignatureScheme, WebhookStatus } from "../store/schema.js";
-import { EndpointGate, type AttemptSignal, type CircuitPolicy, type EndpointHealth } from "../core/endpoint-gate.js";
+import { EndpointGate, HEALTHY, sameHealth, type AttemptSignal, type CircuitPolicy, type EndpointHealth } from "../core/endpoint-gate.js";
 
 /** What a lane needs to know of its webhook, read fresh (cached briefly) before each attempt. */
 export interface LaneWebhook {
@@ -233,11 +233,11 @@ class Lane {
   /** Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS. */
   private readonly recentFinals = new Map<number, number>();
   /**
-   * Jobs in flight, and whether each is the half-open circuit's probe. Their ordering keys are worked out
-   * at each pump under the webhook's current setting: a key kept from the start of an attempt let the
-   * same job start again beside itself when `ordered_by_key` changed meanwhile.
+   * Jobs in flight. Their ordering keys are worked out at each pump under the webhook's current setting:
+   * a key kept from the start of an attempt let the same job start again beside itself when
+   * `ordered_by_key` changed meanwhile.
    */
-  private readonly inFlight = new Map<DeliveryJob, { probe: boolean }>();
+  private readonly inFlight = new Set<DeliveryJob>();
   private readonly attempts = new Set<Promise<void>>();
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
   private slotOffered = false;
@@ -459,7 +459,7 @@ class Lane {
       this.schedule(Date.now() + this.engine.holdRecheckMs);
       return;
     }
-    if (!this.gate || this.gateUrl !== webhook.url || (webhook.changedAt !== this.gateChangedAt && isReset(webhook.health))) {
+    if (!this.gate || this.gateUrl !== webhook.url || (webhook.changedAt !== this.gateChangedAt && sameHealth(webhook.health, HEALTHY))) {
       // A new URL is a new endpoint, and re-enabling a webhook starts it afresh: both reset the saved
       // health. A lane whose webhook was disabled while its head waited for a retry never saw it disabled,
       // and without this kept its old failures: one more, and the webhook was disabled again.
@@ -472,7 +472,7 @@ class Lane {
     let earliest = Infinity;
     const perLane = this.engine.deps.maxInFlightPerLane ?? 16;
     const keyOf = (job: DeliveryJob) => (webhook.orderedByKey ? job.orderingKey : "");
-    const busyKeys = new Set([...this.inFlight.keys()].map(keyOf));
+    const busyKeys = new Set([...this.inFlight].map(keyOf));
     for (const job of this.queue) {
       // Room again when an attempt ends: its completion pumps the lane.
       if (this.attempts.size >= perLane) break;
@@ -503,7 +503,7 @@ class Lane {
   }
 
   private start(job: DeliveryJob, key: string, webhook: LaneWebhook, probe: boolean): void {
-    this.inFlight.set(job, { probe });
+    this.inFlight.add(job);
     const attempt = this.engine.deps
       .execute(job, webhook)
       .then((outcome) => {
@@ -586,9 +586,4 @@ class Lane {
       Math.min(Math.max(0, at - Date.now()), MAX_TIMER_MS),
     );
   }
-}
-
-/** Health as the API leaves it when it resets it (re-enabled, a new URL). */
-function isReset(health: EndpointHealth): boolean {
-  return health.circuitState === "closed" && health.consecutiveFailures === 0 && health.failingSince === null && health.throttleMs === 0;
 }
