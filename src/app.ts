@@ -46,6 +46,7 @@ export interface StartOptions {
     sweepGraceMs?: number;
     housekeepingIntervalMs?: number;
     housekeepingClock?: () => number;
+    sweepPageSize?: number;
   };
 }
 

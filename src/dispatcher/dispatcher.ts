@@ -67,6 +67,8 @@ export interface DispatcherOptions {
   sweepIntervalMs?: number;
   /** Due work younger than this is left to the feed, which is usually about to deliver it. */
   sweepGraceMs?: number;
+  /** Webhooks a sweep reads at a time (10,000). */
+  sweepPageSize?: number;
 }
 
 /**
@@ -87,6 +89,7 @@ export class Dispatcher {
   private stopped = false;
   private readonly leaseTtlMs: number;
   private readonly sweepIntervalMs: number;
+  private readonly sweepPageSize: number;
   private readonly log: Logger;
   private readonly webhooks: ReturnType<typeof createWebhookCache>;
   /** Health saves per webhook, chained so they land in the order the lane made them. */
@@ -102,6 +105,7 @@ export class Dispatcher {
     this.log = options.log.child({ component: "dispatcher", dispatcher: this.id });
     this.leaseTtlMs = options.leaseTtlMs ?? 10_000;
     this.sweepIntervalMs = options.sweepIntervalMs ?? 2_000;
+    this.sweepPageSize = options.sweepPageSize ?? 10_000;
     this.writer = new AttemptWriter(options.db, this.log);
     this.webhooks = createWebhookCache(options.db, options.secretBox, this.log);
     this.payloads = new PayloadReader(options.db);
@@ -297,10 +301,14 @@ export class Dispatcher {
       this.nextFullSweepAt = now + FULL_SWEEP_EVERY_MS;
     }
     const dueSince = full ? undefined : new Date(now - SWEEP_RECENT_MS);
-    const due = await findWebhooksWithDueDeliveries(this.options.db, shards, new Date(now - graceMs), 10_000, new Date(now + lookaheadMs), dueSince);
-    for (const { webhook_id, shard, first_seq, last_seq } of due) {
-      // first_seq is the lowest pending seq of the webhook, due or not.
-      if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq, now, last_seq);
+    const query = { shards, dueBy: new Date(now - graceMs), horizon: new Date(now + lookaheadMs), dueSince, limit: this.sweepPageSize };
+    for (let after: string | undefined = ""; after !== undefined; ) {
+      const page = await findWebhooksWithDueDeliveries(this.options.db, { ...query, after });
+      for (const { webhook_id, shard, first_seq, last_seq } of page.webhooks) {
+        // first_seq is the lowest pending seq of the webhook, due or not.
+        if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq, now, last_seq);
+      }
+      after = page.next;
     }
   }
 

@@ -81,12 +81,34 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
   return { jobs, lastSeq };
 }
 
+export interface DueQuery {
+  shards: number[];
+  /** Work due by then counts (and after `dueSince`, when given). */
+  dueBy: Date;
+  /** Work coming due between now and then counts too. */
+  horizon: Date;
+  dueSince?: Date;
+  /** The `next` of the page before: webhooks after it only. */
+  after?: string;
+  /** Webhooks per page: found (periodic sweep), or walked (full sweep). */
+  limit: number;
+}
+
+export interface DuePage {
+  webhooks: DueWebhook[];
+  /** Where the next page starts; absent on the last page. */
+  next?: string;
+}
+
 /**
  * Webhooks of these shards with a pending delivery due by `dueBy` (and after `dueSince`, when given), or
  * coming due between now and `horizon` — the lanes that should be moving or about to — with the lowest
  * seq pending for each (due or not), so a lane whose position is past it reads from there and finds
  * deliveries put back behind it without skipping one that waits for its retry; and the webhook's last
  * seq, so a lane short of it reads on (a feed message lost: other ordering keys may have work there).
+ * A page at a time, in webhook id order: a sweep cut at its limit without a next page left the webhooks
+ * past it to the feed alone, and behind 10,000 lanes held by open circuits a delivery whose feed message
+ * was lost waited for good.
  *
  * With `dueSince`, one index entry is read per delivery that came due since then (the periodic sweep).
  * Without it, a backlog behind a dead endpoint must not be read whole: the webhooks with pending
@@ -94,32 +116,36 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
  * is asked whether one of its deliveries is due — 6 ms for a million due deliveries of five webhooks,
  * where reading them took 0.5 s; about 50 µs a webhook with pending work.
  */
-export async function findWebhooksWithDueDeliveries(
-  db: Db,
-  shards: number[],
-  dueBy: Date,
-  limit: number,
-  horizon: Date,
-  dueSince?: Date,
-): Promise<DueWebhook[]> {
-  if (shards.length === 0) return [];
+export async function findWebhooksWithDueDeliveries(db: Db, query: DueQuery): Promise<DuePage> {
+  const { shards, dueBy, horizon, dueSince, after = "", limit } = query;
+  if (shards.length === 0) return { webhooks: [] };
   const now = new Date();
   if (!dueSince) {
-    const { rows } = await sql<DueWebhook>`
+    // The walk goes over every shard's webhooks (the index leads with the webhook), so a page ends where
+    // the walk did, whether or not the last webhook walked is one of these shards' or has work due.
+    const { rows } = await sql<DueWebhook & { walked: number; walked_to: string | null }>`
       with recursive hooks(webhook_id) as (
-        (select d.webhook_id from deliveries d where d.status = 'pending' order by d.webhook_id limit 1)
+        (select d.webhook_id from deliveries d where d.status = 'pending' and d.webhook_id > ${after} order by d.webhook_id limit 1)
         union all
         select (select d.webhook_id from deliveries d where d.status = 'pending' and d.webhook_id > h.webhook_id order by d.webhook_id limit 1)
         from hooks h where h.webhook_id is not null
-      )
-      select w.id as webhook_id, w.shard, w.last_seq,
-        (select min(p.seq) from deliveries p where p.webhook_id = w.id and p.status = 'pending') as first_seq
-      from hooks h join webhooks w on w.id = h.webhook_id
-      where w.shard = any(${sql.val(shards)}::int[])
-        and exists (select 1 from deliveries p where p.webhook_id = w.id and p.status = 'pending'
-          and (p.next_attempt_at <= ${dueBy} or (p.next_attempt_at > ${now} and p.next_attempt_at <= ${horizon})))
-      limit ${limit}`.execute(db);
-    return rows.map(dueWebhook);
+      ),
+      walked as materialized (select webhook_id from hooks where webhook_id is not null limit ${limit})
+      select x.walked, x.walked_to, due.*
+      from (select count(*)::int as walked, max(webhook_id) as walked_to from walked) x
+      left join lateral (
+        select w.id as webhook_id, w.shard, w.last_seq,
+          (select min(p.seq) from deliveries p where p.webhook_id = w.id and p.status = 'pending') as first_seq
+        from walked h join webhooks w on w.id = h.webhook_id
+        where w.shard = any(${sql.val(shards)}::int[])
+          and exists (select 1 from deliveries p where p.webhook_id = w.id and p.status = 'pending'
+            and (p.next_attempt_at <= ${dueBy} or (p.next_attempt_at > ${now} and p.next_attempt_at <= ${horizon})))
+      ) due on true`.execute(db);
+    const first = rows[0];
+    return {
+      webhooks: rows.filter((r) => r.webhook_id !== null).map(dueWebhook),
+      ...(first && first.walked === limit && first.walked_to ? { next: first.walked_to } : {}),
+    };
   }
   const rows = await db
     .selectFrom("deliveries as d")
@@ -131,6 +157,7 @@ export async function findWebhooksWithDueDeliveries(
     ])
     .where("d.status", "=", "pending")
     .where("d.shard", "in", shards)
+    .where("d.webhook_id", ">", after)
     .where((eb) =>
       eb.or([
         eb.and([eb("d.next_attempt_at", ">", dueSince), eb("d.next_attempt_at", "<=", dueBy)]),
@@ -138,9 +165,11 @@ export async function findWebhooksWithDueDeliveries(
       ]),
     )
     .groupBy(["d.webhook_id", "d.shard"])
+    .orderBy("d.webhook_id")
     .limit(limit)
     .execute();
-  return rows.map(dueWebhook);
+  const webhooks = rows.map(dueWebhook);
+  return { webhooks, ...(webhooks.length === limit ? { next: webhooks.at(-1)!.webhook_id } : {}) };
 }
 
 export interface DueWebhook {

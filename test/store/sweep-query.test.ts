@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import os from "node:os";
 import { sql } from "kysely";
 import { idFloor, newId } from "../../src/core/ids.js";
-import { findWebhooksWithDueDeliveries, type NewDelivery } from "../../src/store/deliveries.js";
+import { findWebhooksWithDueDeliveries, type DueWebhook, type NewDelivery } from "../../src/store/deliveries.js";
 import { migrate, openStore, type Store } from "../../src/store/db.js";
 import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
 import { createTestDatabase } from "../support/postgres.js";
@@ -56,13 +56,21 @@ after(async () => {
   await database?.drop();
 });
 
-async function sweep(dueSince?: Date) {
-  const found = await findWebhooksWithDueDeliveries(store.db, [1, 2], new Date(now - 2_000), 100, new Date(now + 60_000), dueSince);
-  return Object.fromEntries(found.map((r) => [r.webhook_id, { shard: r.shard, first: r.first_seq, last: r.last_seq }]));
+/** Every page of a sweep, each of at most `limit` webhooks: what it found, and how many pages it took. */
+async function sweep(dueSince?: Date, limit = 100) {
+  const found: DueWebhook[] = [];
+  let pages = 0;
+  for (let after: string | undefined = ""; after !== undefined; pages++) {
+    const page = await findWebhooksWithDueDeliveries(store.db, { shards: [1, 2], dueBy: new Date(now - 2_000), horizon: new Date(now + 60_000), dueSince, after, limit });
+    assert.ok(page.webhooks.length <= limit);
+    found.push(...page.webhooks);
+    after = page.next;
+  }
+  return { pages, found: Object.fromEntries(found.map((r) => [r.webhook_id, { shard: r.shard, first: r.first_seq, last: r.last_seq }])) };
 }
 
 test("the full sweep finds every webhook with work due past the grace or coming due within the horizon", async () => {
-  assert.deepEqual(await sweep(), {
+  assert.deepEqual((await sweep()).found, {
     wh_backlog: { shard: 1, first: 10, last: 12 },
     wh_recent: { shard: 1, first: 10, last: 11 },
     wh_retry_soon: { shard: 1, first: 10, last: 10 },
@@ -70,10 +78,21 @@ test("the full sweep finds every webhook with work due past the grace or coming 
 });
 
 test("the periodic sweep leaves work due for long to the full sweep, and still finds the rest", async () => {
-  assert.deepEqual(await sweep(new Date(now - 2 * MINUTE)), {
+  assert.deepEqual((await sweep(new Date(now - 2 * MINUTE))).found, {
     wh_recent: { shard: 1, first: 10, last: 11 },
     wh_retry_soon: { shard: 1, first: 10, last: 10 },
   });
+});
+
+test("both sweeps go page by page and find the same webhooks as in one page", async () => {
+  const full = await sweep();
+  const periodic = await sweep(new Date(now - 2 * MINUTE));
+  // A full sweep's page is the webhooks walked, whatever their shard or due times: six with pending
+  // work, one at a time, then an empty last page.
+  assert.deepEqual(await sweep(undefined, 1), { pages: 7, found: full.found });
+  assert.deepEqual(await sweep(undefined, 4), { pages: 2, found: full.found });
+  // A periodic sweep's page is the webhooks found.
+  assert.deepEqual(await sweep(new Date(now - 2 * MINUTE), 1), { pages: 3, found: periodic.found });
 });
 
 test("the full sweep reads about one index entry per webhook, not one per delivery of a dead endpoint's backlog", async () => {
@@ -94,7 +113,7 @@ test("the full sweep reads about one index entry per webhook, not one per delive
       return rows[0]!.n;
     };
     const before = await tuples();
-    const found = await findWebhooksWithDueDeliveries(conn, [1, 2], new Date(now - 2_000), 100, new Date(now + 3_000));
+    const { webhooks: found } = await findWebhooksWithDueDeliveries(conn, { shards: [1, 2], dueBy: new Date(now - 2_000), horizon: new Date(now + 3_000), limit: 100 });
     assert.deepEqual(found.find((r) => r.webhook_id === "wh_dead"), { webhook_id: "wh_dead", shard: 2, first_seq: 1, last_seq: 50_000 });
     return (await tuples()) - before;
   });
