@@ -262,9 +262,22 @@ export function signPayloadEd25519({
   if (secretKeys.length === 0) throw new Error('cannot sign a delivery without at least one signing key');
   assertTimestamp(timestamp);
   const content = Buffer.from(signedContent(id, timestamp, body), 'utf8');
-  return secretKeys
-    .map((key) => `v1a,${cryptoSign(null, content, decodeSigningSecretKey(key)).toString('base64')}`)
-    .join(' ');
+  return secretKeys.map((key) => `v1a,${cryptoSign(null, content, privateKeyOf(key)).toString('base64')}`).join(' ');
+}
+
+/** Keys in use, imported once: importing one cost 0.5 ms per signature, signing 0.07. */
+const privateKeys = new Map<string, KeyObject>();
+const MAX_PRIVATE_KEYS = 4096;
+
+function privateKeyOf(secretKey: string): KeyObject {
+  let key = privateKeys.get(secretKey);
+  if (key === undefined) {
+    key = decodeSigningSecretKey(secretKey);
+    // Rotated-out keys would pile up in a long-lived dispatcher; starting over costs one import each.
+    if (privateKeys.size >= MAX_PRIVATE_KEYS) privateKeys.clear();
+    privateKeys.set(secretKey, key);
+  }
+  return key;
 }
 
 /** Receiver-side check of `v1a` signatures against `whpk_` public keys; never throws. */
