@@ -43,8 +43,11 @@ export interface LaneEngineDeps {
   execute(job: DeliveryJob, webhook: LaneWebhook): Promise<LaneOutcome>;
   /** Gets the job ready to go next (reads its payload) while the one before it is in flight. */
   prefetch?(job: DeliveryJob): void;
-  /** The endpoint's health changed; called in order per webhook. */
-  saveHealth(webhookId: string, health: EndpointHealth): void;
+  /**
+   * The endpoint's health changed; called in order per webhook, with the webhook's `changedAt` the gate
+   * last saw, so that a save does not undo a reset the lane has not seen yet.
+   */
+  saveHealth(webhookId: string, health: EndpointHealth, seenChangedAt: number | undefined): void;
   /**
    * Whether attempts may start on the shard now: this process's lease on it is confirmed. When not, its
    * lanes wait until `leasesConfirmed()`. Absent: always.
@@ -568,7 +571,7 @@ class Lane {
     if (!this.gate) return;
     const changed = this.gate.record(signal, Date.now(), probe);
     // A 429 at the slow-down's cap changes nothing, yet counts toward auto-disable, which the save checks.
-    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot);
+    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot, this.gateChangedAt);
   }
 
   private schedule(at: number): void {

@@ -1,6 +1,6 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
-import type { EndpointHealth } from "../core/endpoint-gate.js";
+import { HEALTHY, type EndpointHealth } from "../core/endpoint-gate.js";
 import type { NewWebhook, SigningSecret, Webhook, WebhookStatus } from "./schema.js";
 
 /** Deleted webhooks stay as rows (their deliveries refer to them) but are invisible through the API. */
@@ -124,11 +124,19 @@ export function healthColumns(health: EndpointHealth) {
   };
 }
 
-/** Saves the endpoint health the lane's owner sees. */
-export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth): Promise<void> {
-  await db
-    .updateTable("webhooks")
-    .set(healthColumns(health))
-    .where("id", "=", id)
-    .execute();
+/**
+ * Saves the endpoint health the lane's owner sees; false when it was not saved. `seenChangedAt` is the
+ * webhook's updated_at (in ms) as the lane last confirmed it: a reset by the API after that (re-enabled,
+ * a new URL) wins over a save the lane made before it saw it, which would otherwise bring the old
+ * failures back, and with them an auto-disable at the next one. Other changes by the API do not hold a
+ * save back.
+ */
+export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth, seenChangedAt?: number): Promise<boolean> {
+  let query = db.updateTable("webhooks").set(healthColumns(health)).where("id", "=", id);
+  if (seenChangedAt !== undefined) {
+    const reset = Object.entries(healthColumns(HEALTHY)).map(([column, value]) => sql`${sql.ref(column)} is not distinct from ${value}`);
+    query = query.where(sql<boolean>`not (date_trunc('milliseconds', updated_at) > ${new Date(seenChangedAt)} and ${sql.join(reset, sql` and `)})`);
+  }
+  const result = await query.executeTakeFirst();
+  return result.numUpdatedRows > 0n;
 }
