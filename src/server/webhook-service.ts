@@ -44,6 +44,8 @@ import { pageOf, readPage } from "./paging.js";
 
 export const MAX_DESCRIPTION_LENGTH = 1000;
 export const MAX_RATE_LIMIT = 10_000;
+/** One delivery every 1,000 s. Below it a limit is a mistake (1e-9 is one a generation), not a pace. */
+export const MIN_RATE_LIMIT = 0.001;
 export const MAX_RETRIES = 30;
 const MAX_RETRY_DELAY_MS = 7 * 24 * 3600 * 1000;
 const DNS_CHECK_TIMEOUT_MS = 2_000;
@@ -99,8 +101,8 @@ export function createWebhookService(deps: WebhookServiceDeps) {
   }
 
   function validateRateLimit(rate: number): number {
-    if (!Number.isFinite(rate) || rate < 0 || rate > MAX_RATE_LIMIT) {
-      throw invalidArgument(`rate_limit_per_second must be between 0 (no limit) and ${MAX_RATE_LIMIT} (got ${rate})`);
+    if (!Number.isFinite(rate) || (rate !== 0 && (rate < MIN_RATE_LIMIT || rate > MAX_RATE_LIMIT))) {
+      throw invalidArgument(`rate_limit_per_second must be 0 (no limit) or between ${MIN_RATE_LIMIT} and ${MAX_RATE_LIMIT} (got ${rate})`);
     }
     return rate;
   }

@@ -516,7 +516,7 @@ const VALID: Record<string, () => fc.Arbitrary<unknown>> = {
   event_types: () => fc.array(goodPattern, { minLength: 1, maxLength: 4 }),
   description: () => fc.string({ maxLength: 40 }),
   ordered_by_key: () => fc.boolean(),
-  rate_limit_per_second: () => fc.double({ min: 0, max: 10_000, noNaN: true }),
+  rate_limit_per_second: () => fc.oneof(fc.constant(0), fc.double({ min: 0.001, max: 10_000, noNaN: true })),
   signature_scheme: () => fc.constantFrom("", "v1", "v1a"),
   status: () => fc.constantFrom("active", "paused"),
   retry_schedule: () => fc.constantFrom("", "none", "5s,5m", "1ms", "7d"),
@@ -991,7 +991,7 @@ function validRpcValue(input: DescMessage, field: DescMessage["fields"][number])
     case "description":
       return fc.string({ maxLength: 40 });
     case "rateLimitPerSecond":
-      return fc.double({ min: 0, max: 10_000, noNaN: true });
+      return fc.oneof(fc.constant(0), fc.double({ min: 0.001, max: 10_000, noNaN: true }));
     case "retrySchedule":
       return fc.constantFrom("", "none", "5s,5m", "7d");
     case "orderedByKey":

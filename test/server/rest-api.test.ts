@@ -303,6 +303,7 @@ describe("bad input is 400 invalid_argument, names the problem, and writes nothi
     assert.match(message, /tenant_id/);
     await refused(admin, "POST", "/webhooks", { url: PUBLIC_URL, event_types: ["a.b"], description: "x".repeat(1001) }, /description/);
     await refused(admin, "POST", "/webhooks", { url: PUBLIC_URL, event_types: ["a.b"], rate_limit_per_second: -1 }, /rate_limit_per_second/);
+    await refused(admin, "POST", "/webhooks", { url: PUBLIC_URL, event_types: ["a.b"], rate_limit_per_second: 1e-9 }, /rate_limit_per_second must be 0 \(no limit\) or between 0\.001 and 10000 \(got 1e-9\)/);
   });
 
   test("urls that do not parse, or carry credentials or a fragment", async () => {
