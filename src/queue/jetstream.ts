@@ -258,26 +258,52 @@ export async function createJetStreamFeed(options: {
       const filter = `${names.subjectRoot}.${shard}.>`;
       await ensureConsumer(jsm, names, durable, filter, log);
       const consumer = await js.consumers.get(names.stream, durable);
+      const take = (m: JsMsg) => {
+        let jobs: DeliveryJob[] = [];
+        try {
+          jobs = decodeJobHeads(m.data);
+        } catch (err) {
+          log.error({ err, shard }, "undecodable feed message dropped; the sweep finds its jobs in Postgres");
+        }
+        for (const job of jobs) onJob(job);
+        // Acked as soon as it is read: from here Postgres and the dispatcher carry its jobs, so nothing
+        // parks in the consumer's ack window however long a delivery waits.
+        ackSoon(m);
+      };
+      let fetchingOversized = false;
+      /**
+       * A message larger than a pull that the stream held before it had its max_msg_size (a release
+       * without it): the server answers every pull of the shard 409 and nothing after it came for the
+       * stream's max_age, 7 days. It is fetched alone, with no limit on its size, and the consumer pulls
+       * afresh (the client does not pull again after such an answer until the pull's 30 s expire).
+       */
+      const takeOversized = async () => {
+        if (fetchingOversized) return;
+        fetchingOversized = true;
+        try {
+          // One message: the first the shard has, which is the one too large for a pull.
+          const batch = await consumer.fetch({ max_messages: 1, expires: 5_000 });
+          for await (const m of batch) {
+            log.warn({ shard, bytes: m.data.byteLength }, "a feed message larger than a pull was taken on its own");
+            take(m);
+          }
+          await consumed.get(durable)?.repull();
+        } catch (err) {
+          log.warn({ err, shard }, "could not fetch a feed message larger than a pull; trying again at the next pull");
+        } finally {
+          fetchingOversized = false;
+        }
+      };
       const open = async () => {
         const messages = await consumer.consume({ max_bytes: PULL_MAX_BYTES });
         void (async () => {
           for await (const status of messages.status()) {
             if (status.type === "stream_not_found" || status.type === "consumer_not_found" || status.type === "consumer_deleted") void restore(status.type);
+            if (status.type === "exceeded_limits" && status.description === "message size exceeds maxbytes") void takeOversized();
           }
         })();
         const done = (async () => {
-          for await (const m of messages) {
-            let jobs: DeliveryJob[] = [];
-            try {
-              jobs = decodeJobHeads(m.data);
-            } catch (err) {
-              log.error({ err, shard }, "undecodable feed message dropped; the sweep finds its jobs in Postgres");
-            }
-            for (const job of jobs) onJob(job);
-            // Acked as soon as it is read: from here Postgres and the dispatcher carry its jobs, so nothing
-            // parks in the consumer's ack window however long a delivery waits.
-            ackSoon(m);
-          }
+          for await (const m of messages) take(m);
         })();
         return { messages, done };
       };

@@ -163,6 +163,35 @@ test("a message no pull can take (a stray publish, an older release's) is refuse
   assert.deepEqual(received.map((j) => `${j.webhookId}:${j.seq}`), ["wh_after:1"], "the oversized message's jobs are the sweep's");
 });
 
+test("a message no pull can take that the stream held already (stored before its size limit) is taken on its own: its jobs and the ones after it arrive", async () => {
+  const names = natsPrefix("oversized");
+  const { subjectRoot, stream } = jetStreamNames(names.prefix);
+  const nc = await connect({ servers: NATS_URL });
+  cleanups.push(() => names.cleanup().catch(() => undefined), () => nc.close());
+  const { jetstreamManager, RetentionPolicy, StorageType } = await import("@nats-io/jetstream");
+  const jsm = await jetstreamManager(nc);
+  // As a release without the stream's max_msg_size made it, and published to it.
+  await jsm.streams.add({ name: stream, subjects: [`${subjectRoot}.>`], retention: RetentionPolicy.Workqueue, storage: StorageType.Memory });
+  const heads = encodeJobHeads(Array.from({ length: 500 }, (_, i) => ({ ...job("wh_old", 8, i + 1, 0), orderingKey: "注".repeat(256), eventType: `a${"b".repeat(98)}.${"c".repeat(100)}` })));
+  assert.ok(heads.byteLength > 512 * 1024 && heads.byteLength < 1024 * 1024, `${heads.byteLength} bytes: past a pull, within max_payload`);
+  nc.publish(`${subjectRoot}.8.wh_old`, heads);
+  await nc.flush();
+
+  const feed = await createJetStreamFeed({ url: NATS_URL, prefix: names.prefix, logger: log, name: "feed-test-oversized" });
+  cleanups.push(() => feed.close());
+  await feed.publish([job("wh_after", 8, 1, 100)]);
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(8, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await eventually(async () => received.length, (n) => n >= 501, "the stored oversized message's 500 jobs and the job after it", 10_000);
+  await sleep(200);
+  assert.deepEqual(
+    received.map((j) => `${j.webhookId}:${j.seq}`),
+    [...Array.from({ length: 500 }, (_, i) => `wh_old:${i + 1}`), "wh_after:1"],
+  );
+  await eventually(() => messagesOn(NATS_URL, names.prefix, 8), (n) => n === 0, "both messages acked", 5_000);
+});
+
 test("a message that is not a list of job heads is acked and dropped; the ones after it still arrive", async () => {
   const { feed, prefix } = await feedOn(NATS_URL, "stray");
   const subject = `${jetStreamNames(prefix).subjectRoot}.4.wh_x`;
