@@ -32,6 +32,21 @@ test("reaching the bound drops every list, and the count starts again", () => {
   assert.ok(lists.size <= 100);
 });
 
+test("a list's key counts toward the bound by its length: long pattern sets with no subscriber cannot pile up", () => {
+  const lists = new SubscriberLists(10_000);
+  // A batch of 100 long event types of one-letter segments makes keys of a million characters; a quarter here.
+  const keys = Array.from({ length: 50 }, (_, i) => SubscriberLists.key("ten_a", Array.from({ length: 2_500 }, (_, p) => `t${i}.${"a.".repeat(p % 100)}*`)));
+  assert.ok(keys[0]!.length > 250_000);
+  let kept = 0;
+  keys.forEach((key, i) => {
+    lists.set(key, []);
+    kept = Math.max(kept, keys.slice(0, i + 1).filter((k) => lists.get(k) !== undefined).length);
+  });
+  assert.ok(lists.size <= 10_000, `size ${lists.size}`);
+  // 10,000 units of 256 characters: about 10 such keys at most, not all 50.
+  assert.ok(kept <= 10, `${kept} lists of a quarter-million-character key held at once`);
+});
+
 test("a stale list is forgotten only while it is still the one held", () => {
   const lists = new SubscriberLists();
   const stale = subscribers(3, "old");
