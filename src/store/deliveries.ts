@@ -196,6 +196,9 @@ function stillPending(alias: string) {
   return sql<boolean>`(${sql.ref(`${alias}.status`)} = 'pending') is true`;
 }
 
+/** What a delivery ended without an attempt looks like. */
+const EXPIRED_UNTRIED = { status: "expired", last_error: "expired before it could be delivered" } as const;
+
 export interface AttemptRecord {
   attemptId: string;
   deliveryId: string;
@@ -212,7 +215,10 @@ export interface AttemptRecord {
 /**
  * Writes a batch of attempts and their deliveries' new state in one statement (atomic, one round trip:
  * this is the dispatcher's busiest query). Only pending deliveries change: a late writer (a lost lease,
- * a cancelled webhook) cannot undo a final state.
+ * a cancelled webhook) cannot undo a final state. Except "expired before it could be delivered", which
+ * housekeeping (or a new owner's lane) writes when the TTL ends while the attempt is in flight: a final
+ * answer then says what became of the delivery. Left expired, a delivery the receiver had answered 200
+ * read "expired, 0 attempts" beside that attempt, and a replay of the failed ones sent it again.
  */
 export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<void> {
   if (records.length === 0) return;
@@ -244,16 +250,14 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
       last_error = v.error,
       delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
     from v
-    where d.id = v.id and ${stillPending("d")}
+    where d.id = v.id
+      and (${stillPending("d")} or (d.status = 'expired' and d.last_error = ${EXPIRED_UNTRIED.last_error} and v.status <> 'pending'))
       -- Read through the primary key, however far apart in the backlog the rows are. Against the
       -- partitioned table the ids are a constant list, so the planner leaves out every other day's
       -- partition (planning over all of them cost 4× the CPU of the statement with a month of them).
       and d.id = any(${sql.val(ids)}::text[])`.execute(db),
   );
 }
-
-/** What a delivery ended without an attempt looks like. */
-const EXPIRED_UNTRIED = { status: "expired", last_error: "expired before it could be delivered" } as const;
 
 /**
  * Ends deliveries without an attempt (expired before they could be tried) whose TTL has passed in

@@ -1,5 +1,6 @@
 // A delivery that a lane holds (its webhook paused) while housekeeping expires it, then put back by hand
-// with a fresh TTL: the lane's copy, with the old TTL, must not expire it again unsent. Real Postgres,
+// with a fresh TTL: the lane's copy, with the old TTL, must not expire it again unsent. Nor may an attempt
+// under way when the TTL ends be left recorded as expired untried. Real Postgres,
 // the embedded feed, a real receiver, a 5 s event TTL and housekeeping every 500 ms.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -18,7 +19,8 @@ before(async () => {
   server = await startTestApp({ DATABASE_URL: db.url, WEBHOOKD_EVENT_TTL: "5s" }, ["api", "dispatcher"], {
     dispatcherTimings: { leaseTtlMs: 3_000, leaseIntervalMs: 500, sweepIntervalMs: 500, sweepGraceMs: 500, housekeepingIntervalMs: 500 },
   });
-  receiver = await startReceiver();
+  // Answers /slow after 6.5 s: an attempt that starts inside the 5 s TTL ends after it.
+  receiver = await startReceiver((req) => (req.path === "/slow" ? { status: 200, delayMs: 6_500 } : undefined));
   api = restClient(server.url, TEST_ADMIN_KEY);
 });
 
@@ -50,4 +52,26 @@ test("a delivery housekeeping expired while its lane held it, retried by hand, i
   );
   assert.equal(ended.status, "succeeded", JSON.stringify(ended));
   assert.equal(receiver.forPath("/held").length, 1, "sent once, after the retry");
+});
+
+test("an attempt under way when housekeeping expires its delivery is recorded as its answer says, and a replay of the failed ones leaves it", async () => {
+  const since = new Date(Date.now() - 1_000).toISOString();
+  const id = (await api("POST", "/webhooks", { url: receiver.url("/slow"), event_types: ["slow.x"] })).body.webhook_id;
+  await sleep(1_200); // the dispatcher's webhook cache sees the webhook
+  assert.equal((await api("POST", "/events", { event_type: "slow.x", payload: { n: 1 } })).status, 201);
+  await receiver.waitFor(() => receiver.forPath("/slow").length === 1, 20_000, "the slow answer");
+  // Housekeeping expired it meanwhile; the answer's record comes after.
+  const [delivery] = await eventually(
+    async () => (await api("GET", `/webhooks/${id}/deliveries`)).body.deliveries,
+    (list: { status: string; attempts: number }[]) => list[0] !== undefined && list[0].attempts > 0,
+    "the attempt's record",
+    5_000,
+  ).catch(async (err) => {
+    throw new Error(`${err.message}: ${JSON.stringify((await api("GET", `/webhooks/${id}/deliveries`)).body.deliveries)}`);
+  });
+  assert.equal(delivery.status, "succeeded", JSON.stringify(delivery));
+  assert.equal(delivery.attempts, 1);
+  const replay = await api("POST", `/webhooks/${id}/replay`, { since, scope: "failed" });
+  assert.equal(replay.status, 202, JSON.stringify(replay.body));
+  assert.equal(replay.body.total, 0, JSON.stringify(replay.body));
 });
