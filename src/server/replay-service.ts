@@ -16,7 +16,7 @@ import {
 } from "../../gen/webhook/v1/webhook_pb.js";
 import type { Principal } from "./auth.js";
 import { toReplay } from "./convert.js";
-import { invalidArgument, notFound } from "./errors.js";
+import { failedPrecondition, invalidArgument, notFound } from "./errors.js";
 
 export const MAX_REPLAY_RATE = 10_000;
 
@@ -42,6 +42,8 @@ export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRa
     if (!since) throw invalidArgument("since is required: the replay takes deliveries created from that time on");
     const from = timestampDate(since);
     const to = until ? timestampDate(until) : now;
+    if (Number.isNaN(from.getTime())) throw invalidArgument("since is out of range");
+    if (Number.isNaN(to.getTime())) throw invalidArgument("until is out of range");
     if (from.getTime() > now.getTime()) throw invalidArgument(`since is in the future (${from.toISOString()})`);
     if (to.getTime() <= from.getTime()) throw invalidArgument(`until (${to.toISOString()}) must be after since (${from.toISOString()})`);
     return { since: from, until: to };
@@ -60,7 +62,7 @@ export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRa
       const range = validateRange(req.since, req.until, new Date());
       const webhook = await findWebhook(principal, req.webhookId);
       const replay = await db.transaction().execute(async (trx) => {
-        const row = await replays.startReplay(trx, {
+        const { replay: row, late } = await replays.startReplay(trx, {
           id: newId("rpl"),
           tenantId: principal.tenantId,
           webhookId: webhook.id,
@@ -69,6 +71,13 @@ export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRa
           ratePerSecond,
           eventTtlMs: deps.eventTtlMs,
         });
+        if (late > 0) {
+          // Thrown inside the transaction: nothing is put back.
+          throw failedPrecondition(
+            `at ${ratePerSecond} per second, ${late} of the ${row.total} deliveries would come due after their records are removed ` +
+              `(retention: the event TTL and about two days); raise rate_per_second or narrow since/until`,
+          );
+        }
         await recordAudit(trx, {
           tenantId: principal.tenantId,
           actor: principal.actor,

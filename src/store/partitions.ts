@@ -94,10 +94,17 @@ export function retentionEndSql(createdAt: RawBuilder<Date>, ttlMs: number): Raw
  */
 export const REQUEUE_MARGIN_MS = 60 * 60 * 1000;
 
-/** The TTL end of a delivery created at `createdAt` put back now: a fresh TTL, never past its partition's retention. */
-export function requeuedExpiry(createdAt: RawBuilder<Date>, ttlMs: number): RawBuilder<Date> {
-  return sql<Date>`least(now() + ${ttlMs}::float8 * interval '1 millisecond',
-    ${retentionEndSql(createdAt, ttlMs)} - ${REQUEUE_MARGIN_MS}::float8 * interval '1 millisecond')`;
+/**
+ * The TTL end of a delivery created at `createdAt` put back to be sent at `dueAt` (now, unless paced): a
+ * fresh TTL from then, never past its partition's retention.
+ */
+export function requeuedExpiry(createdAt: RawBuilder<Date>, ttlMs: number, dueAt: RawBuilder<Date> = sql<Date>`now()`): RawBuilder<Date> {
+  return sql<Date>`least(${dueAt} + ${ttlMs}::float8 * interval '1 millisecond', ${requeueDeadlineSql(createdAt, ttlMs)})`;
+}
+
+/** The latest a delivery created at `createdAt` may be sent when put back: REQUEUE_MARGIN_MS before its partition goes. */
+export function requeueDeadlineSql(createdAt: RawBuilder<Date>, ttlMs: number): RawBuilder<Date> {
+  return sql<Date>`(${retentionEndSql(createdAt, ttlMs)} - ${REQUEUE_MARGIN_MS}::float8 * interval '1 millisecond')`;
 }
 
 /** True when a delivery created at `createdAt` may still be put back (see REQUEUE_MARGIN_MS). */

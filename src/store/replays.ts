@@ -2,7 +2,7 @@ import { sql } from "kysely";
 import { idFloor } from "../core/ids.js";
 import type { Db } from "./db.js";
 import type { Replay, ReplayScope } from "./schema.js";
-import { requeueableSql, requeuedExpiry } from "./partitions.js";
+import { requeueableSql, requeueDeadlineSql, requeuedExpiry } from "./partitions.js";
 
 const REPLAYED_STATUSES: Record<ReplayScope, string[]> = {
   failed: ["failed", "expired"],
@@ -23,30 +23,38 @@ export interface ReplayPlan {
 /**
  * Puts the webhook's final deliveries created in [since, until) back to pending, in seq order, the
  * n-th due n/rate seconds from now: the lane sends them in order, and no faster than the rate. Each
- * gets a fresh TTL, but never past its partition's retention. One statement: the replay is all or nothing.
+ * gets a fresh TTL from when it comes due (from now, a slow replay's tail expired unsent), never past its
+ * partition's retention. One statement: the replay is all or nothing. `late` counts the deliveries that
+ * would come due after their records go; the caller refuses the replay (rolls it back) when there are any.
+ *
+ * The range is on `created_at`, the time the API shows: a delivery's id, which the store partitions by,
+ * is made a little later (after the subscribers are read), so the id bounds only narrow the search.
  */
-export async function startReplay(db: Db, plan: ReplayPlan): Promise<Replay> {
+export async function startReplay(db: Db, plan: ReplayPlan): Promise<{ replay: Replay; late: number }> {
   const spacingMs = 1000 / plan.ratePerSecond;
-  const result = await sql<{ total: number }>`
+  const result = await sql<{ total: number; late: number }>`
     with chosen as (
-      select id, created_at, row_number() over (order by seq) - 1 as position
+      select id, created_at, now() + (row_number() over (order by seq) - 1) * ${spacingMs}::float8 * interval '1 millisecond' as due_at
       from deliveries
       where webhook_id = ${plan.webhookId}
-        and id >= ${idFloor("dlv", plan.since.getTime())} and id < ${idFloor("dlv", plan.until.getTime())}
+        and created_at >= ${plan.since} and created_at < ${plan.until}
+        and id >= ${idFloor("dlv", clampIdTime(plan.since.getTime()))}
+        and id < ${idFloor("dlv", clampIdTime(plan.until.getTime() + ID_AFTER_CREATED_MS))}
         and status = any(${sql.val(REPLAYED_STATUSES[plan.scope])}::text[])
         and ${requeueableSql(sql`created_at`, plan.eventTtlMs)}
     ), requeued as (
       update deliveries as d set
         status = 'pending',
         replay_id = ${plan.id},
-        next_attempt_at = now() + c.position * ${spacingMs}::float8 * interval '1 millisecond',
-        expires_at = ${requeuedExpiry(sql`c.created_at`, plan.eventTtlMs)}
+        next_attempt_at = c.due_at,
+        expires_at = ${requeuedExpiry(sql`c.created_at`, plan.eventTtlMs, sql`c.due_at`)}
       from chosen c
       where d.id = c.id
       returning d.id
     )
-    select count(*)::int as total from requeued`.execute(db);
-  return db
+    select (select count(*)::int from requeued) as total,
+      (select count(*)::int from chosen c where c.due_at >= ${requeueDeadlineSql(sql`c.created_at`, plan.eventTtlMs)}) as late`.execute(db);
+  const replay = await db
     .insertInto("replays")
     .values({
       id: plan.id,
@@ -60,6 +68,15 @@ export async function startReplay(db: Db, plan: ReplayPlan): Promise<Replay> {
     })
     .returningAll()
     .executeTakeFirstOrThrow();
+  return { replay, late: result.rows[0]?.late ?? 0 };
+}
+
+/** How much later than its `created_at` a delivery's id may have been made (the ingest's own time). */
+const ID_AFTER_CREATED_MS = 60 * 60 * 1000;
+
+/** Ids carry times from 1970 to 2^48 ms; a range past either end is cut there. */
+function clampIdTime(ms: number): number {
+  return Math.min(Math.max(ms, 0), 2 ** 48 - 1);
 }
 
 export function getReplay(db: Db, tenantId: string, webhookId: string, id: string): Promise<Replay | undefined> {

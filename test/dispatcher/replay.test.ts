@@ -247,6 +247,60 @@ test("since and until select only the deliveries created in between", async () =
   assert.deepEqual(statuses, ["failed", "failed", "failed", "succeeded", "succeeded", "succeeded", "failed", "failed", "failed"]);
 });
 
+test("the range is on created_at, the time the API shows, not on the time in the delivery's id", async () => {
+  const path = "/created";
+  const { id } = await createWebhook(path, "created.x");
+  await publish("created.x", [1]);
+  const [delivery] = await waitForStatuses(id, 1, "succeeded", "the delivery");
+  // A slow ingest: the delivery's id (made after the subscribers were read) is 5 s later than its created_at.
+  await sqlClient.query("update deliveries set created_at = created_at - interval '5 seconds' where id = $1", [delivery!.delivery_id]);
+  const createdAt = Date.parse((await api("GET", `/deliveries/${delivery!.delivery_id}`)).body.created_at);
+  const inside = await replay(id, { since: new Date(createdAt - 1_000).toISOString(), until: new Date(createdAt + 1).toISOString(), scope: "all" });
+  assert.equal(inside.status, 202, JSON.stringify(inside.body));
+  assert.equal(inside.body.total, 1, "created inside the range");
+  await eventually(() => getReplay(id, inside.body.replay_id), (g) => g.pending === 0, "the replay to finish");
+  const after = await replay(id, { since: new Date(createdAt + 1).toISOString(), scope: "all" });
+  assert.equal(after.status, 202, JSON.stringify(after.body));
+  assert.equal(after.body.total, 0, "created before the range");
+});
+
+test("a replay from before 1970 takes everything from the start", async () => {
+  const { id } = await createWebhook("/epoch", "epoch.x");
+  await publish("epoch.x", [1, 2]);
+  await waitForStatuses(id, 2, "succeeded", "both deliveries");
+  const res = await replay(id, { since: "1969-12-31T00:00:00Z", scope: "all" });
+  assert.equal(res.status, 202, JSON.stringify(res.body));
+  assert.equal(res.body.total, 2);
+});
+
+test("a paced replay gives each delivery its TTL from its turn; one that would come due after its records go is refused", async () => {
+  const path = "/paced";
+  const { id } = await createWebhook(path, "paced.x");
+  const since = new Date(Date.now() - 60_000).toISOString();
+  await publish("paced.x", [1, 2, 3, 4]);
+  await waitForStatuses(id, 4, "succeeded", "the four deliveries");
+
+  // One every 11.6 days: the fourth would come due 35 days on, after the retention of its records.
+  const tooSlow = await replay(id, { since, scope: "all", rate_per_second: 0.000001 });
+  assert.equal(tooSlow.status, 409, JSON.stringify(tooSlow.body));
+  assert.match(tooSlow.body.error.message, /at 0\.000001 per second, 1 of the 4 deliveries would come due after their records are removed/);
+  assert.deepEqual((await deliveries(id)).map((d) => d.status), ["succeeded", "succeeded", "succeeded", "succeeded"], "nothing put back");
+  assert.equal(await replayRows(id), 0);
+
+  // One every 100 s: each keeps the whole TTL from its turn (from the replay's start, the tail expired unsent).
+  const slow = await replay(id, { since, scope: "all", rate_per_second: 0.01 });
+  assert.equal(slow.status, 202, JSON.stringify(slow.body));
+  const { rows } = await sqlClient.query<{ seq: number; ttl_ms: number }>(
+    "select seq, extract(epoch from expires_at - next_attempt_at) * 1000 as ttl_ms from deliveries where webhook_id = $1 order by seq",
+    [id],
+  );
+  const ttls = rows.map((r) => Math.round(Number(r.ttl_ms)));
+  assert.equal(new Set(ttls).size, 1, `the same TTL from each one's turn: ${ttls.join(", ")}`);
+  assert.equal(ttls[0], server.config.eventTtlMs);
+  // Cancelled rather than left to come due during the other tests.
+  await sqlClient.query("update deliveries set status = 'cancelled' where webhook_id = $1 and status = 'pending'", [id]);
+});
+
 test("bad replay requests are refused with 400 naming the problem, and write nothing", async () => {
   const path = "/refused";
   failing.add(path);
