@@ -55,6 +55,9 @@ export function createApiHandler(options: ApiServerOptions) {
     ],
     // Batches of maximal events fit; a larger body is refused before it is read whole.
     readMaxBytes: READ_MAX_BYTES,
+    // As REST does, and as the protobuf JSON mapping asks: an unknown field (a misplaced idempotency key)
+    // is refused, not dropped. Connect's default dropped it, and the "idempotent" retry made a second event.
+    jsonOptions: { ignoreUnknownFields: false },
   });
 
   return async function handle(req: Request, res: Response): Promise<void> {

@@ -320,6 +320,25 @@ describe("other doors", () => {
     assert.match(error.message, /event type/);
   });
 
+  test("Connect JSON with a field the API does not know is refused, as REST refuses it, and publishes nothing", async () => {
+    // A misplaced idempotency key: dropped, the retry that was to be idempotent made a second event.
+    const publish = () =>
+      fetch(`${server.url}/webhook.v1.EventService/PublishEvents`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${TEST_ADMIN_KEY}` },
+        body: JSON.stringify({ events: [{ eventType: "unknown.field", payload: { order: 42 } }], idempotencyKey: "order-42" }),
+      });
+    for (let i = 0; i < 2; i++) {
+      const res = await publish();
+      assert.equal(res.status, 400);
+      const error = (await res.json()) as { code: string; message: string };
+      assert.equal(error.code, "invalid_argument");
+      assert.match(error.message, /idempotencyKey/);
+    }
+    const { rows } = await pool.query("select count(*)::int as n from events where event_type = 'unknown.field'");
+    assert.equal(rows[0].n, 0);
+  });
+
   test("a CORS preflight answers 204 with the allowed origin, methods and headers", async () => {
     for (const path of ["/webhook.v1.WebhookService/CreateWebhook", "/webhooks"]) {
       const res = await fetch(`${server.url}${path}`, {
