@@ -715,7 +715,7 @@ Examples:
   );
 
   leaf(
-    listOptions(events.command("list").description("list events, newest first").option("--type <type>", "only this event type")),
+    listOptions(events.command("list").description("list events, oldest first (the next page is newer)").option("--type <type>", "only this event type")),
     async (json, opts: ListOptions & { type?: string }) => {
       const res = await paginate(
         opts,
@@ -854,7 +854,7 @@ Examples:
     listOptions(
       audit
         .command("list")
-        .description("list audit log entries, newest first")
+        .description("list audit log entries, oldest first (the next page is newer)")
         .option("--tenant <id>", "another tenant's log (admin keys; default: the tenant acted on)"),
     ),
     async (json, opts: ListOptions & { tenant?: string }) => {

@@ -9,6 +9,17 @@ export function isStorableText(value: string): boolean {
 }
 
 /** Nesting limit for payloads: the same as Connect's JSON reader, so every door accepts the same events. */
+/**
+ * True when `value` has more than `max` characters (code points, as a user counts them: an emoji is one,
+ * where String#length counts two).
+ */
+export function longerThan(value: string, max: number): boolean {
+  if (value.length <= max) return false;
+  let count = 0;
+  for (const _ of value) if (++count > max) return true;
+  return false;
+}
+
 export const MAX_JSON_DEPTH = 64;
 
 /** True when the value nests deeper than `max`; iterative, so hostile depth cannot overflow the stack. */

@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { JsonObject } from "@bufbuild/protobuf";
 import { newId } from "../core/ids.js";
-import { exceedsDepth, isStorableText, MAX_JSON_DEPTH } from "../core/input-limits.js";
+import { exceedsDepth, isStorableText, longerThan, MAX_JSON_DEPTH } from "../core/input-limits.js";
 import { patternsMatching, validateEventType } from "../core/event-types.js";
 import type { DeliveryFeed } from "../queue/feed.js";
 import type { DeliveryJob } from "../queue/job.js";
@@ -70,8 +70,8 @@ export function createEventService(deps: EventServiceDeps) {
       if (/[\u0000-\u001f\u007f]/.test(value)) throw invalidArgument(`${where}${name} must not contain control characters`);
       if (!isStorableText(value)) throw invalidArgument(`${where}${name} is not well-formed Unicode (a lone surrogate)`);
     }
-    if (input.idempotencyKey.length > MAX_KEY_LENGTH) throw invalidArgument(`${where}idempotency_key is longer than ${MAX_KEY_LENGTH} characters`);
-    if (input.orderingKey.length > MAX_KEY_LENGTH) throw invalidArgument(`${where}ordering_key is longer than ${MAX_KEY_LENGTH} characters`);
+    if (longerThan(input.idempotencyKey, MAX_KEY_LENGTH)) throw invalidArgument(`${where}idempotency_key is longer than ${MAX_KEY_LENGTH} characters`);
+    if (longerThan(input.orderingKey, MAX_KEY_LENGTH)) throw invalidArgument(`${where}ordering_key is longer than ${MAX_KEY_LENGTH} characters`);
     if (exceedsDepth(input.payload, MAX_JSON_DEPTH)) throw invalidArgument(`${where}payload nests deeper than ${MAX_JSON_DEPTH} levels`);
     const payloadJson = JSON.stringify(input.payload ?? {});
     const size = Buffer.byteLength(payloadJson);

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { create } from "@bufbuild/protobuf";
+import { ConnectError } from "@connectrpc/connect";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject } from "@bufbuild/protobuf";
 import {
@@ -367,17 +368,23 @@ function time(body: Record<string, unknown>, name: string, required = false): Ti
   return timestampFromDate(at);
 }
 
+/** One event of a publish; `where` (`events[2].`) names it in a batch's errors, as the event service's own do. */
 function eventInput(b: Record<string, unknown>, where: string) {
-  only(b, ["event_type", "payload", "idempotency_key", "ordering_key"]);
-  const payload = b.payload ?? {};
-  // Depth and size are the event service's to check (413 comes back through restError).
-  if (!isObject(payload)) throw invalidArgument(`${where}payload must be a JSON object`);
-  return {
-    eventType: str(b, "event_type", true),
-    payload: payload as JsonObject,
-    idempotencyKey: str(b, "idempotency_key") ?? "",
-    orderingKey: str(b, "ordering_key") ?? "",
-  };
+  try {
+    only(b, ["event_type", "payload", "idempotency_key", "ordering_key"]);
+    const payload = b.payload ?? {};
+    // Depth and size are the event service's to check (413 comes back through restError).
+    if (!isObject(payload)) throw invalidArgument("payload must be a JSON object");
+    return {
+      eventType: str(b, "event_type", true),
+      payload: payload as JsonObject,
+      idempotencyKey: str(b, "idempotency_key") ?? "",
+      orderingKey: str(b, "ordering_key") ?? "",
+    };
+  } catch (err) {
+    if (where && err instanceof ConnectError) throw new ConnectError(`${where}${err.rawMessage}`, err.code);
+    throw err;
+  }
 }
 
 function pageQuery(query: URLSearchParams): { pageSize: number; pageToken: string } {

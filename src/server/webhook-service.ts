@@ -7,7 +7,7 @@ import { generateSecret, generateSigningKeyPair } from "../core/signing.js";
 import { formatDuration, parseRetrySchedule } from "../core/durations.js";
 import type { SecretBox } from "../core/secret-box.js";
 import { newId } from "../core/ids.js";
-import { isStorableText } from "../core/input-limits.js";
+import { isStorableText, longerThan } from "../core/input-limits.js";
 import { shardOf } from "../core/shards.js";
 import { withTimeout } from "../core/timeout.js";
 import { HEALTHY } from "../core/endpoint-gate.js";
@@ -93,7 +93,7 @@ export function createWebhookService(deps: WebhookServiceDeps) {
   }
 
   function validateDescription(description: string): string {
-    if (description.length > MAX_DESCRIPTION_LENGTH) {
+    if (longerThan(description, MAX_DESCRIPTION_LENGTH)) {
       throw invalidArgument(`description is longer than ${MAX_DESCRIPTION_LENGTH} characters`);
     }
     if (!isStorableText(description)) throw invalidArgument("description holds a NUL character or a lone surrogate");

@@ -306,6 +306,16 @@ describe("bad input is 400 invalid_argument, names the problem, and writes nothi
     await refused(admin, "POST", "/webhooks", { url: PUBLIC_URL, event_types: ["a.b"], rate_limit_per_second: 1e-9 }, /rate_limit_per_second must be 0 \(no limit\) or between 0\.001 and 10000 \(got 1e-9\)/);
   });
 
+  test("a batch's errors name the event they are about", async () => {
+    const batch = (bad: Record<string, unknown>) => ({ events: [{ event_type: "a.b" }, { event_type: "a.b" }, bad] });
+    await refused(admin, "POST", "/events/batch", batch({}), /^events\[2\]\.event_type is required$/);
+    await refused(admin, "POST", "/events/batch", batch({ event_type: 7 }), /^events\[2\]\.event_type must be a string$/);
+    await refused(admin, "POST", "/events/batch", batch({ event_type: "a.b", idempotency_key: 7 }), /^events\[2\]\.idempotency_key must be a string$/);
+    await refused(admin, "POST", "/events/batch", batch({ event_type: "a.b", idempotencykey: "k" }), /^events\[2\]\.unknown field idempotencykey/);
+    await refused(admin, "POST", "/events/batch", batch({ event_type: "a.b", payload: [] }), /^events\[2\]\.payload must be a JSON object$/);
+    await refused(admin, "POST", "/events", { event_type: 7 }, /^event_type must be a string$/);
+  });
+
   test("urls that do not parse, or carry credentials or a fragment", async () => {
     const create = (url: unknown) => ({ url, event_types: ["a.b"] });
     await refused(admin, "POST", "/webhooks", create(""), /url is required/);
