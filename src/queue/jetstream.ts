@@ -297,9 +297,14 @@ export async function createJetStreamFeed(options: {
       const open = async () => {
         const messages = await consumer.consume({ max_bytes: PULL_MAX_BYTES });
         void (async () => {
+          // The server also answers 409 when the next message does not fit what is left of a pull that
+          // brought others: the client pulls again. Only a pull refused whole (its bytes all left over, in
+          // the discard that comes just before) meets a message larger than any pull.
+          let refusedWhole = false;
           for await (const status of messages.status()) {
             if (status.type === "stream_not_found" || status.type === "consumer_not_found" || status.type === "consumer_deleted") void restore(status.type);
-            if (status.type === "exceeded_limits" && status.description === "message size exceeds maxbytes") void takeOversized();
+            if (status.type === "discard") refusedWhole = status.bytesLeft >= PULL_MAX_BYTES;
+            if (status.type === "exceeded_limits" && status.description === "message size exceeds maxbytes" && refusedWhole) void takeOversized();
           }
         })();
         const done = (async () => {

@@ -111,6 +111,8 @@ test("a backlog bigger than the server's per-client buffer, met by a process too
     [],
     "the connection was never closed",
   );
+  // Pulls that end on a message too large for what is left of them are not messages too large for any pull.
+  assert.deepEqual(lines.filter((l) => /larger than a pull/.test(l.msg)), [], "no message taken on its own");
 });
 
 test("a run of heads as long as accepted input makes them goes in messages a pull can take: every job arrives, in order, and the jobs after it too", async () => {
