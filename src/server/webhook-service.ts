@@ -216,8 +216,10 @@ export function createWebhookService(deps: WebhookServiceDeps) {
       const row = await db.transaction().execute(async (trx) => {
         const current = await webhooks.getWebhook(trx, principal.tenantId, id, { forUpdate: true });
         if (!current) throw notFound("webhook", id);
-        // Re-enabled or pointed elsewhere, the endpoint starts healthy: its failures were another story.
-        const resetHealth = (changes.status === "active" && current.status === "disabled") || (changes.url !== undefined && changes.url !== current.url);
+        // Re-enabled (to active, or paused first) or pointed elsewhere, the endpoint starts healthy: its
+        // failures were another story. Through paused it kept them, and one more failure disabled it again.
+        const reenabled = changes.status !== undefined && changes.status !== "disabled" && current.status === "disabled";
+        const resetHealth = reenabled || (changes.url !== undefined && changes.url !== current.url);
         const updated =
           Object.keys(changes).length === 0 ? current : await webhooks.updateWebhook(trx, id, resetHealth ? { ...changes, health: HEALTHY } : changes);
         await recordAudit(trx, {

@@ -432,6 +432,20 @@ describe("auto-disable (WEBHOOKD_AUTO_DISABLE_AFTER=2s, circuit off)", () => {
     assert.ok(Date.parse(w.health.failing_since) >= reenabledAt, `failing_since ${w.health.failing_since} is after the re-enable`);
   });
 
+  test("a disabled webhook re-enabled through paused starts afresh too", async () => {
+    const created = await api("POST", "/webhooks", { url: receiver.url("/via-paused"), event_types: ["via.paused"] });
+    const id = created.body.webhook_id;
+    await server.app.store.db
+      .updateTable("webhooks")
+      .set({ status: "disabled", consecutive_failures: 7, failing_since: new Date(Date.now() - 3_600_000) })
+      .where("id", "=", id)
+      .execute();
+    assert.equal((await api("PUT", `/webhooks/${id}`, { status: "paused" })).status, 200);
+    const paused = await getWebhook(api, id);
+    assert.equal(paused.status, "paused");
+    assert.deepEqual(paused.health, { circuit_state: "closed", consecutive_failures: 0, throttle_ms: 0 });
+  });
+
   test("an endpoint answering 429 to everything is disabled once the window passes, the slow-down at its cap or not", async () => {
     const created = await api("POST", "/webhooks", { url: receiver.url("/always-busy"), event_types: ["busy.x"], retry_schedule: "none" });
     const id = created.body.webhook_id;
