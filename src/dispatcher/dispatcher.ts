@@ -359,7 +359,19 @@ export class Dispatcher {
       eventType: job.eventType,
       createdAt: job.createdAt,
       payload,
+      guard: {
+        // Checked again when the socket comes, after however long the request waited for it.
+        mayGo: () => {
+          const known = this.webhooks.peek(webhook.id);
+          if (known && (known.webhook?.status !== "active" || known.webhook.url !== webhook.url)) return false;
+          return this.mayStart(job.shard);
+        },
+        refresh: () => void this.webhooks.get(webhook.id),
+      },
     });
+    // Its webhook was deleted, paused or pointed elsewhere, or the lease lapsed, while the request
+    // waited for a socket: the lane looks again.
+    if (result.kind === "withdrawn") return { notStarted: true };
     const now = new Date();
     const after = await this.decide(job, webhook, result, now, attemptedAt);
     await this.writer.write({

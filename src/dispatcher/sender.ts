@@ -5,11 +5,29 @@ import { buildDeliveryBody, buildDeliveryHeaders } from "../core/signing.js";
 import { checkHostBeforeConnect, createGuardedLookup } from "./guarded-lookup.js";
 
 const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How often the guards of requests waiting for a socket are refreshed, and after how long a wait. */
+const GUARD_REFRESH_MS = 1_000;
 
 /** What one HTTP attempt produced, before any policy decides what it means. */
 export type SendResult =
   | { kind: "response"; status: number; body: string; retryAfter: string | undefined; durationMs: number }
   | { kind: "error"; error: string; blocked: boolean; durationMs: number };
+
+/** A send's end: an attempt's result, or nothing sent because the guard said no when the socket came. */
+export type SendOutcome = SendResult | { kind: "withdrawn"; durationMs: number };
+
+/**
+ * What a request asks when its socket comes. A request waits for one behind the origin's socket cap
+ * (another webhook's slow endpoint on the same host can hold them all) for up to the delivery timeout;
+ * checked only before that wait, it went out seconds after its webhook was deleted or paused, or after
+ * the shard's lease had lapsed.
+ */
+export interface SendGuard {
+  /** Synchronous, on the socket's turn: may the request still go? */
+  mayGo(): boolean;
+  /** Called about once a second while the request waits for a socket, to bring what `mayGo` reads up to date. */
+  refresh(): void;
+}
 
 export interface SendRequest {
   url: string;
@@ -20,6 +38,7 @@ export interface SendRequest {
   eventType: string;
   createdAt: number;
   payload: string;
+  guard?: SendGuard;
 }
 
 export interface SenderOptions {
@@ -39,7 +58,7 @@ export const RESPONSE_BODY_KEEP = 4096;
 const RESPONSE_BODY_READ_MAX = 64 * 1024;
 
 export interface Sender {
-  send(request: SendRequest): Promise<SendResult>;
+  send(request: SendRequest): Promise<SendOutcome>;
   close(): Promise<void>;
 }
 
@@ -56,7 +75,15 @@ export function createSender(options: SenderOptions): Sender {
     },
   });
 
-  async function send(request: SendRequest): Promise<SendResult> {
+  /** Requests waiting for a socket, whose guards are refreshed while they wait. */
+  const waiting = new Set<Attempt>();
+  const refresher = setInterval(() => {
+    const now = performance.now();
+    for (const attempt of waiting) if (now - attempt.started >= GUARD_REFRESH_MS) attempt.guard?.refresh();
+  }, GUARD_REFRESH_MS);
+  refresher.unref();
+
+  async function send(request: SendRequest): Promise<SendOutcome> {
     const started = performance.now();
     const body = buildDeliveryBody({
       eventId: request.eventId,
@@ -77,8 +104,8 @@ export function createSender(options: SenderOptions): Sender {
     } catch (err) {
       return { kind: "error", error: describe(err), blocked: isBlocked(err), durationMs: Math.round(performance.now() - started) };
     }
-    return new Promise<SendResult>((resolve) => {
-      const attempt = new Attempt(started, options.timeoutMs, resolve);
+    return new Promise<SendOutcome>((resolve) => {
+      const attempt = new Attempt(started, options.timeoutMs, resolve, request.guard, request.guard ? waiting : undefined);
       // The handler API rather than request(): the response body arrives as chunks, without a stream and
       // its async iteration per attempt. Redirects are not followed (no interceptor).
       agent.dispatch({ origin: target.origin, path: target.path, method: "POST", headers: { ...headers, "user-agent": "webhookd/0.1" }, body }, attempt);
@@ -103,7 +130,13 @@ export function createSender(options: SenderOptions): Sender {
     return target;
   }
 
-  return { send, close: () => agent.close() };
+  return {
+    send,
+    close: () => {
+      clearInterval(refresher);
+      return agent.close();
+    },
+  };
 }
 
 interface Target {
@@ -129,19 +162,27 @@ class Attempt implements Dispatcher.DispatchHandler {
   private readonly deadline: NodeJS.Timeout;
 
   constructor(
-    private readonly started: number,
+    readonly started: number,
     private readonly timeoutMs: number,
-    private readonly resolve: (result: SendResult) => void,
+    private readonly resolve: (result: SendOutcome) => void,
+    readonly guard?: SendGuard,
+    private readonly waiting?: Set<Attempt>,
   ) {
     // Node runs a delay past 2^31-1 ms after 1 ms, which would end every attempt at once; the
     // configuration caps the timeout at an hour, this keeps any other caller safe too.
     this.deadline = setTimeout(() => this.timedOut(), Math.min(timeoutMs, MAX_TIMER_MS));
+    waiting?.add(this);
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
+    this.waiting?.delete(this);
     // Its socket came after the deadline had ended the attempt.
     if (this.done) controller.abort(new Error("attempt timed out"));
+    else if (this.guard && !this.guard.mayGo()) {
+      this.finish({ kind: "withdrawn", durationMs: this.elapsed() });
+      controller.abort(new Error("withdrawn before it was sent"));
+    }
   }
 
   onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>): void {
@@ -184,9 +225,10 @@ class Attempt implements Dispatcher.DispatchHandler {
     return Math.round(performance.now() - this.started);
   }
 
-  private finish(result: SendResult): void {
+  private finish(result: SendOutcome): void {
     if (this.done) return;
     this.done = true;
+    this.waiting?.delete(this);
     clearTimeout(this.deadline);
     this.resolve(result);
   }

@@ -167,6 +167,13 @@ export function createWebhookCache(db: Db, secretBox: SecretBox, log: Logger, tt
       entries.delete(id);
       if (reading.has(id)) forgottenWhileReading.add(id);
     },
+    /**
+     * What is known of the webhook now, without waiting or confirming: undefined when nothing is (not
+     * asked for lately); `webhook` undefined when it has no row.
+     */
+    peek(id: string): { webhook: LaneWebhook | undefined } | undefined {
+      return entries.get(id);
+    },
     get(id: string): Promise<LaneWebhook | undefined> {
       const entry = entries.get(id);
       const now = Date.now();

@@ -5,7 +5,7 @@ import { randomBytes } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import { Webhook } from "standardwebhooks";
 import { buildDeliveryBody } from "../../src/core/signing.js";
-import { createSender, type SendRequest, type SendResult, type Sender, type SenderOptions } from "../../src/dispatcher/sender.js";
+import { createSender, type SendRequest, type SendOutcome, type Sender, type SenderOptions } from "../../src/dispatcher/sender.js";
 import { freePort } from "../support/ports.js";
 
 /**
@@ -57,7 +57,7 @@ function delivery(path: string, overrides: Partial<SendRequest> = {}): SendReque
   };
 }
 
-function assertTimedOut(result: SendResult, what: string): void {
+function assertTimedOut(result: SendOutcome, what: string): void {
   assert.ok(result.kind === "error", `${what}: ${JSON.stringify(result)}`);
   assert.equal(result.error, `timed out after ${TIMEOUT_MS} ms`, what);
   assert.equal(result.blocked, false, what);
@@ -222,6 +222,26 @@ test("time queued behind the per-origin connection cap counts toward the deadlin
   assert.ok(third.kind === "response", JSON.stringify(third));
   assert.equal(third.status, 200);
   assert.equal(third.body, "quick");
+});
+
+test("a request whose guard says no when its socket comes is withdrawn unsent; the guard is refreshed while it waits", { timeout: 10_000 }, async () => {
+  routes.set("/held-socket", (_req, res) => setTimeout(() => res.end("done"), 2_500));
+  routes.set("/after", (_req, res) => res.end("after"));
+  const single = track(createSender({ ...LOOPBACK, connectionsPerOrigin: 1, timeoutMs: 8_000 }));
+  const holding = single.send(delivery("/held-socket"));
+  let allowed = true;
+  let refreshed = 0;
+  const waiting = single.send({ ...delivery("/withdrawn"), guard: { mayGo: () => allowed, refresh: () => refreshed++ } });
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  allowed = false; // deleted, paused or its lease lapsed while it waits
+  const [first, second] = await within(Promise.all([holding, waiting]), 5_000, "the held request and the one behind it");
+  assert.equal(first.kind, "response");
+  assert.equal(second.kind, "withdrawn", JSON.stringify(second));
+  assert.ok(second.durationMs >= 2_000, `withdrawn when the socket came, after ${second.durationMs} ms`);
+  assert.ok(refreshed >= 1, "refreshed while it waited more than a second");
+  assert.equal(arrivals.filter((a) => a.path === "/withdrawn").length, 0, "never sent");
+  const next = await within(single.send({ ...delivery("/after"), guard: { mayGo: () => true, refresh: () => undefined } }), 3_000, "the next request");
+  assert.ok(next.kind === "response" && next.status === 200, JSON.stringify(next));
 });
 
 test("a refused connection is an error, not a blocked address", { timeout: 5_000 }, async () => {
