@@ -115,7 +115,7 @@ export class Dispatcher {
       getWebhook: (id) => this.webhooks.get(id),
       execute: (job, webhook) => this.execute(job, webhook),
       prefetch: (job) => this.prefetch(job),
-      saveHealth: (webhookId, health, seenChangedAt) => this.saveHealth(webhookId, health, seenChangedAt),
+      saveHealth: (webhookId, health, seen) => this.saveHealth(webhookId, health, seen),
       // A process cut off from Postgres (or stalled) past its TTL may have lost its shards without knowing.
       mayStart: (shard) => this.mayStart(shard),
       circuitPolicy: options.circuitPolicy,
@@ -234,12 +234,12 @@ export class Dispatcher {
       });
   }
 
-  private saveHealth(webhookId: string, health: EndpointHealth, seenChangedAt: number | undefined): void {
+  private saveHealth(webhookId: string, health: EndpointHealth, seen: { changedAt: number | undefined; previous: EndpointHealth }): void {
     const previous = this.healthSaves.get(webhookId) ?? Promise.resolve();
     const next = previous
       .then(async () => {
         // Not saved: the API reset the health since (see saveEndpointHealth); the lane starts afresh.
-        if (!(await saveEndpointHealth(this.options.db, webhookId, health, seenChangedAt))) return;
+        if (!(await saveEndpointHealth(this.options.db, webhookId, health, seen))) return;
         const limit = this.options.autoDisableAfterMs;
         if (limit > 0 && health.failingSince !== null && Date.now() - health.failingSince >= limit) {
           await this.disable(webhookId, {

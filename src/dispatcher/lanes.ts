@@ -44,10 +44,11 @@ export interface LaneEngineDeps {
   /** Gets the job ready to go next (reads its payload) while the one before it is in flight. */
   prefetch?(job: DeliveryJob): void;
   /**
-   * The endpoint's health changed; called in order per webhook, with the webhook's `changedAt` the gate
-   * last saw, so that a save does not undo a reset the lane has not seen yet.
+   * The endpoint's health changed; called in order per webhook, with what the lane knew (the webhook's
+   * `changedAt` as the gate last saw it, and the health before this change), so that a save does not
+   * undo a reset the lane has not seen yet.
    */
-  saveHealth(webhookId: string, health: EndpointHealth, seenChangedAt: number | undefined): void;
+  saveHealth(webhookId: string, health: EndpointHealth, seen: { changedAt: number | undefined; previous: EndpointHealth }): void;
   /**
    * Whether attempts may start on the shard now: this process's lease on it is confirmed. When not, its
    * lanes wait until `leasesConfirmed()`. Absent: always.
@@ -569,9 +570,10 @@ class Lane {
 
   private recordSignal(signal: AttemptSignal, probe: boolean): void {
     if (!this.gate) return;
+    const previous = this.gate.snapshot;
     const changed = this.gate.record(signal, Date.now(), probe);
     // A 429 at the slow-down's cap changes nothing, yet counts toward auto-disable, which the save checks.
-    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot, this.gateChangedAt);
+    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot, { changedAt: this.gateChangedAt, previous });
   }
 
   private schedule(at: number): void {

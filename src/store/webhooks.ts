@@ -1,6 +1,6 @@
 import { sql } from "kysely";
 import type { Db } from "./db.js";
-import { HEALTHY, type EndpointHealth } from "../core/endpoint-gate.js";
+import { HEALTHY, sameHealth, type EndpointHealth } from "../core/endpoint-gate.js";
 import type { NewWebhook, SigningSecret, Webhook, WebhookStatus } from "./schema.js";
 
 /** Deleted webhooks stay as rows (their deliveries refer to them) but are invisible through the API. */
@@ -125,17 +125,19 @@ export function healthColumns(health: EndpointHealth) {
 }
 
 /**
- * Saves the endpoint health the lane's owner sees; false when it was not saved. `seenChangedAt` is the
- * webhook's updated_at (in ms) as the lane last confirmed it: a reset by the API after that (re-enabled,
- * a new URL) wins over a save the lane made before it saw it, which would otherwise bring the old
- * failures back, and with them an auto-disable at the next one. Other changes by the API do not hold a
- * save back.
+ * Saves the endpoint health the lane's owner sees; false when it was not saved. `seen` is what the lane
+ * knew: the webhook's updated_at (in ms) as it last confirmed it, and its health before this change. A
+ * reset by the API since (re-enabled, a new URL: updated_at moved, the health reads as reset) wins over a
+ * save the lane made before it saw it, which would otherwise bring the old failures back, and with them
+ * an auto-disable at the next one. A lane that was healthy itself saves whatever the row reads: its first
+ * failure after an edit of the description is no reset (skipped, and an endpoint edited while every
+ * attempt failed was never disabled).
  */
-export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth, seenChangedAt?: number): Promise<boolean> {
+export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth, seen?: { changedAt: number | undefined; previous: EndpointHealth }): Promise<boolean> {
   let query = db.updateTable("webhooks").set(healthColumns(health)).where("id", "=", id);
-  if (seenChangedAt !== undefined) {
+  if (seen?.changedAt !== undefined && !sameHealth(seen.previous, HEALTHY)) {
     const reset = Object.entries(healthColumns(HEALTHY)).map(([column, value]) => sql`${sql.ref(column)} is not distinct from ${value}`);
-    query = query.where(sql<boolean>`not (date_trunc('milliseconds', updated_at) > ${new Date(seenChangedAt)} and ${sql.join(reset, sql` and `)})`);
+    query = query.where(sql<boolean>`not (date_trunc('milliseconds', updated_at) > ${new Date(seen.changedAt)} and ${sql.join(reset, sql` and `)})`);
   }
   const result = await query.executeTakeFirst();
   return result.numUpdatedRows > 0n;

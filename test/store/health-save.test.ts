@@ -36,27 +36,36 @@ async function row(id: string) {
 test("a save made before a reset the lane has not seen changes nothing; one made after seeing it is saved", async () => {
   await insertTestWebhook(store.db, { id: "wh_reset", shard: 1 });
   const seen = (await row("wh_reset")).changedAt;
-  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(3), seen), true);
+  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(3), { changedAt: seen, previous: failing(2) }), true);
   assert.equal((await row("wh_reset")).health.consecutiveFailures, 3);
 
   await new Promise((resolve) => setTimeout(resolve, 5));
   await updateWebhook(store.db, "wh_reset", { status: "active", health: HEALTHY });
   // The lane's save of its fourth failure, queued before the reset, lands after it.
-  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(4), seen), false);
+  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(4), { changedAt: seen, previous: failing(3) }), false);
   assert.deepEqual((await row("wh_reset")).health, HEALTHY);
 
   // Once the lane has seen the reset (its gate started afresh), its saves go in again.
   const now = (await row("wh_reset")).changedAt;
-  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(1), now), true);
+  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(1), { changedAt: now, previous: HEALTHY }), true);
   assert.equal((await row("wh_reset")).health.consecutiveFailures, 1);
 });
 
 test("a change by the API that did not reset the health does not hold a save back", async () => {
   await insertTestWebhook(store.db, { id: "wh_described", shard: 1 });
   const seen = (await row("wh_described")).changedAt;
-  assert.equal(await saveEndpointHealth(store.db, "wh_described", failing(2), seen), true);
+  assert.equal(await saveEndpointHealth(store.db, "wh_described", failing(2), { changedAt: seen, previous: failing(1) }), true);
   await new Promise((resolve) => setTimeout(resolve, 5));
   await updateWebhook(store.db, "wh_described", { description: "renamed" });
-  assert.equal(await saveEndpointHealth(store.db, "wh_described", failing(3), seen), true);
+  assert.equal(await saveEndpointHealth(store.db, "wh_described", failing(3), { changedAt: seen, previous: failing(2) }), true);
   assert.equal((await row("wh_described")).health.consecutiveFailures, 3);
+});
+
+test("the first failure after an edit of a healthy webhook is saved: the row reads healthy because the lane was", async () => {
+  await insertTestWebhook(store.db, { id: "wh_first", shard: 1 });
+  const seen = (await row("wh_first")).changedAt;
+  await new Promise((resolve) => setTimeout(resolve, 5));
+  await updateWebhook(store.db, "wh_first", { description: "edited while the attempt was out" });
+  assert.equal(await saveEndpointHealth(store.db, "wh_first", failing(1), { changedAt: seen, previous: HEALTHY }), true);
+  assert.equal((await row("wh_first")).health.consecutiveFailures, 1);
 });
