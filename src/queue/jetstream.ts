@@ -295,7 +295,7 @@ export async function createJetStreamFeed(options: {
         }
       };
       const open = async () => {
-        const messages = await consumer.consume({ max_bytes: PULL_MAX_BYTES });
+        const messages = await consumer.consume({ max_bytes: PULL_MAX_BYTES, idle_heartbeat: PULL_IDLE_HEARTBEAT_MS });
         void (async () => {
           // The server also answers 409 when the next message does not fit what is left of a pull that
           // brought others: the client pulls again. Only a pull refused whole (its bytes all left over, in
@@ -400,10 +400,19 @@ const PULL_MAX_BYTES = 512 * 1024;
 /**
  * What the stream takes of one message at most; the server refuses a larger one at publish, and the sweep
  * sends its jobs. A message no pull can take (a stray publish, an older release's 500 long heads) would
- * hold up every later message of its shard until max_age, 7 days; the 64 KB left of a pull are for the
- * subject and headers it also counts.
+ * hold up every later message of its shard until max_age, 7 days. Nor may one be larger than what is
+ * left of a pull before the client asks for more (it does at 3/4 of PULL_MAX_BYTES left): the server
+ * then ends the only pull the client has out with a 409, and the client, its buffer empty, waits for two
+ * idle heartbeats before it pulls again (44 s for a 432 KB message after a 101 KB one, with the default
+ * heartbeats). 64 KB of that are left for the subject and headers a pull also counts.
  */
-const MAX_STORED_MESSAGE_BYTES = PULL_MAX_BYTES - 64 * 1024;
+const MAX_STORED_MESSAGE_BYTES = (PULL_MAX_BYTES * 3) / 4 - 64 * 1024;
+/**
+ * A pull that the server ended without the client asking again ends two missed heartbeats later; the
+ * client's default (half the pull's 30 s expiry) made that 30 s. Idle, each shard's pull costs one
+ * heartbeat every 5 s.
+ */
+const PULL_IDLE_HEARTBEAT_MS = 5_000;
 
 /**
  * Creates the consumer, or brings one an earlier release (or an operator) left otherwise to today's

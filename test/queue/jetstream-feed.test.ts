@@ -165,6 +165,33 @@ test("a message no pull can take (a stray publish, an older release's) is refuse
   assert.deepEqual(received.map((j) => `${j.webhookId}:${j.seq}`), ["wh_after:1"], "the oversized message's jobs are the sweep's");
 });
 
+test("a message a pull could take, but not what an earlier one left of it, is refused by the stream: the jobs after it come at once", async () => {
+  const { feed, prefix } = await feedOn(NATS_URL, "partial");
+  const subject = (webhookId: string) => `${jetStreamNames(prefix).subjectRoot}.5.${webhookId}`;
+  const long = (webhookId: string, count: number) =>
+    encodeJobHeads(Array.from({ length: count }, (_, i) => ({ ...job(webhookId, 5, i + 1, 0), orderingKey: "k".repeat(256), eventType: `a${"b".repeat(98)}.${"c".repeat(100)}` })));
+  const a = long("wh_a", 150);
+  const b = long("wh_b", 640);
+  assert.ok(a.byteLength > 64 * 1024 && b.byteLength > 512 * 1024 - a.byteLength && b.byteLength < 448 * 1024, `${a.byteLength} + ${b.byteLength}`);
+  const received: { webhookId: string; at: number }[] = [];
+  // The shard's consumer runs, idle, as a dispatcher's does: A comes and is taken, then B, then C.
+  const subscription = await feed.consume(5, (j) => received.push({ webhookId: j.webhookId, at: Date.now() }));
+  cleanups.push(() => subscription.stop());
+  const nc = await connect({ servers: NATS_URL });
+  cleanups.push(() => nc.close());
+  nc.publish(subject("wh_a"), a);
+  await nc.flush();
+  await eventually(async () => received.length, (n) => n === 150, "A's jobs", 5_000);
+  nc.publish(subject("wh_b"), b);
+  await nc.flush();
+  const publishedAt = Date.now();
+  await feed.publish([job("wh_c", 5, 1, 100)]);
+  await eventually(async () => received.filter((r) => r.webhookId === "wh_c").length, (n) => n === 1, "C's job", 15_000);
+  const c = received.find((r) => r.webhookId === "wh_c")!;
+  assert.ok(c.at - publishedAt < 3_000, `C's job came ${c.at - publishedAt} ms after it was published`);
+  assert.equal(received.filter((r) => r.webhookId === "wh_b").length, 0, "B's jobs are the sweep's");
+});
+
 test("a message no pull can take that the stream held already (stored before its size limit) is taken on its own: its jobs and the ones after it arrive", async () => {
   const names = natsPrefix("oversized");
   const { subjectRoot, stream } = jetStreamNames(names.prefix);
