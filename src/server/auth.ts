@@ -44,10 +44,16 @@ const REFUSAL_ERRORS: Record<Refusal, () => ConnectError> = {
 
 export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | undefined; rateLimit: number }): Authenticator {
   // Per key, in this process: N API processes allow up to N times the rate, which bounds abuse all the same.
-  const limiter = deps.rateLimit > 0 ? new KeyedRateLimiter(deps.rateLimit, deps.rateLimit * 2) : undefined;
+  // A burst of at least one request: below it (a rate under 0.5) no request ever got through.
+  const limiter = deps.rateLimit > 0 ? new KeyedRateLimiter(deps.rateLimit, Math.max(1, deps.rateLimit * 2)) : undefined;
   const bootstrapHash = deps.bootstrapAdminKey ? Buffer.from(hashApiKey(deps.bootstrapAdminKey), "hex") : undefined;
   // Ingest authenticates every call: a short cache keeps the key lookup off the hot path.
   const cache = new Map<string, { key: { id: string; tenantId: string; admin: boolean }; at: number }>();
+  /**
+   * Moves on at every `forget`: a lookup that began before a revocation and answers after it must not put
+   * the revoked key back (it kept working here for the cache's 5 s after the revoke was answered).
+   */
+  let generation = 0;
 
   async function resolveKey(token: string) {
     const hash = hashApiKey(token);
@@ -56,9 +62,11 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
     }
     const cached = cache.get(hash);
     if (cached && Date.now() - cached.at < CACHE_MS) return cached.key;
+    const asked = generation;
     const row = await findActiveKeyByHash(deps.db, hash);
     if (!row) return undefined;
     const key = { id: row.id, tenantId: row.tenant_id, admin: row.admin };
+    if (asked !== generation) return key;
     if (cache.size > 10_000) cache.clear();
     cache.set(hash, { key, at: Date.now() });
     return key;
@@ -83,7 +91,10 @@ export function createAuthenticator(deps: { db: Db; bootstrapAdminKey: string | 
   }
 
   return {
-    forget: () => cache.clear(),
+    forget: () => {
+      generation++;
+      cache.clear();
+    },
     async authenticate(headers) {
       const header = headers.get("authorization");
       if (!header) refuse("missing", undefined);

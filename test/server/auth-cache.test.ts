@@ -1,0 +1,89 @@
+// The API key cache of one process: a key revoked here is refused at once here, even when a lookup of it
+// that began before the revocation answers after it; and any rate limit lets a request through. Real
+// Postgres; a plugin holds back the answer of one key lookup, as a slow connection or a busy event loop does.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import os from "node:os";
+import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryId, QueryResult, RootOperationNode, UnknownRow } from "kysely";
+import { ConnectError } from "@connectrpc/connect";
+import { createAuthenticator, generateApiKey, hashApiKey } from "../../src/server/auth.js";
+import { insertApiKey, revokeApiKey } from "../../src/store/api-keys.js";
+import { migrate, openStore, type Store } from "../../src/store/db.js";
+import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
+import { createTestDatabase } from "../support/postgres.js";
+
+let database: Awaited<ReturnType<typeof createTestDatabase>>;
+let store: Store;
+
+before(async () => {
+  database = await createTestDatabase("auth_cache");
+  store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 2 });
+  await migrate(store.db);
+  await ensureDefaultTenant(store.db);
+});
+
+after(async () => {
+  await store?.close();
+  await database?.drop();
+});
+
+/** Holds back the answer of the next api_keys lookup once armed, until `release`. */
+function holdingPlugin() {
+  const held = new Set<QueryId>();
+  const state = { armed: false, ran: undefined as (() => void) | undefined, release: undefined as (() => void) | undefined };
+  const plugin: KyselyPlugin = {
+    transformQuery(args: PluginTransformQueryArgs): RootOperationNode {
+      if (state.armed && JSON.stringify(args.node).includes('"api_keys"')) {
+        state.armed = false;
+        held.add(args.queryId);
+      }
+      return args.node;
+    },
+    async transformResult(args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+      if (held.delete(args.queryId)) await new Promise<void>((resolve) => ((state.release = resolve), state.ran?.()));
+      return args.result;
+    },
+  };
+  return { plugin, state };
+}
+
+async function newKey(): Promise<{ id: string; token: string }> {
+  const token = generateApiKey();
+  const id = `key_${Math.random().toString(36).slice(2, 12).padEnd(10, "0")}`;
+  await insertApiKey(store.db, { id, tenant_id: DEFAULT_TENANT_ID, key_hash: hashApiKey(token), admin: false });
+  return { id, token };
+}
+
+const bearer = (token: string) => new Headers({ authorization: `Bearer ${token}` });
+
+async function status(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+    return "ok";
+  } catch (err) {
+    return ConnectError.from(err).code === 16 ? "unauthenticated" : String(err);
+  }
+}
+
+test("a key revoked in this process is refused at once, even when a lookup from before the revoke answers after it", async () => {
+  const { plugin, state } = holdingPlugin();
+  const auth = createAuthenticator({ db: store.db.withPlugin(plugin), bootstrapAdminKey: undefined, rateLimit: 0 });
+  const key = await newKey();
+  // A request with the key is being authenticated: its lookup has run, its answer is on its way.
+  const lookupRan = new Promise<void>((resolve) => (state.ran = resolve));
+  state.armed = true;
+  const inFlight = status(auth.authenticate(bearer(key.token)));
+  await lookupRan;
+  // Meanwhile the key is revoked in this process, as AdminService.RevokeApiKey does.
+  await revokeApiKey(store.db, key.id);
+  auth.forget();
+  state.release!();
+  assert.equal(await inFlight, "ok", "the request that began before the revoke may go through");
+  assert.equal(await status(auth.authenticate(bearer(key.token))), "unauthenticated", "a request after the revoke is refused");
+});
+
+test("a rate limit under one request in two seconds still lets a fresh key's first request through", async () => {
+  const auth = createAuthenticator({ db: store.db, bootstrapAdminKey: undefined, rateLimit: 0.4 });
+  const key = await newKey();
+  assert.equal(await status(auth.authenticate(bearer(key.token))), "ok");
+});
