@@ -338,7 +338,8 @@ export async function createJetStreamFeed(options: {
       return subscription;
     },
 
-    healthy: () => link !== undefined && connected && !link.nc.isClosed(),
+    // A server that stopped answering (a flush unanswered) is not a healthy feed, connected or not.
+    healthy: () => link !== undefined && connected && !link.nc.isClosed() && silentSince === undefined,
 
     async close() {
       closing = true;

@@ -421,10 +421,12 @@ test("a NATS that stops answering without closing the connection costs one publi
     return Date.now() - t0;
   };
   assert.ok((await timed()) < 1_000, "a healthy publish is quick");
+  assert.equal(feed.healthy(), true);
   // The server's side goes silent and the connection stays open, as with a host gone without a word.
   proxy.freeze();
   const first = await timed();
   assert.ok(first >= 1_500, `the first publish waits for its flush, up to the timeout (${first} ms)`);
+  assert.equal(feed.healthy(), false, "/readyz says the feed is not ready while NATS does not answer");
   const next: number[] = [];
   for (let i = 0; i < 5; i++) next.push(await timed());
   assert.ok(Math.max(...next) < 200, `later publishes do not wait on a server that does not answer: ${next.join(", ")} ms`);
