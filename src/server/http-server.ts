@@ -146,14 +146,42 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
+/** How long a stop waits for the requests the API has begun to be answered. */
+const DRAIN_MS = 20_000;
+
 /**
  * HTTP/1.1 and cleartext HTTP/2 (h2c, what gRPC clients speak without TLS) on one port: the first bytes
  * of a connection tell which, and the socket goes to the matching server.
+ *
+ * Closing stops taking connections and requests, then waits (up to DRAIN_MS) for every request begun
+ * to be answered before it cuts the connections: cut after 2 s, a publish waiting on Postgres went on
+ * to commit, unanswered, and the producer's retry made a second event.
  */
-export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number): Promise<ApiServer> {
-  const h1 = http.createServer((req, res) => void handler(req, res));
-  const h2 = http2.createServer({}, (req, res) => void handler(req, res));
+export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number, drainMs = DRAIN_MS): Promise<ApiServer> {
+  let inFlight = 0;
+  let closing = false;
+  let drained: (() => void) | undefined;
+  const track = (req: Request, res: Response) => {
+    if (closing) {
+      // Begun after the stop: answered at once, and the connection is not kept.
+      if ("setHeader" in res && !(res instanceof http2.Http2ServerResponse)) res.setHeader("connection", "close");
+      json(res, 503, { error: { code: "unavailable", message: "the server is shutting down" } });
+      return;
+    }
+    inFlight++;
+    res.once("close", () => {
+      if (--inFlight === 0) drained?.();
+    });
+    void handler(req, res);
+  };
+  const h1 = http.createServer(track);
+  const h2 = http2.createServer({}, track);
   h1.keepAliveTimeout = 65_000;
+  const sessions = new Set<http2.ServerHttp2Session>();
+  h2.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
@@ -178,13 +206,19 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
   return {
     address: { host: address.address, port: address.port },
     async close() {
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        h1.closeIdleConnections();
-        setTimeout(() => {
-          for (const socket of sockets) socket.destroy();
-        }, 2_000).unref();
-      });
+      closing = true;
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      h1.closeIdleConnections();
+      // HTTP/2 clients are told to open no more streams (GOAWAY); the ones open finish.
+      for (const session of sessions) session.close();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          drained = resolve;
+          setTimeout(resolve, drainMs).unref();
+        });
+      }
+      for (const socket of sockets) socket.destroy();
+      await stopped;
     },
   };
 }
