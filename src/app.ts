@@ -7,6 +7,7 @@ import type { Config } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
 import { awaitDatabase, describeDatabase, migrate, openStore, type Store } from "./store/db.js";
 import { ensureDefaultTenant } from "./store/tenants.js";
+import { newestSealedSecrets } from "./store/webhooks.js";
 import { forgetAllDispatchers } from "./store/leases.js";
 import type { DeliveryFeed } from "./queue/feed.js";
 import { createEmbeddedFeed } from "./queue/embedded.js";
@@ -81,6 +82,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
   const stopAll = async () => {
     for (const stop of stops.splice(0).reverse()) await stop().catch((err) => log.warn({ err }, "shutdown step failed"));
   };
+  let generatedAdminKey: string | undefined;
   try {
     if (config.databaseUrl) {
       const timeoutMs = options.databaseWaitMs ?? DATABASE_WAIT_MS;
@@ -93,10 +95,10 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     if (applied.length > 0) log.info({ applied }, "migrations applied");
     store.watchStatements(STATEMENT_WATCHDOG_MS);
     await ensureDefaultTenant(store.db);
+    await checkEncryptionKey(store.db, secretBox);
     if (store.embedded) await forgetAllDispatchers(store.db);
 
     let adminKey = config.adminKey;
-    let generatedAdminKey: string | undefined;
     if (!adminKey && embedded) ({ adminKey, generatedAdminKey } = await embeddedAdminKey(config.dataDir));
     if (!adminKey && options.roles.includes("api")) log.warn("WEBHOOKD_ADMIN_KEY is not set: only API keys already in the database are accepted");
 
@@ -175,7 +177,9 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
           queue: async () => feed.healthy(),
         },
       });
-      server = await listen(handler, config.listen.host, config.listen.port);
+      server = await listen(handler, config.listen.host, config.listen.port).catch((err: NodeJS.ErrnoException) => {
+        throw new StartupError(`cannot listen on ${config.listen.host}:${config.listen.port} (WEBHOOKD_LISTEN, or --listen): ${err.code ?? err.message}`);
+      });
       stops.push(() => server!.close());
     }
 
@@ -191,6 +195,9 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     };
   } catch (err) {
     await stopAll();
+    // Made by this start, which never got to print it: the next start makes and prints another. Kept,
+    // it was printed never (a first start that could not listen, then one that could).
+    if (generatedAdminKey) await fs.rm(path.join(config.dataDir, ADMIN_KEY_FILE), { force: true });
     throw err;
   }
 }
@@ -211,9 +218,34 @@ async function openSecretBox(config: Config, embedded: boolean): Promise<SecretB
   return SecretBox.fromEncodedKey(value);
 }
 
+/**
+ * Refuses a key that opens none of the newest webhooks' secrets: every process of a deployment must have
+ * the same one. Started with another (a typo, a key changed on one host), an API sealed every webhook it
+ * made under it and said nothing, and no dispatcher could ever sign their deliveries.
+ */
+async function checkEncryptionKey(db: Store["db"], secretBox: SecretBox): Promise<void> {
+  const sealed = await newestSealedSecrets(db, 20);
+  if (sealed.length === 0) return;
+  const opens = sealed.some(({ id, sealed }) => {
+    try {
+      secretBox.open(sealed, id);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  if (!opens) {
+    throw new StartupError(
+      `WEBHOOKD_ENCRYPTION_KEY opens none of the signing secrets in the database (the newest webhook is ${sealed[0]!.id}): every webhookd process of a deployment needs the key they were sealed with`,
+    );
+  }
+}
+
+const ADMIN_KEY_FILE = "admin-key";
+
 /** The embedded mode's admin key: made on first start and printed then, kept in the data dir. */
 async function embeddedAdminKey(dataDir: string): Promise<{ adminKey: string; generatedAdminKey: string | undefined }> {
-  const { value, created } = await keyFile(dataDir, "admin-key", generateApiKey);
+  const { value, created } = await keyFile(dataDir, ADMIN_KEY_FILE, generateApiKey);
   return { adminKey: value, generatedAdminKey: created ? value : undefined };
 }
 

@@ -124,6 +124,12 @@ export function healthColumns(health: EndpointHealth) {
   };
 }
 
+/** Sealed signing secrets of the newest webhooks (not deleted), with the id each is bound to. */
+export async function newestSealedSecrets(db: Db, webhooks: number): Promise<{ id: string; sealed: string }[]> {
+  const rows = await db.selectFrom("webhooks").select(["id", "signing_secrets"]).where("status", "in", VISIBLE).orderBy("id", "desc").limit(webhooks).execute();
+  return rows.flatMap((row) => row.signing_secrets.map((s) => ({ id: row.id, sealed: s.secret })));
+}
+
 /**
  * Saves the endpoint health the lane's owner sees; false when it was not saved. `seen` is what the lane
  * knew: the webhook's updated_at (in ms) as it last confirmed it, and its health before this change. A

@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { DatabaseUnreachableError } from "../../src/store/db.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
-import { ADMIN_URL, startPostgresServer } from "../support/postgres.js";
+import { ADMIN_URL, createTestDatabase, startPostgresServer } from "../support/postgres.js";
 import { freePort } from "../support/ports.js";
 import { runBin } from "../support/processes.js";
 import { sleep } from "../support/wait.js";
@@ -72,4 +72,20 @@ test("an unreadable WEBHOOKD_CA_FILE or unknown WEBHOOKD_LOG_LEVEL: exit 2 namin
     assert.doesNotMatch(res.output, /\n\s+at /, "a message, not a stack trace");
   }
   assert.deepEqual(await fs.readdir(root), [], "no data dir, database or key file was created");
+});
+
+test("a WEBHOOKD_ENCRYPTION_KEY that opens none of the database's signing secrets: exit 2 naming it", async () => {
+  const database = await createTestDatabase("wrong_key");
+  cleanups.push(() => database.drop());
+  const { app, url } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
+  const created = await restClient(url, TEST_ADMIN_KEY)("POST", "/webhooks", { url: "http://127.0.0.1:9/h", event_types: ["a.b"] });
+  assert.equal(created.status, 201);
+  await app.stop();
+  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0" };
+  const { code, output } = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_ENCRYPTION_KEY: Buffer.alloc(32, 9).toString("base64") });
+  assert.equal(code, 2, output);
+  assert.equal(
+    output,
+    `webhookd: WEBHOOKD_ENCRYPTION_KEY opens none of the signing secrets in the database (the newest webhook is ${created.body.webhook_id}): every webhookd process of a deployment needs the key they were sealed with\n`,
+  );
 });

@@ -2,6 +2,7 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs/promises";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createTestDatabase } from "../support/postgres.js";
@@ -48,6 +49,16 @@ describe("the webhookd binary", { concurrency: 2 }, () => {
     const serve = () => serveOn(dataDir, running);
 
     test("first start prints an admin key that works, keeps data across a restart, and prints no key again", async () => {
+      // A first start that cannot listen exits 2 naming where, and leaves no key it never printed.
+      const squatter = net.createServer();
+      await new Promise<void>((resolve) => squatter.listen(0, "127.0.0.1", resolve));
+      const taken = (squatter.address() as net.AddressInfo).port;
+      const refused = await runBin("webhookd", ["serve"], { WEBHOOKD_DATA_DIR: dataDir, WEBHOOKD_LISTEN: `127.0.0.1:${taken}` });
+      await new Promise<void>((resolve) => squatter.close(() => resolve()));
+      assert.equal(refused.code, 2, refused.output);
+      assert.match(refused.output, new RegExp(`^webhookd: cannot listen on 127\\.0\\.0\\.1:${taken} \\(WEBHOOKD_LISTEN, or --listen\\): EADDRINUSE\\n$`, "m"));
+      await assert.rejects(fs.stat(path.join(dataDir, "admin-key")), /ENOENT/);
+
       const first = await serve();
       const [, key] = await first.proc.waitFor(/admin API key[^\n]*?(whk_\S+)/);
       assert.match(first.proc.output(), /embedded database/);

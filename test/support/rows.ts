@@ -5,10 +5,13 @@ import { DELIVERY_COLUMNS, EVENT_COLUMNS } from "../../src/store/ingest.js";
 import type { Event } from "../../src/store/schema.js";
 import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
 import { insertWebhook } from "../../src/store/webhooks.js";
+import { SecretBox } from "../../src/core/secret-box.js";
+import { generateSecret } from "../../src/core/signing.js";
+import { TEST_ENCRYPTION_KEY } from "./app.js";
 
 /**
  * An active webhook of the default tenant written straight into the table, for tests of the store that
- * need a webhook row and nothing of what the API does when it registers one (the secret is a placeholder).
+ * need a webhook row and nothing else of what the API does when it registers one.
  */
 export async function insertTestWebhook(db: Db, row: { id: string; shard: number; url?: string; at?: Date }): Promise<void> {
   await insertWebhook(db, {
@@ -18,7 +21,8 @@ export async function insertTestWebhook(db: Db, row: { id: string; shard: number
     event_types: ["order.created"],
     status: "active",
     description: "",
-    signing_secrets: JSON.stringify([{ secret: "enc:v1:unused", expires_at: null }]),
+    // Sealed under the tests' key, as the API seals them: a process started on the database opens it.
+    signing_secrets: JSON.stringify([{ secret: SecretBox.fromEncodedKey(TEST_ENCRYPTION_KEY).seal(generateSecret(), row.id), expires_at: null }]),
     shard: row.shard,
     public_key: null,
     retry_schedule: null,
