@@ -13,7 +13,7 @@ import type { DeliveryFeed } from "./queue/feed.js";
 import { createEmbeddedFeed } from "./queue/embedded.js";
 import { createJetStreamFeed } from "./queue/jetstream.js";
 import { createServices } from "./server/services.js";
-import { createApiHandler, listen, type ApiServer } from "./server/http-server.js";
+import { createApiHandler, createOpsHandler, listen, type ApiServer } from "./server/http-server.js";
 import { Dispatcher } from "./dispatcher/dispatcher.js";
 import { createSender, type Sender } from "./dispatcher/sender.js";
 import type { Resolver } from "./dispatcher/guarded-lookup.js";
@@ -25,6 +25,8 @@ export interface Webhookd {
   url: string | undefined;
   /** Set when this start generated the embedded admin key (shown once). */
   generatedAdminKey: string | undefined;
+  /** Where health, readiness and metrics are served on their own (WEBHOOKD_METRICS_LISTEN). */
+  metricsUrl: string | undefined;
   store: Store;
   feed: DeliveryFeed;
   dispatcher: Dispatcher | undefined;
@@ -153,6 +155,13 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     }
 
     let server: ApiServer | undefined;
+    const readiness = {
+      store: async () => {
+        await store.db.selectFrom("tenants").select("id").limit(1).execute();
+        return true;
+      },
+      queue: async () => feed.healthy(),
+    };
     if (options.roles.includes("api")) {
       const services = createServices({
         db: store.db,
@@ -167,25 +176,18 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
         bootstrapAdminKey: adminKey,
         resolve: options.resolve,
       });
-      const handler = createApiHandler({
-        services,
-        readiness: {
-          store: async () => {
-            await store.db.selectFrom("tenants").select("id").limit(1).execute();
-            return true;
-          },
-          queue: async () => feed.healthy(),
-        },
-      });
-      server = await listen(handler, config.listen.host, config.listen.port).catch((err: NodeJS.ErrnoException) => {
-        throw new StartupError(`cannot listen on ${config.listen.host}:${config.listen.port} (WEBHOOKD_LISTEN, or --listen): ${err.code ?? err.message}`);
-      });
+      server = await listenOn(createApiHandler({ services, readiness }), config.listen, "WEBHOOKD_LISTEN, or --listen");
       stops.push(() => server!.close());
     }
+    let metricsServer: ApiServer | undefined;
+    if (config.metricsListen) {
+      metricsServer = await listenOn(createOpsHandler(readiness), config.metricsListen, "WEBHOOKD_METRICS_LISTEN");
+      stops.push(() => metricsServer!.close());
+    }
 
-    const host = server?.address.host.includes(":") ? `[${server.address.host}]` : server?.address.host;
     return {
-      url: server ? `http://${host}:${server.address.port}` : undefined,
+      url: server && urlOf(server),
+      metricsUrl: metricsServer && urlOf(metricsServer),
       generatedAdminKey,
       store,
       feed,
@@ -242,6 +244,17 @@ async function checkEncryptionKey(db: Store["db"], secretBox: SecretBox): Promis
 }
 
 const ADMIN_KEY_FILE = "admin-key";
+
+async function listenOn(handler: Parameters<typeof listen>[0], at: { host: string; port: number }, setting: string): Promise<ApiServer> {
+  return listen(handler, at.host, at.port).catch((err: NodeJS.ErrnoException) => {
+    throw new StartupError(`cannot listen on ${at.host}:${at.port} (${setting}): ${err.code ?? err.message}`);
+  });
+}
+
+function urlOf(server: ApiServer): string {
+  const host = server.address.host.includes(":") ? `[${server.address.host}]` : server.address.host;
+  return `http://${host}:${server.address.port}`;
+}
 
 /** The embedded mode's admin key: made on first start and printed then, kept in the data dir. */
 async function embeddedAdminKey(dataDir: string): Promise<{ adminKey: string; generatedAdminKey: string | undefined }> {

@@ -8,6 +8,8 @@ import { LOG_LEVELS, type LogLevel } from "./logger.js";
 /** Everything webhookd reads from its environment, parsed once at start. Nothing else reads process.env. */
 export interface Config {
   listen: { host: string; port: number };
+  /** Where /healthz, /readyz and /metrics are served on their own (any role); unset: not. */
+  metricsListen: { host: string; port: number } | undefined;
   databaseUrl: string | undefined;
   natsUrl: string | undefined;
   dataDir: string;
@@ -151,6 +153,7 @@ export function loadConfig(env: Env = process.env): Config {
   const caFile = nonEmpty(env, "WEBHOOKD_CA_FILE");
   return {
     listen: parseWith(env, "WEBHOOKD_LISTEN", "127.0.0.1:8080", parseListen),
+    metricsListen: env.WEBHOOKD_METRICS_LISTEN ? parseWith(env, "WEBHOOKD_METRICS_LISTEN", "", parseListen) : undefined,
     databaseUrl: databaseUrl && parseWith(env, "DATABASE_URL", "", parseUrl(["postgres:", "postgresql:"])),
     natsUrl: natsUrl && parseWith(env, "NATS_URL", "", parseUrl(["nats:", "tls:"])),
     dataDir: path.resolve(nonEmpty(env, "WEBHOOKD_DATA_DIR") ?? ".webhookd"),

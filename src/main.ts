@@ -27,6 +27,7 @@ export async function main(argv: string[]): Promise<number> {
     if (app.url) {
       console.log(`webhookd listening on ${app.url} (${config.databaseUrl ? "postgres" : `embedded database in ${config.dataDir}`}, ${app.feed.kind} feed)`);
     }
+    if (app.metricsUrl) console.log(`webhookd health and metrics on ${app.metricsUrl}`);
     if (app.generatedAdminKey) {
       console.log(`admin API key (shown once, kept in ${config.dataDir}/admin-key): ${app.generatedAdminKey}`);
     }

@@ -35,6 +35,7 @@ const CORS_HEADERS = {
 
 /** One request handler for every door: REST, health and metrics by path, the rest to Connect. */
 export function createApiHandler(options: ApiServerOptions) {
+  const ops = opsRoutes(options.readiness);
   const rest = createRestRouter(options.services);
   const connect = connectNodeAdapter({
     routes: connectRoutes(options.services),
@@ -67,24 +68,53 @@ export function createApiHandler(options: ApiServerOptions) {
       res.end();
       return;
     }
-    const path = (req.url ?? "/").split("?")[0];
     try {
-      if (path === "/healthz") return json(res, 200, { status: "ok" });
-      if (path === "/readyz") {
-        const checks: Record<string, boolean> = {};
-        for (const [name, check] of Object.entries(options.readiness)) checks[name] = await check().catch(() => false);
-        const ready = Object.values(checks).every(Boolean);
-        return json(res, ready ? 200 : 503, { status: ready ? "ready" : "not ready", checks });
-      }
-      if (path === "/metrics") {
-        const body = await registry.metrics();
-        res.writeHead(200, { "content-type": registry.contentType });
-        res.end(body);
-        return;
-      }
+      if (await ops(req, res)) return;
       if (await rest(req, res)) return;
       if (!(await checkBinaryUnaryBody(req, res))) return;
       (connect as (req: Request, res: Response) => void)(req, res);
+    } catch (err) {
+      console.error(err);
+      if (!res.headersSent) json(res, 500, { error: { code: "internal", message: "internal error" } });
+    }
+  };
+}
+
+/** /healthz, /readyz and /metrics; true when the request was one of them (and is answered). */
+function opsRoutes(readiness: ApiServerOptions["readiness"]) {
+  return async (req: Request, res: Response): Promise<boolean> => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path === "/healthz") {
+      json(res, 200, { status: "ok" });
+      return true;
+    }
+    if (path === "/readyz") {
+      const checks: Record<string, boolean> = {};
+      for (const [name, check] of Object.entries(readiness)) checks[name] = await check().catch(() => false);
+      const ready = Object.values(checks).every(Boolean);
+      json(res, ready ? 200 : 503, { status: ready ? "ready" : "not ready", checks });
+      return true;
+    }
+    if (path === "/metrics") {
+      const body = await registry.metrics();
+      res.writeHead(200, { "content-type": registry.contentType });
+      res.end(body);
+      return true;
+    }
+    return false;
+  };
+}
+
+/**
+ * Health, readiness and metrics alone (WEBHOOKD_METRICS_LISTEN): what a dispatcher process, which has no
+ * API, is watched and scraped through. Without it, a deployment of separate api and dispatcher processes
+ * showed its delivery metrics nowhere (the api's read zero).
+ */
+export function createOpsHandler(readiness: ApiServerOptions["readiness"]) {
+  const ops = opsRoutes(readiness);
+  return async function handle(req: Request, res: Response): Promise<void> {
+    try {
+      if (!(await ops(req, res))) json(res, 404, { error: { code: "not_found", message: "only /healthz, /readyz and /metrics are served here" } });
     } catch (err) {
       console.error(err);
       if (!res.headersSent) json(res, 500, { error: { code: "internal", message: "internal error" } });

@@ -53,6 +53,7 @@ test("a bad value names the variable and what it expects", () => {
     [{ WEBHOOKD_CIRCUIT_COOLDOWN: "30" }, /WEBHOOKD_CIRCUIT_COOLDOWN="30" is invalid/],
     [{ WEBHOOKD_AUTO_DISABLE_AFTER: "soon" }, /WEBHOOKD_AUTO_DISABLE_AFTER="soon" is invalid/],
     [{ WEBHOOKD_REPLAY_RATE: "0" }, /WEBHOOKD_REPLAY_RATE="0" is invalid: expected deliveries per second/],
+    [{ WEBHOOKD_METRICS_LISTEN: "9090" }, /WEBHOOKD_METRICS_LISTEN="9090" is invalid/],
     [{ WEBHOOKD_REPLAY_RATE: "20000" }, /WEBHOOKD_REPLAY_RATE/],
     [{ WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT: "0" }, /WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT="0" is invalid/],
     [{ WEBHOOKD_CONNECTIONS_PER_ORIGIN: "0" }, /WEBHOOKD_CONNECTIONS_PER_ORIGIN="0" is invalid/],
