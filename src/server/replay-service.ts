@@ -19,6 +19,8 @@ import { toReplay } from "./convert.js";
 import { failedPrecondition, invalidArgument, notFound } from "./errors.js";
 
 export const MAX_REPLAY_RATE = 10_000;
+/** One delivery every 11.6 days; slower paces overflowed Postgres's intervals and answered a puzzling 400. */
+export const MIN_REPLAY_RATE = 0.000001;
 
 /** ReplayWebhook and GetReplay: deliveries of a time range put back in their lane, paced, and their progress. */
 export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRate: number }) {
@@ -32,8 +34,8 @@ export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRa
 
   function validateRate(rate: number): number {
     if (rate === 0) return deps.replayRate;
-    if (!Number.isFinite(rate) || rate < 0 || rate > MAX_REPLAY_RATE) {
-      throw invalidArgument(`rate_per_second must be more than 0 and at most ${MAX_REPLAY_RATE}, or 0 for the server's default (got ${rate})`);
+    if (!Number.isFinite(rate) || rate < MIN_REPLAY_RATE || rate > MAX_REPLAY_RATE) {
+      throw invalidArgument(`rate_per_second must be from ${MIN_REPLAY_RATE.toFixed(6)} to ${MAX_REPLAY_RATE}, or 0 for the server's default (got ${rate})`);
     }
     return rate;
   }

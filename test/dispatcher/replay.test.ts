@@ -324,6 +324,7 @@ test("bad replay requests are refused with 400 naming the problem, and write not
     { name: "unknown scope", body: { since, scope: "succeeded" }, message: /scope must be "failed".*"all".*succeeded/ },
     { name: "negative rate", body: { since, rate_per_second: -1 }, message: /rate_per_second .*-1/ },
     { name: "rate over 10000", body: { since, rate_per_second: 10_001 }, message: /rate_per_second .*10000/ },
+    { name: "rate under one in 11.6 days", body: { since, rate_per_second: 1e-14 }, message: /rate_per_second must be from 0\.000001 to 10000, or 0 for the server's default \(got 1e-14\)/ },
     { name: "rate as a string", body: { since, rate_per_second: "fast" }, message: /rate_per_second must be a number/ },
     { name: "unknown field", body: { since, speed: 3 }, message: /unknown field speed/ },
     { name: "camelCase field over REST", body: { since, ratePerSecond: 3 }, message: /unknown field ratePerSecond/ },
