@@ -1,31 +1,16 @@
 // The API key cache of one process: a key revoked here is refused at once here, even when a lookup of it
 // that began before the revocation answers after it; and any rate limit lets a request through. Real
 // Postgres; a plugin holds back the answer of one key lookup, as a slow connection or a busy event loop does.
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import os from "node:os";
 import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryId, QueryResult, RootOperationNode, UnknownRow } from "kysely";
 import { ConnectError } from "@connectrpc/connect";
 import { createAuthenticator, generateApiKey, hashApiKey } from "../../src/server/auth.js";
 import { insertApiKey, revokeApiKey } from "../../src/store/api-keys.js";
-import { migrate, openStore, type Store } from "../../src/store/db.js";
-import { DEFAULT_TENANT_ID, ensureDefaultTenant } from "../../src/store/tenants.js";
-import { createTestDatabase } from "../support/postgres.js";
+import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
+import { suiteStore } from "../support/store.js";
 
-let database: Awaited<ReturnType<typeof createTestDatabase>>;
-let store: Store;
-
-before(async () => {
-  database = await createTestDatabase("auth_cache");
-  store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 2 });
-  await migrate(store.db);
-  await ensureDefaultTenant(store.db);
-});
-
-after(async () => {
-  await store?.close();
-  await database?.drop();
-});
+const suite = suiteStore("postgres", "auth_cache", { poolSize: 2 });
 
 /** Holds back the answer of the next api_keys lookup once armed, until `release`. */
 function holdingPlugin() {
@@ -50,7 +35,7 @@ function holdingPlugin() {
 async function newKey(): Promise<{ id: string; token: string }> {
   const token = generateApiKey();
   const id = `key_${Math.random().toString(36).slice(2, 12).padEnd(10, "0")}`;
-  await insertApiKey(store.db, { id, tenant_id: DEFAULT_TENANT_ID, key_hash: hashApiKey(token), admin: false });
+  await insertApiKey(suite().db, { id, tenant_id: DEFAULT_TENANT_ID, key_hash: hashApiKey(token), admin: false });
   return { id, token };
 }
 
@@ -67,7 +52,7 @@ async function status(promise: Promise<unknown>): Promise<string> {
 
 test("a key revoked in this process is refused at once, even when a lookup from before the revoke answers after it", async () => {
   const { plugin, state } = holdingPlugin();
-  const auth = createAuthenticator({ db: store.db.withPlugin(plugin), bootstrapAdminKey: undefined, rateLimit: 0 });
+  const auth = createAuthenticator({ db: suite().db.withPlugin(plugin), bootstrapAdminKey: undefined, rateLimit: 0 });
   const key = await newKey();
   // A request with the key is being authenticated: its lookup has run, its answer is on its way.
   const lookupRan = new Promise<void>((resolve) => (state.ran = resolve));
@@ -75,7 +60,7 @@ test("a key revoked in this process is refused at once, even when a lookup from 
   const inFlight = status(auth.authenticate(bearer(key.token)));
   await lookupRan;
   // Meanwhile the key is revoked in this process, as AdminService.RevokeApiKey does.
-  await revokeApiKey(store.db, key.id);
+  await revokeApiKey(suite().db, key.id);
   auth.forget();
   state.release!();
   assert.equal(await inFlight, "ok", "the request that began before the revoke may go through");
@@ -83,7 +68,7 @@ test("a key revoked in this process is refused at once, even when a lookup from 
 });
 
 test("a rate limit under one request in two seconds still lets a fresh key's first request through", async () => {
-  const auth = createAuthenticator({ db: store.db, bootstrapAdminKey: undefined, rateLimit: 0.4 });
+  const auth = createAuthenticator({ db: suite().db, bootstrapAdminKey: undefined, rateLimit: 0.4 });
   const key = await newKey();
   assert.equal(await status(auth.authenticate(bearer(key.token))), "ok");
 });

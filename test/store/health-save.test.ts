@@ -1,71 +1,55 @@
 // The dispatcher saves endpoint health after each change; the API resets it (a webhook re-enabled, a new
 // URL). A save the lane made from what it knew before the reset, landing after it, must not bring the old
 // failures back: the lane would keep them, and the next failure would disable the webhook again at once.
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import os from "node:os";
 import { HEALTHY, type EndpointHealth } from "../../src/core/endpoint-gate.js";
-import { migrate, openStore, type Store } from "../../src/store/db.js";
-import { ensureDefaultTenant } from "../../src/store/tenants.js";
 import { healthOf, saveEndpointHealth, updateWebhook } from "../../src/store/webhooks.js";
-import { createTestDatabase } from "../support/postgres.js";
+import { suiteStore } from "../support/store.js";
 import { insertTestWebhook } from "../support/rows.js";
 
-let database: Awaited<ReturnType<typeof createTestDatabase>>;
-let store: Store;
-
-before(async () => {
-  database = await createTestDatabase("health_save");
-  store = await openStore({ databaseUrl: database.url, dataDir: os.tmpdir(), poolSize: 2 });
-  await migrate(store.db);
-  await ensureDefaultTenant(store.db);
-});
-
-after(async () => {
-  await store?.close();
-  await database?.drop();
-});
+const suite = suiteStore("postgres", "health_save", { poolSize: 2 });
 
 const failing = (n: number): EndpointHealth => ({ ...HEALTHY, consecutiveFailures: n, failingSince: Date.now() - 60_000 });
 
 async function row(id: string) {
-  const w = await store.db.selectFrom("webhooks").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
+  const w = await suite().db.selectFrom("webhooks").selectAll().where("id", "=", id).executeTakeFirstOrThrow();
   return { health: healthOf(w), changedAt: w.updated_at.getTime() };
 }
 
 test("a save made before a reset the lane has not seen changes nothing; one made after seeing it is saved", async () => {
-  await insertTestWebhook(store.db, { id: "wh_reset", shard: 1 });
+  await insertTestWebhook(suite().db, { id: "wh_reset", shard: 1 });
   const seen = (await row("wh_reset")).changedAt;
-  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(3), { changedAt: seen, previous: failing(2) }), true);
+  assert.equal(await saveEndpointHealth(suite().db, "wh_reset", failing(3), { changedAt: seen, previous: failing(2) }), true);
   assert.equal((await row("wh_reset")).health.consecutiveFailures, 3);
 
   await new Promise((resolve) => setTimeout(resolve, 5));
-  await updateWebhook(store.db, "wh_reset", { status: "active", health: HEALTHY });
+  await updateWebhook(suite().db, "wh_reset", { status: "active", health: HEALTHY });
   // The lane's save of its fourth failure, queued before the reset, lands after it.
-  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(4), { changedAt: seen, previous: failing(3) }), false);
+  assert.equal(await saveEndpointHealth(suite().db, "wh_reset", failing(4), { changedAt: seen, previous: failing(3) }), false);
   assert.deepEqual((await row("wh_reset")).health, HEALTHY);
 
   // Once the lane has seen the reset (its gate started afresh), its saves go in again.
   const now = (await row("wh_reset")).changedAt;
-  assert.equal(await saveEndpointHealth(store.db, "wh_reset", failing(1), { changedAt: now, previous: HEALTHY }), true);
+  assert.equal(await saveEndpointHealth(suite().db, "wh_reset", failing(1), { changedAt: now, previous: HEALTHY }), true);
   assert.equal((await row("wh_reset")).health.consecutiveFailures, 1);
 });
 
 test("a change by the API that did not reset the health does not hold a save back", async () => {
-  await insertTestWebhook(store.db, { id: "wh_described", shard: 1 });
+  await insertTestWebhook(suite().db, { id: "wh_described", shard: 1 });
   const seen = (await row("wh_described")).changedAt;
-  assert.equal(await saveEndpointHealth(store.db, "wh_described", failing(2), { changedAt: seen, previous: failing(1) }), true);
+  assert.equal(await saveEndpointHealth(suite().db, "wh_described", failing(2), { changedAt: seen, previous: failing(1) }), true);
   await new Promise((resolve) => setTimeout(resolve, 5));
-  await updateWebhook(store.db, "wh_described", { description: "renamed" });
-  assert.equal(await saveEndpointHealth(store.db, "wh_described", failing(3), { changedAt: seen, previous: failing(2) }), true);
+  await updateWebhook(suite().db, "wh_described", { description: "renamed" });
+  assert.equal(await saveEndpointHealth(suite().db, "wh_described", failing(3), { changedAt: seen, previous: failing(2) }), true);
   assert.equal((await row("wh_described")).health.consecutiveFailures, 3);
 });
 
 test("the first failure after an edit of a healthy webhook is saved: the row reads healthy because the lane was", async () => {
-  await insertTestWebhook(store.db, { id: "wh_first", shard: 1 });
+  await insertTestWebhook(suite().db, { id: "wh_first", shard: 1 });
   const seen = (await row("wh_first")).changedAt;
   await new Promise((resolve) => setTimeout(resolve, 5));
-  await updateWebhook(store.db, "wh_first", { description: "edited while the attempt was out" });
-  assert.equal(await saveEndpointHealth(store.db, "wh_first", failing(1), { changedAt: seen, previous: HEALTHY }), true);
+  await updateWebhook(suite().db, "wh_first", { description: "edited while the attempt was out" });
+  assert.equal(await saveEndpointHealth(suite().db, "wh_first", failing(1), { changedAt: seen, previous: HEALTHY }), true);
   assert.equal((await row("wh_first")).health.consecutiveFailures, 1);
 });
