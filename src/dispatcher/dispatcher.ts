@@ -9,7 +9,7 @@ import type { Db } from "../store/db.js";
 import type { DeliveryStatus } from "../store/schema.js";
 import { expireDeliveries, findWebhooksWithDueDeliveries, isDeliveryPending, loadPendingForLane, pendingSchedule } from "../store/deliveries.js";
 import * as leases from "../store/leases.js";
-import { disableWebhook, saveEndpointHealth } from "../store/webhooks.js";
+import { disableWebhook, saveEndpointHealth, type HealthSeen } from "../store/webhooks.js";
 import type { AttemptSignal, CircuitPolicy, EndpointHealth } from "../core/endpoint-gate.js";
 import { runHousekeeping } from "./housekeeping.js";
 import { recordAudit } from "../store/audit.js";
@@ -234,7 +234,7 @@ export class Dispatcher {
       });
   }
 
-  private saveHealth(webhookId: string, health: EndpointHealth, seen: { changedAt: number | undefined; previous: EndpointHealth }): void {
+  private saveHealth(webhookId: string, health: EndpointHealth, seen: HealthSeen): void {
     const previous = this.healthSaves.get(webhookId) ?? Promise.resolve();
     const next = previous
       .then(async () => {

@@ -2,6 +2,7 @@ import type { Logger } from "pino";
 import type { DeliveryJob } from "../queue/job.js";
 import type { LaneLoad } from "../store/deliveries.js";
 import type { SignatureScheme, WebhookStatus } from "../store/schema.js";
+import type { HealthSeen } from "../store/webhooks.js";
 import { EndpointGate, HEALTHY, sameHealth, type AttemptSignal, type CircuitPolicy, type EndpointHealth } from "../core/endpoint-gate.js";
 
 /** What a lane needs to know of its webhook, read fresh (cached briefly) before each attempt. */
@@ -44,11 +45,11 @@ export interface LaneEngineDeps {
   /** Gets the job ready to go next (reads its payload) while the one before it is in flight. */
   prefetch?(job: DeliveryJob): void;
   /**
-   * The endpoint's health changed; called in order per webhook, with what the lane knew (the webhook's
-   * `changedAt` as the gate last saw it, and the health before this change), so that a save does not
-   * undo a reset the lane has not seen yet.
+   * The endpoint's health changed; called in order per webhook, with what the lane knew (the URL its gate
+   * is for, the webhook's `changedAt` as the gate last saw it, the health before this change), so that a
+   * save does not undo a reset the lane has not seen yet.
    */
-  saveHealth(webhookId: string, health: EndpointHealth, seen: { changedAt: number | undefined; previous: EndpointHealth }): void;
+  saveHealth(webhookId: string, health: EndpointHealth, seen: HealthSeen): void;
   /**
    * Whether attempts may start on the shard now: this process's lease on it is confirmed. When not, its
    * lanes wait until `leasesConfirmed()`. Absent: always.
@@ -573,7 +574,7 @@ class Lane {
     const previous = this.gate.snapshot;
     const changed = this.gate.record(signal, Date.now(), probe);
     // A 429 at the slow-down's cap changes nothing, yet counts toward auto-disable, which the save checks.
-    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot, { changedAt: this.gateChangedAt, previous });
+    if (changed || signal === "throttled") this.engine.deps.saveHealth(this.webhookId, this.gate.snapshot, { url: this.gateUrl, changedAt: this.gateChangedAt, previous });
   }
 
   private schedule(at: number): void {

@@ -178,29 +178,45 @@ export interface ApiServer {
 
 /** How long a stop waits for the requests the API has begun to be answered. */
 const DRAIN_MS = 20_000;
+/** How long a stop waits for the bodies of requests still arriving; nothing has begun for them. */
+const BODY_WAIT_MS = 2_000;
 
 /**
  * HTTP/1.1 and cleartext HTTP/2 (h2c, what gRPC clients speak without TLS) on one port: the first bytes
  * of a connection tell which, and the socket goes to the matching server.
  *
- * Closing stops taking connections and requests, then waits (up to DRAIN_MS) for every request begun
- * to be answered before it cuts the connections: cut after 2 s, a publish waiting on Postgres went on
- * to commit, unanswered, and the producer's retry made a second event.
+ * Closing stops taking connections, closes idle ones (HTTP/1.1 keep-alive sockets; HTTP/2 sessions are
+ * told GOAWAY) and marks the answers still to come `connection: close`, so that clients go elsewhere
+ * rather than meet the 503 a request gets after the stop. It cuts requests whose body has not arrived
+ * after 2 s (nothing has begun for them; a stalled upload held every stop for the whole wait), then waits
+ * up to DRAIN_MS for the rest to be answered before it cuts the connections: cut after 2 s, a publish
+ * waiting on Postgres went on to commit, unanswered, and the producer's retry made a second event.
  */
 export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number, drainMs = DRAIN_MS): Promise<ApiServer> {
-  let inFlight = 0;
+  const inFlight = new Set<{ req: Request; res: Response }>();
+  /** HTTP/1.1 sockets, with how many of their requests are in flight. */
+  const h1Sockets = new Map<net.Socket, number>();
   let closing = false;
   let drained: (() => void) | undefined;
   const track = (req: Request, res: Response) => {
+    const h1Socket = res instanceof http.ServerResponse ? req.socket : undefined;
     if (closing) {
       // Begun after the stop: answered at once, and the connection is not kept.
-      if ("setHeader" in res && !(res instanceof http2.Http2ServerResponse)) res.setHeader("connection", "close");
+      if (res instanceof http.ServerResponse) res.setHeader("connection", "close");
       json(res, 503, { error: { code: "unavailable", message: "the server is shutting down" } });
       return;
     }
-    inFlight++;
+    const entry = { req, res };
+    inFlight.add(entry);
+    if (h1Socket) h1Sockets.set(h1Socket, (h1Sockets.get(h1Socket) ?? 0) + 1);
     res.once("close", () => {
-      if (--inFlight === 0) drained?.();
+      inFlight.delete(entry);
+      if (h1Socket && h1Sockets.has(h1Socket)) {
+        const left = h1Sockets.get(h1Socket)! - 1;
+        h1Sockets.set(h1Socket, left);
+        if (closing && left === 0) h1Socket.end();
+      }
+      if (inFlight.size === 0) drained?.();
     });
     void handler(req, res);
   };
@@ -215,7 +231,10 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
     sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+    socket.once("close", () => {
+      sockets.delete(socket);
+      h1Sockets.delete(socket);
+    });
     socket.once("readable", function route() {
       const head: Buffer | null = socket.read(H2_PREFACE.length) ?? socket.read();
       if (head === null) {
@@ -224,6 +243,7 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
       }
       socket.unshift(head);
       const isH2 = head.length >= 3 && H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)).equals(head.subarray(0, Math.min(head.length, H2_PREFACE.length)));
+      if (!isH2) h1Sockets.set(socket, h1Sockets.get(socket) ?? 0);
       (isH2 ? h2 : h1).emit("connection", socket);
     });
     socket.on("error", () => socket.destroy());
@@ -233,20 +253,30 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
     server.listen(port, host, () => resolve());
   });
   const address = server.address() as net.AddressInfo;
+  /** Resolves when every request in flight is answered, or after `ms`. */
+  const drain = (ms: number) =>
+    inFlight.size === 0
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          drained = resolve;
+          setTimeout(resolve, ms).unref();
+        });
   return {
     address: { host: address.address, port: address.port },
     async close() {
       closing = true;
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      h1.closeIdleConnections();
+      for (const [socket, busy] of h1Sockets) if (busy === 0) socket.end();
+      for (const { res } of inFlight) if (res instanceof http.ServerResponse && !res.headersSent) res.setHeader("connection", "close");
       // HTTP/2 clients are told to open no more streams (GOAWAY); the ones open finish.
       for (const session of sessions) session.close();
-      if (inFlight > 0) {
-        await new Promise<void>((resolve) => {
-          drained = resolve;
-          setTimeout(resolve, drainMs).unref();
-        });
+      await drain(BODY_WAIT_MS);
+      for (const { req } of inFlight) {
+        if (req.complete) continue;
+        if (req instanceof http.IncomingMessage) req.socket.destroy();
+        else req.stream.close(http2.constants.NGHTTP2_CANCEL);
       }
+      await drain(drainMs);
       for (const socket of sockets) socket.destroy();
       await stopped;
     },

@@ -1,8 +1,10 @@
 // A stop (what SIGTERM runs) lets the requests the API has begun be answered before it cuts connections:
 // cut after 2 s, a publish waiting on Postgres went on to commit unanswered, and the producer's retry
-// made a second event. Requests begun after the stop are refused with 503. Real Postgres.
+// made a second event. Requests begun after the stop are refused with 503; idle keep-alive connections are
+// closed and a stalled upload is cut, so neither holds the stop. Real Postgres.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import pg from "pg";
 import { createTestDatabase } from "../support/postgres.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
@@ -53,4 +55,32 @@ test("a publish in flight when the API stops is answered before the connections 
   const { rows } = await (await sql()).query("select count(*)::int as n from events");
   assert.equal(rows[0].n, 1);
   assert.ok(late === 503 || late === "refused connection", `a request after the stop: ${late}`);
+});
+
+test("a stop closes idle keep-alive connections at once and cuts an upload that stalls, within about 2 s", async () => {
+  const { app, url } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
+  const { port } = new URL(url);
+  const connect = () =>
+    new Promise<net.Socket>((resolve, reject) => {
+      const socket = net.connect(Number(port), "127.0.0.1", () => resolve(socket));
+      socket.once("error", reject);
+    });
+  const closed = (socket: net.Socket) => new Promise<number>((resolve) => socket.once("close", () => resolve(Date.now())));
+  // A keep-alive connection, idle after one answered request.
+  const idle = await connect();
+  const idleClosed = closed(idle);
+  idle.write(`GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+  await new Promise((resolve) => idle.once("data", resolve));
+  // An upload that sends its headers and a few bytes of its body, then nothing.
+  const stalled = await connect();
+  const stalledClosed = closed(stalled);
+  stalled.write(`POST /events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${TEST_ADMIN_KEY}\r\ncontent-type: application/json\r\ncontent-length: 40\r\n\r\n{"event_`);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+
+  const t0 = Date.now();
+  await app.stop();
+  const stoppedAfter = Date.now() - t0;
+  assert.ok((await idleClosed) - t0 < 500, "the idle connection is closed at the stop");
+  assert.ok((await stalledClosed) - t0 < 3_000, "the stalled upload is cut");
+  assert.ok(stoppedAfter < 3_000, `the stop took ${stoppedAfter} ms`);
 });
