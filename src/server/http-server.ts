@@ -181,25 +181,52 @@ const DRAIN_MS = 20_000;
 /** How long a stop waits for the bodies of requests still arriving; nothing has begun for them. */
 const BODY_WAIT_MS = 2_000;
 
+interface InFlight {
+  req: Request;
+  res: Response;
+}
+
+/**
+ * Whether the client has sent the whole request. An HTTP/2 request without a body ends with its headers;
+ * Node's `complete` there waits for the handler to read the body, which a GET never does.
+ */
+function received(req: Request): boolean {
+  return req instanceof http.IncomingMessage ? req.complete : req.stream.endAfterHeaders || req.complete;
+}
+
 /**
  * HTTP/1.1 and cleartext HTTP/2 (h2c, what gRPC clients speak without TLS) on one port: the first bytes
  * of a connection tell which, and the socket goes to the matching server.
  *
- * Closing stops taking connections, closes idle ones (HTTP/1.1 keep-alive sockets; HTTP/2 sessions are
- * told GOAWAY) and marks the answers still to come `connection: close`, so that clients go elsewhere
- * rather than meet the 503 a request gets after the stop. It cuts requests whose body has not arrived
- * after 2 s (nothing has begun for them; a stalled upload held every stop for the whole wait), then waits
- * up to DRAIN_MS for the rest to be answered before it cuts the connections: cut after 2 s, a publish
- * waiting on Postgres went on to commit, unanswered, and the producer's retry made a second event.
+ * Closing stops taking connections, closes idle ones (HTTP/1.1 keep-alive sockets at once, and the others
+ * when their last answer is out; HTTP/2 sessions are told GOAWAY), so that clients go elsewhere rather than
+ * meet the 503 a request gets after the stop. After 2 s it cuts connections whose requests in flight
+ * have not all arrived (nothing has begun for them; a stalled upload held every stop for the whole wait),
+ * then waits up to DRAIN_MS for the rest to be answered before it cuts every connection: cut after 2 s,
+ * a publish waiting on Postgres went on to commit, unanswered, and the producer's retry made a second
+ * event. Pipelined HTTP/1.1 requests are answered in turn on their socket; none is marked to close it.
  */
 export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number, drainMs = DRAIN_MS): Promise<ApiServer> {
-  const inFlight = new Set<{ req: Request; res: Response }>();
-  /** HTTP/1.1 sockets, with how many of their requests are in flight. */
-  const h1Sockets = new Map<net.Socket, number>();
+  const inFlight = new Set<InFlight>();
+  /** HTTP/1.1 sockets, with their requests in flight (pipelined ones queue behind the first). */
+  const h1Sockets = new Map<net.Socket, Set<InFlight>>();
   let closing = false;
+  let cutting = false;
   let drained: (() => void) | undefined;
+  const settled = (entry: InFlight) => {
+    if (!inFlight.delete(entry)) return;
+    if (inFlight.size === 0) drained?.();
+  };
+  /** Past the body wait: a connection whose requests in flight have not all arrived goes. */
+  const cutStalled = () => {
+    for (const [socket, requests] of h1Sockets) {
+      if (requests.size > 0 && [...requests].every(({ req }) => !received(req))) socket.destroy();
+    }
+    for (const { req } of inFlight) {
+      if (!(req instanceof http.IncomingMessage) && !received(req)) req.stream.close(http2.constants.NGHTTP2_CANCEL);
+    }
+  };
   const track = (req: Request, res: Response) => {
-    const h1Socket = res instanceof http.ServerResponse ? req.socket : undefined;
     if (closing) {
       // Begun after the stop: answered at once, and the connection is not kept.
       if (res instanceof http.ServerResponse) res.setHeader("connection", "close");
@@ -208,15 +235,15 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
     }
     const entry = { req, res };
     inFlight.add(entry);
-    if (h1Socket) h1Sockets.set(h1Socket, (h1Sockets.get(h1Socket) ?? 0) + 1);
+    const socketRequests = res instanceof http.ServerResponse ? h1Sockets.get(req.socket) : undefined;
+    socketRequests?.add(entry);
     res.once("close", () => {
-      inFlight.delete(entry);
-      if (h1Socket && h1Sockets.has(h1Socket)) {
-        const left = h1Sockets.get(h1Socket)! - 1;
-        h1Sockets.set(h1Socket, left);
-        if (closing && left === 0) h1Socket.end();
-      }
-      if (inFlight.size === 0) drained?.();
+      settled(entry);
+      if (!socketRequests) return;
+      socketRequests.delete(entry);
+      if (!closing) return;
+      if (socketRequests.size === 0) req.socket.end();
+      else if (cutting) cutStalled();
     });
     void handler(req, res);
   };
@@ -233,6 +260,8 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
     sockets.add(socket);
     socket.once("close", () => {
       sockets.delete(socket);
+      // A pipelined request whose answer never got its turn ends with its socket.
+      for (const entry of h1Sockets.get(socket) ?? []) settled(entry);
       h1Sockets.delete(socket);
     });
     socket.once("readable", function route() {
@@ -243,7 +272,7 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
       }
       socket.unshift(head);
       const isH2 = head.length >= 3 && H2_PREFACE.subarray(0, Math.min(head.length, H2_PREFACE.length)).equals(head.subarray(0, Math.min(head.length, H2_PREFACE.length)));
-      if (!isH2) h1Sockets.set(socket, h1Sockets.get(socket) ?? 0);
+      if (!isH2) h1Sockets.set(socket, new Set());
       (isH2 ? h2 : h1).emit("connection", socket);
     });
     socket.on("error", () => socket.destroy());
@@ -266,16 +295,12 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
     async close() {
       closing = true;
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const [socket, busy] of h1Sockets) if (busy === 0) socket.end();
-      for (const { res } of inFlight) if (res instanceof http.ServerResponse && !res.headersSent) res.setHeader("connection", "close");
+      for (const [socket, requests] of h1Sockets) if (requests.size === 0) socket.end();
       // HTTP/2 clients are told to open no more streams (GOAWAY); the ones open finish.
       for (const session of sessions) session.close();
       await drain(BODY_WAIT_MS);
-      for (const { req } of inFlight) {
-        if (req.complete) continue;
-        if (req instanceof http.IncomingMessage) req.socket.destroy();
-        else req.stream.close(http2.constants.NGHTTP2_CANCEL);
-      }
+      cutting = true;
+      cutStalled();
       await drain(drainMs);
       for (const socket of sockets) socket.destroy();
       await stopped;

@@ -4,10 +4,12 @@
 // closed and a stalled upload is cut, so neither holds the stop. Real Postgres.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
+import http2 from "node:http2";
 import net from "node:net";
 import pg from "pg";
 import { createTestDatabase } from "../support/postgres.js";
 import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
+import { listen } from "../../src/server/http-server.js";
 
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
 const clients: pg.Client[] = [];
@@ -83,4 +85,33 @@ test("a stop closes idle keep-alive connections at once and cuts an upload that 
   assert.ok((await idleClosed) - t0 < 500, "the idle connection is closed at the stop");
   assert.ok((await stalledClosed) - t0 < 3_000, "the stalled upload is cut");
   assert.ok(stoppedAfter < 3_000, `the stop took ${stoppedAfter} ms`);
+});
+
+test("pipelined requests received before the stop are each answered; an HTTP/2 request without a body, busy past 2 s, is answered too", async () => {
+  const server = await listen(
+    async (req, res) => {
+      for await (const _ of req as AsyncIterable<Buffer>);
+      await new Promise((resolve) => setTimeout(resolve, req.url === "/slow" ? 2_500 : req.url === "/one" ? 500 : 10));
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.end(`answered ${req.url}`);
+    },
+    "127.0.0.1",
+    0,
+  );
+  const socket = net.connect(server.address.port, "127.0.0.1");
+  let received = "";
+  socket.on("data", (data) => (received += data));
+  await new Promise((resolve) => socket.once("connect", resolve));
+  socket.write(["/one", "/two"].map((path) => `POST ${path} HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}`).join(""));
+  const h2 = http2.connect(`http://127.0.0.1:${server.address.port}`);
+  const stream = h2.request({ ":path": "/slow", ":method": "GET" });
+  let h2Body = "";
+  stream.on("data", (data) => (h2Body += data));
+  const h2Ended = new Promise<void>((resolve) => stream.once("close", () => resolve()));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  await server.close();
+  await h2Ended;
+  h2.close();
+  assert.deepEqual([...received.matchAll(/answered (\/\w+)/g)].map((m) => m[1]), ["/one", "/two"]);
+  assert.equal(h2Body, "answered /slow");
 });
