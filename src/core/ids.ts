@@ -16,6 +16,11 @@ const ALPHABET = '0123456789abcdefghjkmnpqrstvwxyz';
 const BODY_LENGTH = 26;
 const TIME_CHARS = 10;
 const MAX_TIME = 2 ** 48 - 1;
+
+/** The nearest time an id can carry: ids hold times from 1970 to 2^48 ms. */
+export function clampIdTime(timeMs: number): number {
+  return Math.min(Math.max(timeMs, 0), MAX_TIME);
+}
 const HALF_MAX = 2 ** 40; // the 80 random bits are kept as two 40-bit halves so plain numbers suffice
 
 // 10 chars carry 50 bits but the timestamp has 48, so the first char is at most '7'.

@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import { idFloor } from "../core/ids.js";
+import { clampIdTime, idFloor } from "../core/ids.js";
 import type { Db } from "./db.js";
 import type { Replay, ReplayScope } from "./schema.js";
 import { requeueableSql, requeueDeadlineSql, requeuedExpiry } from "./partitions.js";
@@ -73,11 +73,6 @@ export async function startReplay(db: Db, plan: ReplayPlan): Promise<{ replay: R
 
 /** How much later than its `created_at` a delivery's id may have been made (the ingest's own time). */
 const ID_AFTER_CREATED_MS = 60 * 60 * 1000;
-
-/** Ids carry times from 1970 to 2^48 ms; a range past either end is cut there. */
-function clampIdTime(ms: number): number {
-  return Math.min(Math.max(ms, 0), 2 ** 48 - 1);
-}
 
 export function getReplay(db: Db, tenantId: string, webhookId: string, id: string): Promise<Replay | undefined> {
   return db.selectFrom("replays").selectAll().where("tenant_id", "=", tenantId).where("webhook_id", "=", webhookId).where("id", "=", id).executeTakeFirst();
