@@ -8,7 +8,6 @@ export function isStorableText(value: string): boolean {
   return !value.includes("\u0000") && value.isWellFormed();
 }
 
-/** Nesting limit for payloads: the same as Connect's JSON reader, so every door accepts the same events. */
 /**
  * True when `value` has more than `max` characters (code points, as a user counts them: an emoji is one,
  * where String#length counts two).
@@ -20,6 +19,7 @@ export function longerThan(value: string, max: number): boolean {
   return false;
 }
 
+/** Nesting limit for payloads: the same as Connect's JSON reader, so every door accepts the same events. */
 export const MAX_JSON_DEPTH = 64;
 
 /** True when the value nests deeper than `max`; iterative, so hostile depth cannot overflow the stack. */

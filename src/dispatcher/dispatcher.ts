@@ -238,7 +238,7 @@ export class Dispatcher {
     const previous = this.healthSaves.get(webhookId) ?? Promise.resolve();
     const next = previous
       .then(async () => {
-        // Not saved: the API reset the health since (see saveEndpointHealth); the lane starts afresh.
+        // Not saved: the API reset the health or changed the URL since (see saveEndpointHealth).
         if (!(await saveEndpointHealth(this.options.db, webhookId, health, seen))) return;
         const limit = this.options.autoDisableAfterMs;
         if (limit > 0 && health.failingSince !== null && Date.now() - health.failingSince >= limit) {

@@ -275,7 +275,7 @@ export async function createJetStreamFeed(options: {
        * A message larger than a pull that the stream held before it had its max_msg_size (a release
        * without it): the server answers every pull of the shard 409 and nothing after it came for the
        * stream's max_age, 7 days. It is fetched alone, with no limit on its size, and the consumer pulls
-       * afresh (the client does not pull again after such an answer until the pull's 30 s expire).
+       * afresh (the client does not pull again after such an answer until two idle heartbeats are missed).
        */
       const takeOversized = async () => {
         if (fetchingOversized) return;

@@ -206,7 +206,7 @@ function received(req: Request): boolean {
  * a publish waiting on Postgres went on to commit, unanswered, and the producer's retry made a second
  * event. Pipelined HTTP/1.1 requests are answered in turn on their socket; none is marked to close it.
  */
-export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number, drainMs = DRAIN_MS): Promise<ApiServer> {
+export async function listen(handler: (req: Request, res: Response) => Promise<void>, host: string, port: number): Promise<ApiServer> {
   const inFlight = new Set<InFlight>();
   /** HTTP/1.1 sockets, with their requests in flight (pipelined ones queue behind the first). */
   const h1Sockets = new Map<net.Socket, Set<InFlight>>();
@@ -301,7 +301,7 @@ export async function listen(handler: (req: Request, res: Response) => Promise<v
       await drain(BODY_WAIT_MS);
       cutting = true;
       cutStalled();
-      await drain(drainMs);
+      await drain(DRAIN_MS);
       for (const socket of sockets) socket.destroy();
       await stopped;
     },

@@ -133,7 +133,7 @@ export async function newestSealedSecrets(db: Db, webhooks: number): Promise<{ i
 /** What a lane knew when its endpoint's health changed. */
 export interface HealthSeen {
   /** The URL its gate is for. */
-  url: string | undefined;
+  url: string;
   /** The webhook's updated_at, in ms, as it last confirmed it. */
   changedAt: number | undefined;
   /** Its health before this change. */
@@ -141,20 +141,18 @@ export interface HealthSeen {
 }
 
 /**
- * Saves the endpoint health the lane's owner sees; false when it was not saved. `seen` is what the lane
- * knew; a save never lands on a webhook pointed at another URL since (a failure of the old URL, saved
- * over the reset, opened the new one's circuit before it had been tried). A
- * reset by the API since (re-enabled, a new URL: updated_at moved, the health reads as reset) wins over a
- * save the lane made before it saw it, which would otherwise bring the old failures back, and with them
- * an auto-disable at the next one. A lane that was healthy itself saves whatever the row reads: its first
- * failure after an edit of the description is no reset (skipped, and an endpoint edited while every
- * attempt failed was never disabled).
+ * Saves the endpoint health the lane's owner sees; false when it was not saved, given what the lane knew:
+ * - A save never lands on a webhook pointed at another URL since: a failure of the old URL, saved over
+ *   the reset, opened the new one's circuit before it had been tried.
+ * - A reset by the API since (re-enabled: updated_at moved, the health reads as reset) wins over a save
+ *   the lane made before it saw it, which would otherwise bring the old failures back, and with them an
+ *   auto-disable at the next one.
+ * - A lane that was healthy itself saves whatever the row reads: its first failure after an edit of the
+ *   description is no reset (skipped, an endpoint edited while every attempt failed was never disabled).
  */
-export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth, seen?: HealthSeen): Promise<boolean> {
-  let query = db.updateTable("webhooks").set(healthColumns(health)).where("id", "=", id);
-  // Another URL is another endpoint: what the old one did says nothing of it (its lane starts afresh).
-  if (seen?.url !== undefined) query = query.where("url", "=", seen.url);
-  if (seen?.changedAt !== undefined && !sameHealth(seen.previous, HEALTHY)) {
+export async function saveEndpointHealth(db: Db, id: string, health: EndpointHealth, seen: HealthSeen): Promise<boolean> {
+  let query = db.updateTable("webhooks").set(healthColumns(health)).where("id", "=", id).where("url", "=", seen.url);
+  if (seen.changedAt !== undefined && !sameHealth(seen.previous, HEALTHY)) {
     const reset = Object.entries(healthColumns(HEALTHY)).map(([column, value]) => sql`${sql.ref(column)} is not distinct from ${value}`);
     query = query.where(sql<boolean>`not (date_trunc('milliseconds', updated_at) > ${new Date(seen.changedAt)} and ${sql.join(reset, sql` and `)})`);
   }
