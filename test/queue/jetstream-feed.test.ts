@@ -37,6 +37,16 @@ function job(webhookId: string, shard: number, seq: number, payloadChars: number
   };
 }
 
+/**
+ * Jobs whose heads are as long as accepted input makes them: the longest event type (200 characters) and
+ * an ordering key of 256 `keyChar`s (a CJK character is 3 bytes).
+ */
+function longJobs(webhookId: string, shard: number, count: number, options: { keyChar?: string; payloadChars?: number } = {}): DeliveryJob[] {
+  const orderingKey = (options.keyChar ?? "注").repeat(256);
+  const eventType = `a${"b".repeat(98)}.${"c".repeat(100)}`;
+  return Array.from({ length: count }, (_, i) => ({ ...job(webhookId, shard, i + 1, options.payloadChars ?? 0), orderingKey, eventType }));
+}
+
 async function feedOn(url: string, label: string, options: { logger?: Logger; storage?: "memory" | "file" } = {}): Promise<{ feed: DeliveryFeed; prefix: string }> {
   const names = natsPrefix(label);
   const feed = await createJetStreamFeed({ url, prefix: names.prefix, logger: options.logger ?? log, name: `feed-test-${label}`, storage: options.storage });
@@ -119,9 +129,7 @@ test("a run of heads as long as accepted input makes them goes in messages a pul
   // 500 heads with the longest ordering key (256 CJK characters, 768 bytes) and event type (200) made one
   // message of 614 KB: no 512 KB pull could take it, and the shard's later messages waited behind it.
   const { feed, prefix } = await feedOn(NATS_URL, "bigheads");
-  const orderingKey = "注".repeat(256);
-  const eventType = `a${"b".repeat(98)}.${"c".repeat(100)}`;
-  const big = Array.from({ length: 500 }, (_, i) => ({ ...job("wh_big", 6, i + 1, 100), orderingKey, eventType }));
+  const big = longJobs("wh_big", 6, 500, { payloadChars: 100 });
   const bytes = encodeJobHeads(big).byteLength;
   assert.ok(bytes > 512 * 1024, `the run's heads (${bytes} bytes) are past a pull's 512 KB`);
   await feed.publish(big);
@@ -145,9 +153,7 @@ test("a run of heads as long as accepted input makes them goes in messages a pul
 
 test("a message no pull can take (a stray publish, an older release's) is refused by the stream, and the shard's jobs after it arrive", async () => {
   const { feed, prefix } = await feedOn(NATS_URL, "toolarge");
-  const orderingKey = "注".repeat(256);
-  const eventType = `a${"b".repeat(98)}.${"c".repeat(100)}`;
-  const heads = encodeJobHeads(Array.from({ length: 500 }, (_, i) => ({ ...job("wh_old", 8, i + 1, 0), orderingKey, eventType })));
+  const heads = encodeJobHeads(longJobs("wh_old", 8, 500));
   assert.ok(heads.byteLength > 512 * 1024 && heads.byteLength < 1024 * 1024, `${heads.byteLength} bytes: past a pull, within max_payload`);
   const nc = await connect({ servers: NATS_URL });
   try {
@@ -168,10 +174,8 @@ test("a message no pull can take (a stray publish, an older release's) is refuse
 test("a message a pull could take, but not what an earlier one left of it, is refused by the stream: the jobs after it come at once", async () => {
   const { feed, prefix } = await feedOn(NATS_URL, "partial");
   const subject = (webhookId: string) => `${jetStreamNames(prefix).subjectRoot}.5.${webhookId}`;
-  const long = (webhookId: string, count: number) =>
-    encodeJobHeads(Array.from({ length: count }, (_, i) => ({ ...job(webhookId, 5, i + 1, 0), orderingKey: "k".repeat(256), eventType: `a${"b".repeat(98)}.${"c".repeat(100)}` })));
-  const a = long("wh_a", 150);
-  const b = long("wh_b", 640);
+  const a = encodeJobHeads(longJobs("wh_a", 5, 150, { keyChar: "k" }));
+  const b = encodeJobHeads(longJobs("wh_b", 5, 640, { keyChar: "k" }));
   assert.ok(a.byteLength > 64 * 1024 && b.byteLength > 512 * 1024 - a.byteLength && b.byteLength < 448 * 1024, `${a.byteLength} + ${b.byteLength}`);
   const received: { webhookId: string; at: number }[] = [];
   // The shard's consumer runs, idle, as a dispatcher's does: A comes and is taken, then B, then C.
@@ -201,7 +205,7 @@ test("a message no pull can take that the stream held already (stored before its
   const jsm = await jetstreamManager(nc);
   // As a release without the stream's max_msg_size made it, and published to it.
   await jsm.streams.add({ name: stream, subjects: [`${subjectRoot}.>`], retention: RetentionPolicy.Workqueue, storage: StorageType.Memory });
-  const heads = encodeJobHeads(Array.from({ length: 500 }, (_, i) => ({ ...job("wh_old", 8, i + 1, 0), orderingKey: "注".repeat(256), eventType: `a${"b".repeat(98)}.${"c".repeat(100)}` })));
+  const heads = encodeJobHeads(longJobs("wh_old", 8, 500));
   assert.ok(heads.byteLength > 512 * 1024 && heads.byteLength < 1024 * 1024, `${heads.byteLength} bytes: past a pull, within max_payload`);
   nc.publish(`${subjectRoot}.8.wh_old`, heads);
   await nc.flush();
