@@ -207,7 +207,7 @@ export class Dispatcher {
       if (!retried) break;
       this.owned.set(shard, retried);
     }
-    const claimed = await leases.claimShards(db, this.id, shardCount, target - this.owned.size, this.leaseTtlMs);
+    const claimed = await leases.claimShards(db, this.id, shardCount, this.owned.size, this.leaseTtlMs);
     for (const shard of claimed) this.owned.set(shard, undefined);
     if (claimed.length > 0) {
       this.log.info({ claimed: claimed.length, owned: this.owned.size, live }, "shards claimed");

@@ -53,20 +53,27 @@ export async function releaseLeasesExcept(db: Db, owner: string, keep: readonly 
 }
 
 /**
- * Takes up to `count` shards that nobody holds or whose lease lapsed; returns those taken. The shards are
- * picked at random (so processes starting together spread out) and inserted in shard order: two claims
- * inserting the same keys in different orders wait on each other, and Postgres ends one as a deadlock.
+ * Takes shards that nobody holds or whose lease lapsed, up to this process's share (the shard count over
+ * the live dispatchers) less the `held` it has; returns those taken. The share is counted by the same
+ * statement, at the same instant as the lapsed leases: a dead process's heartbeat lapses just before its
+ * leases do, so the survivors never count it alive while taking half of what it left.
+ * The shards are picked at random (so processes starting together spread out) and inserted in shard
+ * order: two claims inserting the same keys in different orders wait on each other, and Postgres ends one
+ * as a deadlock.
  */
-export async function claimShards(db: Db, owner: string, shardCount: number, count: number, ttlMs: number): Promise<number[]> {
-  if (count <= 0) return [];
+export async function claimShards(db: Db, owner: string, shardCount: number, held: number, ttlMs: number): Promise<number[]> {
+  const ttl = `${ttlMs} milliseconds`;
   const result = await sql<{ shard: number }>`
     insert into shard_leases (shard, owner, expires_at)
-    select s, ${owner}, now() + ${`${ttlMs} milliseconds`}::interval
+    select s, ${owner}, now() + ${ttl}::interval
     from (
       select s from generate_series(0, ${shardCount - 1}) as s
       where not exists (select 1 from shard_leases l where l.shard = s and l.expires_at > now())
       order by random()
-      limit ${count}
+      limit (
+        select greatest(0, ceil(${shardCount}::numeric / greatest(1, count(*)))::int - ${held})
+        from dispatchers where heartbeat_at > now() - ${ttl}::interval
+      )
     ) as picked
     order by s
     on conflict (shard) do update set owner = excluded.owner, expires_at = excluded.expires_at
