@@ -219,6 +219,8 @@ export interface AttemptRecord {
  * housekeeping (or a new owner's lane) writes when the TTL ends while the attempt is in flight: a final
  * answer then says what became of the delivery. Left expired, a delivery the receiver had answered 200
  * read "expired, 0 attempts" beside that attempt, and a replay of the failed ones sent it again.
+ * A delivery cancelled (its webhook deleted) while its attempt was under way stays cancelled, but counts
+ * the attempt and its answer: it read "cancelled, 0 attempts" beside the attempt the receiver had.
  */
 export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<void> {
   if (records.length === 0) return;
@@ -243,15 +245,15 @@ export async function recordAttempts(db: Db, records: AttemptRecord[]): Promise<
       select attempt_id, id, attempted_at, duration_ms, code, error, body from v
     )
     update ${sql.table(target)} as d set
-      status = v.status,
+      status = case when d.status = 'cancelled' then d.status else v.status end,
       attempts = d.attempts + 1,
-      next_attempt_at = v.next_attempt_at,
+      next_attempt_at = case when d.status = 'cancelled' then d.next_attempt_at else v.next_attempt_at end,
       last_response_code = v.code,
       last_error = v.error,
       delivered_at = case when v.status = 'succeeded' then v.attempted_at else d.delivered_at end
     from v
     where d.id = v.id
-      and (${stillPending("d")} or (d.status = 'expired' and d.last_error = ${EXPIRED_UNTRIED.last_error} and v.status <> 'pending'))
+      and (${stillPending("d")} or d.status = 'cancelled' or (d.status = 'expired' and d.last_error = ${EXPIRED_UNTRIED.last_error} and v.status <> 'pending'))
       -- Read through the primary key, however far apart in the backlog the rows are. Against the
       -- partitioned table the ids are a constant list, so the planner leaves out every other day's
       -- partition (planning over all of them cost 4× the CPU of the statement with a month of them).
