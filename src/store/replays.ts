@@ -50,10 +50,13 @@ export async function startReplay(db: Db, plan: ReplayPlan): Promise<{ replay: R
         expires_at = ${requeuedExpiry(sql`c.created_at`, plan.eventTtlMs, sql`c.due_at`)}
       from chosen c
       where d.id = c.id
-      returning d.id
+        -- Checked again on the row as the update finds it: one changed since the statement began (a retry
+        -- by hand that succeeded meanwhile) is read afresh once its change commits, and left as it is.
+        and d.status = any(${sql.val(REPLAYED_STATUSES[plan.scope])}::text[])
+      returning d.id, c.created_at, c.due_at
     )
     select (select count(*)::int from requeued) as total,
-      (select count(*)::int from chosen c where c.due_at >= ${requeueDeadlineSql(sql`c.created_at`, plan.eventTtlMs)}) as late`.execute(db);
+      (select count(*)::int from requeued r where r.due_at >= ${requeueDeadlineSql(sql`r.created_at`, plan.eventTtlMs)}) as late`.execute(db);
   const replay = await db
     .insertInto("replays")
     .values({
