@@ -123,6 +123,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
       const ca = config.caPem ? [...tls.rootCertificates, ...(config.nodeExtraCaPem ? [config.nodeExtraCaPem] : []), config.caPem] : undefined;
       sender = createSender({
         addressPolicy: { allowedCidrs: config.allowedCidrs },
+        allowHttp: config.allowHttp,
         timeoutMs: config.deliveryTimeoutMs,
         connectionsPerOrigin: config.connectionsPerOrigin,
         resolve: options.resolve,

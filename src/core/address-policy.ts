@@ -127,6 +127,9 @@ const IPV4_BLOCKED = table([
   ['100.64.0.0/10', 'the carrier-grade NAT range'],
   ['127.0.0.0/8', 'the loopback range'],
   ['169.254.0.0/16', 'the link-local range'],
+  // Public address space, but every Azure VM reaches its host there (WireServer, the guest agent's
+  // endpoints, DNS): Azure's counterpart of 169.254.169.254.
+  ['168.63.129.16/32', "Azure's platform address"],
   ['172.16.0.0/12', PRIVATE],
   ['192.0.0.0/24', 'the IETF protocol assignments range'],
   ['192.0.2.0/24', DOCUMENTATION],

@@ -7,13 +7,23 @@ import { checkHostBeforeConnect, createGuardedLookup } from "./guarded-lookup.js
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How often the guards of requests waiting for a socket are refreshed, and after how long a wait. */
 const GUARD_REFRESH_MS = 1_000;
+/**
+ * A request that waited longer than this for its socket is withdrawn, to be sent again freshly signed.
+ * Its webhook-timestamp was taken before the wait (undici writes the headers given to dispatch), and
+ * receivers refuse timestamps more than 5 minutes old, which a wait within a long
+ * WEBHOOKD_DELIVERY_TIMEOUT reached; a secret past its grace would also have signed it.
+ */
+const FRESH_SIGNATURE_MS = 60_000;
 
 /** What one HTTP attempt produced, before any policy decides what it means. */
 export type SendResult =
   | { kind: "response"; status: number; body: string; retryAfter: string | undefined; durationMs: number }
   | { kind: "error"; error: string; blocked: boolean; durationMs: number };
 
-/** A send's end: an attempt's result, or nothing sent because the guard said no when the socket came. */
+/**
+ * A send's end: an attempt's result, or nothing sent because, when the socket came, the guard said no or
+ * the signature had grown stale waiting for it.
+ */
 export type SendOutcome = SendResult | { kind: "withdrawn"; durationMs: number };
 
 /**
@@ -43,6 +53,11 @@ export interface SendRequest {
 
 export interface SenderOptions {
   addressPolicy: AddressPolicy;
+  /**
+   * WEBHOOKD_ALLOW_HTTP, applied to every attempt, not only at registration: a webhook registered while
+   * it was on went on getting signed payloads in plain text after the operator turned it off.
+   */
+  allowHttp: boolean;
   timeoutMs: number;
   /** Sockets per origin (WEBHOOKD_CONNECTIONS_PER_ORIGIN): a hanging endpoint holds at most this many. */
   connectionsPerOrigin?: number;
@@ -50,6 +65,8 @@ export interface SenderOptions {
   resolve?: (hostname: string) => Promise<{ address: string; family: number }[]>;
   /** The whole trust store (PEM), when it differs from Node's default. */
   ca?: string[];
+  /** Set by tests: after how long a wait for a socket a request is withdrawn to be signed again. */
+  freshSignatureMs?: number;
 }
 
 /** Kept as evidence in the attempt log; the rest of a response is read and dropped. */
@@ -75,6 +92,7 @@ export function createSender(options: SenderOptions): Sender {
     },
   });
 
+  const freshSignatureMs = options.freshSignatureMs ?? FRESH_SIGNATURE_MS;
   /** Requests waiting for a socket, whose guards are refreshed while they wait. */
   const waiting = new Set<Attempt>();
   const refresher = setInterval(() => {
@@ -105,7 +123,7 @@ export function createSender(options: SenderOptions): Sender {
       return { kind: "error", error: describe(err), blocked: isBlocked(err), durationMs: Math.round(performance.now() - started) };
     }
     return new Promise<SendOutcome>((resolve) => {
-      const attempt = new Attempt(started, options.timeoutMs, resolve, request.guard, request.guard ? waiting : undefined);
+      const attempt = new Attempt(started, options.timeoutMs, freshSignatureMs, resolve, request.guard, request.guard ? waiting : undefined);
       // The handler API rather than request(): the response body arrives as chunks, without a stream and
       // its async iteration per attempt. Redirects are not followed (no interceptor).
       agent.dispatch({ origin: target.origin, path: target.path, method: "POST", headers: { ...headers, "user-agent": "webhookd/0.1" }, body }, attempt);
@@ -121,6 +139,9 @@ export function createSender(options: SenderOptions): Sender {
     let target = targets.get(url);
     if (!target) {
       const parsed = new URL(url);
+      if (parsed.protocol !== "https:" && !(parsed.protocol === "http:" && options.allowHttp)) {
+        throw Object.assign(new Error(`blocked: ${parsed.protocol}// URLs are not allowed${parsed.protocol === "http:" ? " (WEBHOOKD_ALLOW_HTTP is off)" : ""}`), { code: "EBLOCKED" });
+      }
       // Node never calls the lookup hook for an IP literal, so literals are checked here.
       checkHostBeforeConnect(parsed, options.addressPolicy);
       target = { origin: parsed.origin, path: `${parsed.pathname}${parsed.search}` };
@@ -164,6 +185,7 @@ class Attempt implements Dispatcher.DispatchHandler {
   constructor(
     readonly started: number,
     private readonly timeoutMs: number,
+    private readonly freshSignatureMs: number,
     private readonly resolve: (result: SendOutcome) => void,
     readonly guard?: SendGuard,
     private readonly waiting?: Set<Attempt>,
@@ -179,7 +201,7 @@ class Attempt implements Dispatcher.DispatchHandler {
     this.waiting?.delete(this);
     // Its socket came after the deadline had ended the attempt.
     if (this.done) controller.abort(new Error("attempt timed out"));
-    else if (this.guard && !this.guard.mayGo()) {
+    else if ((this.guard && !this.guard.mayGo()) || performance.now() - this.started > this.freshSignatureMs) {
       this.finish({ kind: "withdrawn", durationMs: this.elapsed() });
       controller.abort(new Error("withdrawn before it was sent"));
     }

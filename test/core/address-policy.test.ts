@@ -53,6 +53,8 @@ const REFUSED: ReadonlyArray<readonly [address: string, mentions: string]> = [
   ['100.64.0.1', 'carrier-grade NAT range (100.64.0.0/10)'],
   ['100.127.255.255', '100.64.0.0/10'],
   ['169.254.169.254', 'link-local range (169.254.0.0/16)'],
+  ['168.63.129.16', "Azure's platform address (168.63.129.16/32)"],
+  ['::ffff:168.63.129.16', '168.63.129.16/32'],
   ['192.0.0.1', 'IETF protocol assignments range (192.0.0.0/24)'],
   ['192.0.2.1', 'documentation range (192.0.2.0/24)'],
   ['198.51.100.7', 'documentation range (198.51.100.0/24)'],

@@ -19,7 +19,7 @@ const LATE_MS = 250;
 /** Long enough for any attempt that honours its deadline; a broken deadline fails here instead of hanging. */
 const SETTLE_MS = TIMEOUT_MS + 1_000;
 const SECRET = `whsec_${randomBytes(32).toString("base64")}`;
-const LOOPBACK: SenderOptions = { addressPolicy: { allowedCidrs: ["127.0.0.0/8"] }, timeoutMs: TIMEOUT_MS };
+const LOOPBACK: SenderOptions = { addressPolicy: { allowedCidrs: ["127.0.0.0/8"] }, allowHttp: true, timeoutMs: TIMEOUT_MS };
 
 interface Arrival {
   path: string;
@@ -244,6 +244,22 @@ test("a request whose guard says no when its socket comes is withdrawn unsent; t
   assert.ok(next.kind === "response" && next.status === 200, JSON.stringify(next));
 });
 
+test("a request that waited for its socket past the signature's freshness is withdrawn unsent, and goes signed afresh", { timeout: 10_000 }, async () => {
+  routes.set("/slow-socket", (_req, res) => setTimeout(() => res.end("done"), 1_000));
+  const single = track(createSender({ ...LOOPBACK, connectionsPerOrigin: 1, timeoutMs: 8_000, freshSignatureMs: 500 }));
+  const holding = single.send(delivery("/slow-socket"));
+  const waiting = single.send(delivery("/stale"));
+  const [first, second] = await within(Promise.all([holding, waiting]), 5_000, "the held request and the one behind it");
+  assert.equal(first.kind, "response");
+  assert.equal(second.kind, "withdrawn", JSON.stringify(second));
+  assert.ok(second.durationMs >= 500, `withdrawn after ${second.durationMs} ms`);
+  assert.equal(arrivalsAt("/stale").length, 0, "never sent with the stale timestamp");
+  const again = await within(single.send(delivery("/stale")), 3_000, "the request sent again");
+  assert.ok(again.kind === "response" && again.status === 200, JSON.stringify(again));
+  const sent = Number(arrivalsAt("/stale")[0]!.headers["webhook-timestamp"]);
+  assert.ok(Math.abs(sent - Date.now() / 1000) <= 2, `signed at ${sent}, sent at ${Date.now() / 1000}`);
+});
+
 test("a refused connection is an error, not a blocked address", { timeout: 5_000 }, async () => {
   const deadPort = await freePort();
   const result = await sender.send(delivery("/", { url: `http://127.0.0.1:${deadPort}/hook` }));
@@ -268,6 +284,7 @@ test("without loopback in allowedCidrs a send is refused as blocked and never re
   const strict = track(
     createSender({
       addressPolicy: { allowedCidrs: [] },
+      allowHttp: true,
       timeoutMs: TIMEOUT_MS,
       // A name only the connect-time lookup can judge, beside the IP literal checked before connecting.
       resolve: async () => [{ address: "127.0.0.1", family: 4 }],
@@ -280,4 +297,13 @@ test("without loopback in allowedCidrs a send is refused as blocked and never re
     assert.match(result.error, /127\.0\.0\.1.*loopback/, url);
   }
   assert.equal(arrivalsAt("/blocked").length, 0, "the server never saw a request");
+});
+
+test("with http not allowed, a webhook stored with an http URL is refused as blocked at every attempt, naming the setting", { timeout: 5_000 }, async () => {
+  const httpsOnly = track(createSender({ ...LOOPBACK, allowHttp: false }));
+  const result = await httpsOnly.send(delivery("/plain"));
+  assert.ok(result.kind === "error", JSON.stringify(result));
+  assert.equal(result.blocked, true);
+  assert.match(result.error, /http:\/\/ URLs are not allowed \(WEBHOOKD_ALLOW_HTTP is off\)/);
+  assert.equal(arrivalsAt("/plain").length, 0, "nothing sent in plain text");
 });
