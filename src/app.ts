@@ -7,8 +7,9 @@ import type { Config } from "./config.js";
 import { createLogger, type Logger } from "./logger.js";
 import { awaitDatabase, describeDatabase, migrate, openStore, type Store } from "./store/db.js";
 import { ensureDefaultTenant } from "./store/tenants.js";
-import { newestSealedSecrets } from "./store/webhooks.js";
+import { highestShardInUse, newestSealedSecrets } from "./store/webhooks.js";
 import { forgetAllDispatchers } from "./store/leases.js";
+import { ensureDataDir } from "./store/data-dir-lock.js";
 import type { DeliveryFeed } from "./queue/feed.js";
 import { createEmbeddedFeed } from "./queue/embedded.js";
 import { createJetStreamFeed } from "./queue/jetstream.js";
@@ -72,6 +73,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
       "the embedded database serves one process: run `webhookd serve`, or set DATABASE_URL to run the api and dispatcher roles apart",
     );
   }
+  if (embedded) await ensureDataDir(config.dataDir);
   const secretBox = await openSecretBox(config, embedded);
   const store = await openStore({
     databaseUrl: config.databaseUrl,
@@ -98,6 +100,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     store.watchStatements(STATEMENT_WATCHDOG_MS);
     await ensureDefaultTenant(store.db);
     await checkEncryptionKey(store.db, secretBox);
+    await checkShardCount(store.db, config.shardCount);
     if (store.embedded) await forgetAllDispatchers(store.db);
 
     let adminKey = config.adminKey;
@@ -219,6 +222,20 @@ async function openSecretBox(config: Config, embedded: boolean): Promise<SecretB
   }
   const { value } = await keyFile(config.dataDir, "encryption-key", SecretBox.generateEncodedKey);
   return SecretBox.fromEncodedKey(value);
+}
+
+/**
+ * Refuses a shard count that leaves webhooks out: each keeps the shard it was hashed to when it was made,
+ * and only shards below the count are ever claimed, so a lowered WEBHOOKD_SHARDS left their deliveries
+ * pending, unsent, until they expired. A higher count is safe (new webhooks spread over more shards).
+ */
+async function checkShardCount(db: Store["db"], shardCount: number): Promise<void> {
+  const highest = await highestShardInUse(db);
+  if (highest !== undefined && highest >= shardCount) {
+    throw new StartupError(
+      `WEBHOOKD_SHARDS=${shardCount} is lower than the deployment's: webhooks in the database are on shards up to ${highest}, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with (at least ${highest + 1})`,
+    );
+  }
 }
 
 /**

@@ -58,6 +58,9 @@ export interface Config {
 
 export class ConfigError extends Error {}
 
+const MAX_EVENT_TTL_MS = 90 * 24 * 60 * 60 * 1000;
+const MAX_SHARDS = 4096;
+
 type Env = Record<string, string | undefined>;
 
 function nonEmpty(env: Env, name: string): string | undefined {
@@ -65,12 +68,15 @@ function nonEmpty(env: Env, name: string): string | undefined {
   return value === undefined || value.trim() === "" ? undefined : value.trim();
 }
 
+/** Variables whose values are never repeated in an error: it goes to logs. */
+const SECRETS = new Set(["WEBHOOKD_ADMIN_KEY", "WEBHOOKD_ENCRYPTION_KEY"]);
+
 function parseWith<T>(env: Env, name: string, fallback: string, parse: (raw: string) => T): T {
   const raw = nonEmpty(env, name) ?? fallback;
   try {
     return parse(raw);
   } catch (err) {
-    throw new ConfigError(`${name}=${JSON.stringify(raw)} is invalid: ${(err as Error).message}`);
+    throw new ConfigError(`${SECRETS.has(name) ? name : `${name}=${JSON.stringify(raw)}`} is invalid: ${(err as Error).message}`);
   }
 }
 
@@ -157,7 +163,12 @@ export function loadConfig(env: Env = process.env): Config {
     databaseUrl: databaseUrl && parseWith(env, "DATABASE_URL", "", parseUrl(["postgres:", "postgresql:"])),
     natsUrl: natsUrl && parseWith(env, "NATS_URL", "", parseUrl(["nats:", "tls:"])),
     dataDir: path.resolve(nonEmpty(env, "WEBHOOKD_DATA_DIR") ?? ".webhookd"),
-    adminKey: nonEmpty(env, "WEBHOOKD_ADMIN_KEY"),
+    adminKey: nonEmpty(env, "WEBHOOKD_ADMIN_KEY") && parseWith(env, "WEBHOOKD_ADMIN_KEY", "", (raw) => {
+      // Sent as "Authorization: Bearer <key>": a key with a space in it could never be presented.
+      if (!/^[\x21-\x7e]+$/.test(raw)) throw new Error("expected printable ASCII without spaces");
+      if (raw.length < 16) throw new Error("expected at least 16 characters");
+      return raw;
+    }),
     encryptionKey: nonEmpty(env, "WEBHOOKD_ENCRYPTION_KEY") && parseWith(env, "WEBHOOKD_ENCRYPTION_KEY", "", (raw) => {
       SecretBox.fromEncodedKey(raw);
       return raw;
@@ -176,7 +187,10 @@ export function loadConfig(env: Env = process.env): Config {
         : parseWith(env, "WEBHOOKD_RETRY_SCHEDULE", "5s,5m,30m,2h,5h,10h,10h", parseGlobalRetrySchedule),
     // 0 would end every attempt at once; an endpoint slower than an hour is down.
     deliveryTimeoutMs: parseWith(env, "WEBHOOKD_DELIVERY_TIMEOUT", "15s", durationWithin(1, HOUR_MS)),
-    eventTtlMs: parseWith(env, "WEBHOOKD_EVENT_TTL", "30d", durationWithin(SECOND_MS, 3650 * DAY_MS)),
+    // The store keeps a partition a day of the TTL, and statements that cannot narrow to a few read them
+    // all: past a few hundred, concurrent ones ran a stock Postgres (max_locks_per_transaction 64) out of
+    // lock memory, and reads answered 503.
+    eventTtlMs: parseWith(env, "WEBHOOKD_EVENT_TTL", "30d", durationWithin(SECOND_MS, MAX_EVENT_TTL_MS)),
     secretGraceMs: parseWith(env, "WEBHOOKD_SECRET_GRACE", "24h", durationWithin(0, 365 * DAY_MS)),
     caPem: caFile && parseWith(env, "WEBHOOKD_CA_FILE", "", readPem),
     nodeExtraCaPem:
@@ -189,7 +203,12 @@ export function loadConfig(env: Env = process.env): Config {
       if (!/^[A-Za-z0-9_-]+$/.test(raw)) throw new Error("letters, digits, _ and - only");
       return raw;
     }),
-    shardCount: parseWith(env, "WEBHOOKD_SHARDS", "64", parsePositiveInt),
+    shardCount: parseWith(env, "WEBHOOKD_SHARDS", "64", (raw) => {
+      const value = parsePositiveInt(raw);
+      // Each shard is a lease row, a NATS subject and a consumer while owned; a claim picks among them all.
+      if (value > MAX_SHARDS) throw new Error(`expected at most ${MAX_SHARDS}`);
+      return value;
+    }),
     maxInFlight: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT", "512", parsePositiveInt),
     maxInFlightPerEndpoint: parseWith(env, "WEBHOOKD_MAX_IN_FLIGHT_PER_ENDPOINT", "16", parsePositiveInt),
     connectionsPerOrigin: parseWith(env, "WEBHOOKD_CONNECTIONS_PER_ORIGIN", "16", parsePositiveInt),

@@ -1,7 +1,7 @@
 import { Command, CommanderError } from "commander";
 import { ConfigError, loadConfig, parseListen, type Config } from "./config.js";
 import { DATABASE_WAIT_MS, StartupError, startWebhookd, type Role } from "./app.js";
-import { DataDirInUseError } from "./store/data-dir-lock.js";
+import { DataDirInUseError, DataDirUnusableError, ensureDataDir } from "./store/data-dir-lock.js";
 import { awaitDatabase, DatabaseUnreachableError, describeDatabase, migrate, openStore } from "./store/db.js";
 
 /** The webhookd entry point: reads the configuration once, then runs the roles asked for until a signal. */
@@ -58,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
     .description("apply database migrations and exit")
     .action(async () => {
       const config = loadConfig();
+      if (!config.databaseUrl) await ensureDataDir(config.dataDir);
       const store = await openStore({ databaseUrl: config.databaseUrl, dataDir: config.dataDir });
       try {
         if (config.databaseUrl) {
@@ -78,7 +79,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
-    if (err instanceof ConfigError || err instanceof StartupError || err instanceof DataDirInUseError || err instanceof DatabaseUnreachableError) {
+    if (err instanceof ConfigError || err instanceof StartupError || err instanceof DataDirInUseError || err instanceof DataDirUnusableError || err instanceof DatabaseUnreachableError) {
       console.error(`webhookd: ${err.message}`);
       return 2;
     }

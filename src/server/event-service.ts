@@ -116,9 +116,14 @@ export function createEventService(deps: EventServiceDeps) {
 
   async function ingestOnce(tenantId: string, batch: Accepted[]) {
     const keys = [...new Set(batch.flatMap((e) => (e.idempotencyKey ? [e.idempotencyKey] : [])))];
-    const existing = new Map((await events.findEventsByIdempotencyKeys(db, tenantId, keys)).map((e) => [e.idempotency_key!, e]));
-
     const now = new Date();
+    const claims = await events.findEventsByIdempotencyKeys(db, tenantId, keys);
+    // A key reused after the TTL makes a new event, as it would once housekeeping had forgotten it.
+    const claimedSince = new Date(now.getTime() - deps.eventTtlMs);
+    const expired = claims.filter((e) => e.claimed_at < claimedSince);
+    if (expired.length > 0) await events.releaseIdempotencyKeys(db, tenantId, expired.map((e) => e.idempotency_key!), claimedSince);
+    const existing = new Map(claims.filter((e) => e.claimed_at >= claimedSince).map((e) => [e.idempotency_key!, e]));
+
     const results: { row: EventRow; duplicate: boolean }[] = [];
     const fresh: EventRow[] = [];
     const seenKeys = new Map<string, EventRow>();

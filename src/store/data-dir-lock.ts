@@ -8,6 +8,22 @@ import path from "node:path";
 const MAX_SOCKET_PATH = 100;
 
 export class DataDirInUseError extends Error {}
+export class DataDirUnusableError extends Error {}
+
+/**
+ * Makes the data dir if need be and checks that this process may write in it, so that a path that is a
+ * file, or a directory it may not write, stops the start with the setting named, not a stack trace.
+ */
+export async function ensureDataDir(dataDir: string): Promise<void> {
+  try {
+    await fs.mkdir(dataDir, { recursive: true });
+    await fs.access(dataDir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch (err) {
+    const { code, message } = err as NodeJS.ErrnoException;
+    const why = code === "EEXIST" || code === "ENOTDIR" ? "a file is in the way of the directory" : code === "EACCES" || code === "EPERM" ? `cannot write there (${code})` : (code ?? message);
+    throw new DataDirUnusableError(`WEBHOOKD_DATA_DIR ${dataDir} is not usable: ${why}`);
+  }
+}
 
 /**
  * One process per embedded database: PGlite keeps the database's pages in its own memory, so a second

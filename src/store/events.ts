@@ -3,15 +3,26 @@ import type { Db } from "./db.js";
 import { onDayPartition } from "./partitions.js";
 import type { Event } from "./schema.js";
 
-export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<Event[]> {
+/**
+ * The events the tenant's `keys` name, with when each key was claimed: a claim older than the TTL is
+ * over (housekeeping forgets it within the hour), and the caller releases it before claiming the key anew.
+ */
+export function findEventsByIdempotencyKeys(db: Db, tenantId: string, keys: string[]): Promise<(Event & { claimed_at: Date })[]> {
   if (keys.length === 0) return Promise.resolve([]);
   return db
     .selectFrom("idempotency_keys as k")
     .innerJoin("events as e", "e.id", "k.event_id")
     .selectAll("e")
+    .select("k.created_at as claimed_at")
     .where("k.tenant_id", "=", tenantId)
     .where("k.key", "in", keys)
     .execute();
+}
+
+/** Forgets the tenant's claims of `keys` made before `before` (past the TTL), so new events may claim them. */
+export async function releaseIdempotencyKeys(db: Db, tenantId: string, keys: string[], before: Date): Promise<void> {
+  if (keys.length === 0) return;
+  await db.deleteFrom("idempotency_keys").where("tenant_id", "=", tenantId).where("key", "in", keys).where("created_at", "<", before).execute();
 }
 
 /** Forgets idempotency keys claimed before `before`; returns how many. */

@@ -5,8 +5,9 @@ import assert from "node:assert/strict";
 import fs from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import pg from "pg";
 import { DatabaseUnreachableError } from "../../src/store/db.js";
-import { restClient, startTestApp, TEST_ADMIN_KEY } from "../support/app.js";
+import { restClient, startTestApp, TEST_ADMIN_KEY, TEST_ENCRYPTION_KEY } from "../support/app.js";
 import { ADMIN_URL, createTestDatabase, startPostgresServer } from "../support/postgres.js";
 import { freePort } from "../support/ports.js";
 import { runBin } from "../support/processes.js";
@@ -88,4 +89,21 @@ test("a WEBHOOKD_ENCRYPTION_KEY that opens none of the database's signing secret
     output,
     `webhookd: WEBHOOKD_ENCRYPTION_KEY opens none of the signing secrets in the database (the newest webhook is ${created.body.webhook_id}): every webhookd process of a deployment needs the key they were sealed with\n`,
   );
+});
+
+test("a WEBHOOKD_SHARDS lower than the shards webhooks are on: exit 2 naming it, as nothing would work those shards", async () => {
+  const database = await createTestDatabase("shards_lowered");
+  cleanups.push(() => database.drop());
+  const { app, url } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
+  const created = await restClient(url, TEST_ADMIN_KEY)("POST", "/webhooks", { url: "http://127.0.0.1:9/h", event_types: ["a.b"] });
+  assert.equal(created.status, 201);
+  await app.stop();
+  const client = new pg.Client({ connectionString: database.url });
+  await client.connect();
+  await client.query("update webhooks set shard = 41");
+  await client.end();
+  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0", WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
+  const { code, output } = await runBin("webhookd", ["dispatcher"], { ...env, WEBHOOKD_SHARDS: "8" });
+  assert.equal(code, 2, output);
+  assert.match(output, /^webhookd: WEBHOOKD_SHARDS=8 is lower than the deployment's: webhooks in the database are on shards up to 41, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with \(at least 42\)\n$/);
 });

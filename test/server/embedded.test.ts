@@ -325,6 +325,16 @@ describe("the webhookd binary", { concurrency: 2 }, () => {
       assert.deepEqual(await fs.readdir(empty), [], "nothing was created in the data dir");
     });
 
+    test("a data dir that is a file exits 2 naming WEBHOOKD_DATA_DIR, for serve and migrate", async () => {
+      const file = path.join(dataDir, "a-file");
+      await fs.writeFile(file, "not a directory\n");
+      for (const command of ["serve", "migrate"]) {
+        const res = await runBin("webhookd", [command], { WEBHOOKD_DATA_DIR: file, WEBHOOKD_LISTEN: "127.0.0.1:0", DATABASE_URL: "" });
+        assert.equal(res.code, 2, `${command}: ${res.output}`);
+        assert.equal(res.output, `webhookd: WEBHOOKD_DATA_DIR ${file} is not usable: a file is in the way of the directory\n`, command);
+      }
+    });
+
     test("a bad environment value exits 2 naming the variable", async () => {
       const cases: [Record<string, string>, RegExp][] = [
         [{ WEBHOOKD_LISTEN: "nonsense" }, /WEBHOOKD_LISTEN="nonsense" is invalid.*host:port/],
