@@ -31,6 +31,9 @@ const CLAIM_LOOKAHEAD_MS = 60_000;
  */
 const SWEEP_RECENT_MS = 120_000;
 const FULL_SWEEP_EVERY_MS = 60_000;
+/** How soon a job past its TTL by this clock, but not by Postgres', is looked at again. */
+const EXPIRY_RECHECK_MS = 1_000;
+
 /**
  * Attempts start only within this share of the lease TTL after the renewal that confirmed the leases
  * was asked for. The lease runs at least the TTL from then (the database starts it later), and no other
@@ -343,6 +346,9 @@ export class Dispatcher {
       const schedule = await pendingSchedule(this.options.db, job.deliveryId);
       if (!schedule) return { final: true, signal: "neutral" };
       Object.assign(job, schedule);
+      // Past its TTL by this clock, not yet by Postgres' (this one runs ahead): asked again at once, the
+      // lane spun through thousands of statements a second until the clocks agreed.
+      if (job.expiresAt <= Date.now()) job.nextAttemptAt = Math.max(job.nextAttemptAt, Date.now() + EXPIRY_RECHECK_MS);
       return { notStarted: true };
     }
     const payload = job.payload ?? (await this.payloads.read(job.eventId));

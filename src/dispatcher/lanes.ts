@@ -275,18 +275,28 @@ class Lane {
       this.holdAhead(job);
       return;
     }
-    if (job.seq === this.knownThrough + 1) {
+    // The next seq, unless the lane finished it lately: its position moved back below it since (a read
+    // of the record cut short), and this is a late or repeated copy.
+    if (job.seq === this.knownThrough + 1 && !this.recentFinals.has(job.seq)) {
       this.append(job);
       this.absorbAhead();
       this.pump();
       return;
     }
-    // At or below knownThrough: a repeat, or a delivery put back by a manual retry.
+    this.takeIfPending(job);
+  }
+
+  /**
+   * A job at or below knownThrough (a repeat, or a delivery put back by a retry by hand), or one the lane
+   * finished lately: taken only if the record says it is pending, and it did not become final here while
+   * the record was asked (a sweep's read sent it meanwhile; the stale answer sent it a second time).
+   */
+  private takeIfPending(job: DeliveryJob): void {
     if (this.queue.some((j) => j.deliveryId === job.deliveryId)) return;
+    const asked = Date.now();
     void this.engine.deps.isPending(job.deliveryId).then((pending) => {
-      if (!pending || this.closed || this.queue.some((j) => j.deliveryId === job.deliveryId)) return;
-      this.insertSorted(job);
-      this.pump();
+      if (!pending || this.closed || (this.recentFinals.get(job.seq) ?? -Infinity) >= asked) return;
+      if (this.insertSorted(job)) this.pump();
     }, (err) => this.engine.deps.log.warn({ err, deliveryId: job.deliveryId }, "pending check failed; the sweep will retry"));
   }
 
@@ -340,12 +350,18 @@ class Lane {
     this.knownThrough = job.seq;
   }
 
-  private insertSorted(job: DeliveryJob): void {
+  /**
+   * In seq order; false when the queue holds that seq already (a seq is one delivery): a second copy of a
+   * job in flight, left when the first went final, was sent again.
+   */
+  private insertSorted(job: DeliveryJob): boolean {
     const last = this.queue.at(-1);
-    let index = !last || last.seq < job.seq ? -1 : this.queue.findIndex((j) => j.seq > job.seq);
+    let index = !last || last.seq < job.seq ? -1 : this.queue.findIndex((j) => j.seq >= job.seq);
     if (index === -1) index = this.queue.length;
+    else if (this.queue[index]!.seq === job.seq) return false;
     if (index >= PAYLOADS_KEPT) job.payload = undefined;
     this.queue.splice(index, 0, job);
+    return true;
   }
 
   private holdAhead(job: DeliveryJob): void {
@@ -369,6 +385,11 @@ class Lane {
       const next = this.ahead.get(this.knownThrough + 1);
       if (!next) break;
       this.ahead.delete(next.seq);
+      // Finished lately: a stale copy, held while the lane's position was past it (see offer).
+      if (this.recentFinals.has(next.seq)) {
+        this.takeIfPending(next);
+        break;
+      }
       this.append(next);
     }
   }
@@ -387,15 +408,19 @@ class Lane {
         for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
         this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
-        const cutAt = cut ? jobs.at(-1)!.seq : lastSeq;
-        if (cutAt < this.knownThrough) {
+        if (cut && jobs.at(-1)!.seq < this.knownThrough) {
           // Read from below the lane's position (deliveries put back: a replay, retries by hand) and cut
           // short: between the cut and knownThrough may lie more of them, which no later job may pass.
           // The position moves back to the cut, and the jobs past it leave the queue but for those in
           // flight; Postgres has them, and the lane reads on from the cut as it drains.
+          const cutAt = jobs.at(-1)!.seq;
           this.knownThrough = cutAt;
           this.queue = this.queue.filter((j) => j.seq <= cutAt || this.inFlight.has(j));
-        } else this.knownThrough = cutAt;
+          this.ahead.clear();
+        } else {
+          // A whole read's snapshot may predate jobs the feed brought while it was out: they stay known.
+          this.knownThrough = Math.max(this.knownThrough, cut ? jobs.at(-1)!.seq : lastSeq);
+        }
         this.truncated = cut || this.overflows !== overflowsBefore;
         this.loaded = true;
         this.absorbAhead();

@@ -30,7 +30,39 @@ export interface LaneLoad {
  */
 export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad> {
   // One statement, one snapshot: lastSeq and the rows agree.
-  const rows = await db
+  let rows = await readPendingForLane(db, webhookId, afterSeq, limit);
+  let lastSeq = rows[0] ? Number(rows[0].last_seq) : undefined;
+  if (lastSeq === undefined) {
+    // Nothing pending: the last seq comes from a second statement, whose later snapshot may hold seqs
+    // committed after the first (counted as held, not in the lane: the next seq went before them). Every
+    // seq up to it was committed with it (ingest reserves and inserts in one statement), so a third read
+    // sees them all.
+    const webhook = await db.selectFrom("webhooks").select("last_seq").where("id", "=", webhookId).executeTakeFirst();
+    lastSeq = Number(webhook?.last_seq ?? 0);
+    if (lastSeq > afterSeq) {
+      rows = await readPendingForLane(db, webhookId, afterSeq, limit);
+      if (rows[0]) lastSeq = Number(rows[0].last_seq);
+    }
+  }
+  const jobs = rows.map((r) => ({
+    deliveryId: r.id,
+    webhookId: r.webhook_id,
+    shard: r.shard,
+    seq: Number(r.seq),
+    orderingKey: r.ordering_key,
+    eventId: r.event_id,
+    eventType: r.event_type,
+    createdAt: r.created_at.getTime(),
+    attempts: r.attempts,
+    nextAttemptAt: r.next_attempt_at.getTime(),
+    expiresAt: r.expires_at.getTime(),
+    ...(r.replay_rate ? { paceMs: 1000 / r.replay_rate } : {}),
+  }));
+  return { jobs, lastSeq };
+}
+
+function readPendingForLane(db: Db, webhookId: string, afterSeq: number, limit: number) {
+  return db
     .selectFrom("deliveries as d")
     .innerJoin("events as e", "e.id", "d.event_id")
     .leftJoin("replays as r", "r.id", "d.replay_id")
@@ -59,26 +91,6 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
     .orderBy("d.seq")
     .limit(limit)
     .execute();
-  let lastSeq = rows[0] ? Number(rows[0].last_seq) : undefined;
-  if (lastSeq === undefined) {
-    const webhook = await db.selectFrom("webhooks").select("last_seq").where("id", "=", webhookId).executeTakeFirst();
-    lastSeq = Number(webhook?.last_seq ?? 0);
-  }
-  const jobs = rows.map((r) => ({
-    deliveryId: r.id,
-    webhookId: r.webhook_id,
-    shard: r.shard,
-    seq: Number(r.seq),
-    orderingKey: r.ordering_key,
-    eventId: r.event_id,
-    eventType: r.event_type,
-    createdAt: r.created_at.getTime(),
-    attempts: r.attempts,
-    nextAttemptAt: r.next_attempt_at.getTime(),
-    expiresAt: r.expires_at.getTime(),
-    ...(r.replay_rate ? { paceMs: 1000 / r.replay_rate } : {}),
-  }));
-  return { jobs, lastSeq };
 }
 
 export interface DueQuery {

@@ -52,6 +52,8 @@ class FakeRecord {
   maxInFlight = 0;
   /** How long a read of the record takes to answer. */
   loadDelayMs = 1;
+  /** How long a pending check takes to answer. */
+  isPendingDelayMs = 1;
   responder: Responder = () => ({ final: true, signal: 'success' });
   private counter = 0;
 
@@ -118,8 +120,10 @@ class FakeRecord {
         return { jobs, lastSeq };
       },
       isPending: async (deliveryId) => {
-        await sleep(1);
-        return this.row(deliveryId)?.status === 'pending';
+        // Like the statement: the answer is read when it runs, and comes back later.
+        const pending = this.row(deliveryId)?.status === 'pending';
+        await sleep(this.isPendingDelayMs);
+        return pending;
       },
       getWebhook: async (id) => {
         const webhook = this.webhooks.get(id);
@@ -819,5 +823,81 @@ describe('LaneEngine', () => {
     await sleep(500);
     assert.deepEqual(record.sent('wh_far'), []);
     assert.ok(reads <= 2, `the lane looked at its webhook ${reads} times in 500 ms`);
+  });
+
+  test("a read whose snapshot predates a job the feed brought meanwhile keeps the lane's position: a repeat of that job in flight is not sent again", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_snap');
+    record.responder = () => 'hold';
+    const engine = newEngine(record.deps({ gapWaitMs: 10_000 }));
+    engine.wake('wh_snap', 0);
+    await until(() => record.loads.length === 1, 'the first load');
+    await sleep(10);
+    const first = record.commit('wh_snap');
+    engine.offer(record.copy(first));
+    await until(() => record.calls.length === 1, 'seq 1 sent');
+    record.calls[0]!.finish();
+    await sleep(20);
+    // The sweep pokes the idle lane; its read of the record is slow, and its snapshot comes before seq 2.
+    record.loadDelayMs = 100;
+    engine.wake('wh_snap', 0);
+    await sleep(10);
+    const second = record.commit('wh_snap');
+    engine.offer(record.copy(second));
+    await until(() => record.calls.length === 2, 'seq 2 sent from the feed');
+    await sleep(150);
+    engine.offer(record.copy(second)); // redelivered by the feed while in flight
+    await sleep(20);
+    record.calls[1]!.finish();
+    await sleep(50);
+    const third = record.commit('wh_snap');
+    engine.offer(record.copy(third));
+    await until(() => record.calls.length === 3, 'seq 3 sent');
+    assert.deepEqual(record.sent('wh_snap'), [1, 2, 3], 'seq 2 once, and seq 3 after it');
+  });
+
+  test('ordering keys: a late feed copy of a delivery finished after a cut read moved the lane back is not sent again', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_late', { orderedByKey: true });
+    record.responder = (call) => (call.key === 'A' ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
+    const engine = newEngine(record.deps({ laneCapacity: 3, gapWaitMs: 30 }));
+    engine.wake('wh_late', 0);
+    await until(() => record.loads.length === 1, 'the first load');
+    await sleep(10);
+    engine.offer(record.copy(record.commit('wh_late', 'A')));
+    await until(() => record.calls.length === 1, 'A1 tried; its retry an hour away');
+    const b2 = record.commit('wh_late', 'B'); // its feed message lags
+    engine.offer(record.copy(record.commit('wh_late', 'A')));
+    engine.offer(record.copy(record.commit('wh_late', 'A')));
+    engine.offer(record.copy(record.commit('wh_late', 'A')));
+    await until(() => record.sent('wh_late').includes(2), 'B2 read from the record and sent');
+    await sleep(30);
+    // The sweep: the lane is over its capacity, its read from 0 is cut and moves its position back.
+    engine.wake('wh_late', 0, 1, Date.now(), record.lastSeq.get('wh_late'));
+    await sleep(30);
+    engine.offer(record.copy(b2)); // B2's feed message, at last
+    await sleep(100);
+    assert.equal(record.calls.filter((c) => c.seq === 2).length, 1, 'B2 sent once');
+  });
+
+  test('a pending check that answers after a sweep sent the delivery does not put it back', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_check');
+    const engine = newEngine(record.deps());
+    const first = record.commit('wh_check');
+    engine.offer(record.copy(first));
+    engine.offer(record.copy(record.commit('wh_check')));
+    await until(() => record.sent('wh_check').length === 2, 'both sent');
+    await sleep(20);
+    // Seq 1 put back by a retry by hand: pending again, published again, and found by a sweep.
+    const row = record.row(first.deliveryId)!;
+    row.status = 'pending';
+    row.job.attempts = 1;
+    record.isPendingDelayMs = 200;
+    engine.offer({ ...row.job });
+    engine.wake('wh_check', 0, 1, Date.now(), 2);
+    await until(() => record.sent('wh_check').length === 3, 'the retry sent, from the sweep');
+    await sleep(300);
+    assert.deepEqual(record.sent('wh_check'), [1, 2, 1], 'the retry by hand is sent once');
   });
 });

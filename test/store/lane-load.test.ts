@@ -1,0 +1,47 @@
+// A lane's read of the record promises that every pending delivery up to the lastSeq it returns is among
+// its jobs. With nothing pending after its position, lastSeq comes from a second statement; an ingest
+// that commits between the two must not be counted as held and left out (the next seq then went first).
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { sql, type KyselyPlugin } from "kysely";
+import { newId } from "../../src/core/ids.js";
+import { loadPendingForLane } from "../../src/store/deliveries.js";
+import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
+import { suiteStore } from "../support/store.js";
+import { insertDeliveries, insertEvents, insertTestWebhook } from "../support/rows.js";
+
+const suite = suiteStore("postgres", "lane_load", { poolSize: 4 });
+
+test("a delivery committed between the read of the rows and the read of last_seq is among the jobs", async () => {
+  const db = suite().db;
+  const webhookId = "wh_lane_load";
+  await insertTestWebhook(db, { id: webhookId, shard: 0 });
+  // An ingest as the ingest statement makes it: the seq reserved and the delivery inserted together.
+  const ingest = () =>
+    db.transaction().execute(async (trx) => {
+      const { last_seq } = await trx.updateTable("webhooks").set({ last_seq: sql`last_seq + 1` }).where("id", "=", webhookId).returning("last_seq").executeTakeFirstOrThrow();
+      const now = new Date();
+      const eventId = newId("evt");
+      await insertEvents(trx, [{ id: eventId, tenant_id: DEFAULT_TENANT_ID, event_type: "order.created", payload: "{}", idempotency_key: null, ordering_key: null, delivery_count: 1, created_at: now }]);
+      await insertDeliveries(trx, [{
+        id: newId("dlv"), tenant_id: DEFAULT_TENANT_ID, webhook_id: webhookId, event_id: eventId, seq: Number(last_seq), shard: 0,
+        ordering_key: "", status: "pending", next_attempt_at: now, expires_at: new Date(now.getTime() + 3_600_000), created_at: now,
+      }]);
+    });
+  // The ingest lands right after the first read answers with no rows.
+  let armed = true;
+  const between: KyselyPlugin = {
+    transformQuery: (args) => args.node,
+    async transformResult(args) {
+      if (armed && args.result.rows.length === 0) {
+        armed = false;
+        await ingest();
+      }
+      return args.result;
+    },
+  };
+  const load = await loadPendingForLane(db.withPlugin(between), webhookId, 0, 256);
+  assert.equal(armed, false, "the ingest ran between the statements");
+  assert.equal(load.lastSeq, 1);
+  assert.deepEqual(load.jobs.map((j) => j.seq), [1], "every pending seq up to lastSeq is among the jobs");
+});
