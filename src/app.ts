@@ -114,6 +114,9 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
           storage: config.natsStorage,
           logger: log,
           name: `webhookd-${process.pid}`,
+        }).catch((err: Error) => {
+          // Only what no retry mends is thrown (credentials, permissions): NATS merely down is waited for.
+          throw new StartupError(`NATS at NATS_URL refused webhookd: ${err.message}`);
         })
       : createEmbeddedFeed();
     stops.push(() => feed.close());

@@ -98,6 +98,8 @@ export class Dispatcher {
   /** Health saves per webhook, chained so they land in the order the lane made them. */
   private readonly healthSaves = new Map<string, Promise<void>>();
   private housekeeping: Promise<void> | undefined;
+  /** Feed subscriptions being made, off the lease tick (see startSubscribing). */
+  private subscribing: Promise<void> | undefined;
   private nextHousekeepingAt = 0;
   private nextFullSweepAt = 0;
   private readonly payloads: PayloadReader;
@@ -148,6 +150,7 @@ export class Dispatcher {
     clearInterval(this.leaseTimer);
     clearInterval(this.sweepTimer);
     await this.tick;
+    await this.subscribing;
     await Promise.all([...this.owned.values()].map((s) => s?.stop()));
     await this.engine.stop();
     await this.writer.stop();
@@ -202,23 +205,39 @@ export class Dispatcher {
       return [];
     });
     if (stray.length > 0) this.log.warn({ shards: stray }, "released leases of shards not worked here");
-    for (const [shard, subscription] of this.owned) {
-      // A shard taken while the feed was down runs on the sweep alone until its subscription comes back;
-      // one failure ends the round, so a dead feed never holds up the lease renewals.
-      if (subscription || !this.options.feed.healthy()) continue;
-      const retried = await this.subscribe(shard);
-      if (!retried) break;
-      this.owned.set(shard, retried);
-    }
     const claimed = await leases.claimShards(db, this.id, shardCount, this.owned.size, this.leaseTtlMs);
     for (const shard of claimed) this.owned.set(shard, undefined);
     if (claimed.length > 0) {
       this.log.info({ claimed: claimed.length, owned: this.owned.size, live }, "shards claimed");
-      for (const shard of claimed) this.owned.set(shard, await this.subscribe(shard));
       // Recovery: whatever the previous owner left is in Postgres.
       await this.sweep(0, claimed, CLAIM_LOOKAHEAD_MS, true);
     }
+    this.startSubscribing();
     if (this.owned.has(0)) this.startHousekeeping();
+  }
+
+  /**
+   * Subscribes the shards held without a feed subscription (just claimed, or taken while the feed was
+   * down: the sweep alone carries them meanwhile), off the lease tick: with JetStream up but not
+   * answering (a cluster without quorum) each subscription took up to its 5 s timeout, the tick waited,
+   * the leases lapsed and every delivery stopped. One failure ends the round; the next tick starts another.
+   */
+  private startSubscribing(): void {
+    if (this.subscribing || this.stopped || !this.options.feed.healthy()) return;
+    this.subscribing = (async () => {
+      for (const [shard, subscription] of [...this.owned]) {
+        if (subscription || this.stopped) continue;
+        const made = await this.subscribe(shard);
+        if (!made) return;
+        // Let go (or the dispatcher stopped) while it was being made: not ours to keep.
+        if (this.stopped || !this.owned.has(shard) || this.owned.get(shard)) await made.stop();
+        else this.owned.set(shard, made);
+      }
+    })()
+      .catch((err) => this.log.warn({ err }, "feed subscriptions failed; the next lease tick tries again"))
+      .finally(() => {
+        this.subscribing = undefined;
+      });
   }
 
   /** Off the lease tick: DDL may wait on locks, and lease renewals must not wait with it. */

@@ -1,4 +1,12 @@
-import { connect, ConnectionError, headers, type NatsConnection } from "@nats-io/transport-node";
+import {
+  AuthorizationError,
+  connect,
+  headers,
+  InvalidArgumentError,
+  PermissionViolationError,
+  UserAuthenticationExpiredError,
+  type NatsConnection,
+} from "@nats-io/transport-node";
 import {
   AckPolicy,
   DeliverPolicy,
@@ -95,7 +103,9 @@ export async function createJetStreamFeed(options: {
   const storage = options.storage ?? "memory";
   // A connection whose server stopped answering is given up after three pings 10 s apart, not the
   // client's default of two 2 minutes apart; then it reconnects.
-  const connectOptions = { servers: options.url, name: options.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 10_000, maxPingOut: 3 };
+  // A server that takes the connection and says nothing is given up on after 5 s (not the client's 20 s,
+  // which held the start that long) and tried again.
+  const connectOptions = { servers: options.url, name: options.name, timeout: 5_000, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 10_000, maxPingOut: 3 };
 
   /** The connection and its JetStream handles, once NATS has answered. */
   let link: { nc: NatsConnection; jsm: JetStreamManager; js: JetStreamClient } | undefined;
@@ -173,40 +183,52 @@ export async function createJetStreamFeed(options: {
     })();
   };
 
-  try {
-    await attach(await connect(connectOptions));
-    await ensureStream(link!.jsm, names, storage, log);
-    connected = true;
-    // The server's release: what a stream or consumer does can differ between them (see ensureConsumer).
-    log.info({ url: options.url, serverVersion: link!.nc.info?.version }, "NATS reached; the feed is on");
-  } catch (err) {
-    if (!(err instanceof ConnectionError)) {
-      await link?.nc.close();
+  /** Connects and takes the connection once the stream is there; a failure closes what it opened. */
+  const join = async (): Promise<NatsConnection> => {
+    const nc = await connect(connectOptions);
+    try {
+      await attach(nc);
+      await ensureStream(link!.jsm, names, storage, log);
+      return nc;
+    } catch (err) {
+      link = undefined;
+      await nc.close().catch(() => undefined);
       throw err;
     }
-    // Postgres is the record and the owners' sweep sends what the feed does not: NATS being down at
-    // start (or starting after webhookd) slows delivery down, it does not stop webhookd.
-    log.warn({ err, url: options.url }, "NATS is not reachable; the feed joins when it is, the sweep delivers until then");
+  };
+
+  try {
+    const nc = await join();
+    connected = true;
+    // The server's release: what a stream or consumer does can differ between them (see ensureConsumer).
+    log.info({ url: options.url, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
+  } catch (err) {
+    if (cannotMend(err)) throw err;
+    // Postgres is the record and the owners' sweep sends what the feed does not: NATS down at start, or
+    // starting after webhookd (a name not resolving yet, a server not answering yet, a cluster whose
+    // JetStream has no leader yet), slows delivery down; it does not stop webhookd. Whatever the failure,
+    // the feed goes on trying: given up after one that was not a refused connection, it stayed off for
+    // the life of the process, and /readyz answered 503 with NATS long healthy.
+    log.warn({ err, url: options.url }, "NATS is not usable yet; the feed joins when it is, the sweep delivers until then");
     void (async () => {
+      let lastFailure = String(err);
       for (let wait = 500; !closing; wait = Math.min(wait * 2, 5_000)) {
         // An unref'd timer: a process told to stop does not wait for NATS to come.
         await new Promise((resolve) => setTimeout(resolve, wait).unref());
         if (closing) return;
-        let nc: NatsConnection;
         try {
-          nc = await connect(connectOptions);
+          const nc = await join();
+          if (closing) return void (await nc.close());
+          connected = !nc.isClosed();
+          log.warn({ url: options.url, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
+          return;
         } catch (again) {
-          if (again instanceof ConnectionError) continue;
-          throw again;
+          // Said once per kind of failure, not every few seconds.
+          if (String(again) !== lastFailure) log.warn({ err: again, url: options.url }, "NATS is still not usable; trying again");
+          lastFailure = String(again);
         }
-        if (closing) return nc.close();
-        await attach(nc);
-        await restore("connected");
-        connected = !nc.isClosed();
-        log.warn({ url: options.url, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
-        return;
       }
-    })().catch((later) => log.error({ err: later }, "the feed could not join NATS; the sweep delivers everything"));
+    })();
   }
 
   // Acks of every shard wait for the end of the turn and leave together: one socket write (and one read
@@ -466,4 +488,14 @@ export async function deleteStream(url: string, prefix: string): Promise<void> {
   } finally {
     await nc.close();
   }
+}
+
+/** What no retry mends (credentials, permissions, options): the start stops, naming it. */
+function cannotMend(err: unknown): boolean {
+  return (
+    err instanceof AuthorizationError ||
+    err instanceof UserAuthenticationExpiredError ||
+    err instanceof PermissionViolationError ||
+    err instanceof InvalidArgumentError
+  );
 }

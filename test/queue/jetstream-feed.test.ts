@@ -1,6 +1,7 @@
 // The JetStream feed on a real NATS server: a webhook's jobs of one publish travel together and without
 // their payloads, arrive in seq order, and a message that is not ours costs nothing but itself.
 import { after, test } from "node:test";
+import net from "node:net";
 import assert from "node:assert/strict";
 import { connect } from "@nats-io/transport-node";
 import { pino, type Logger } from "pino";
@@ -413,6 +414,40 @@ test("a feed made while NATS is down is up at once, off, and on by itself when N
   await feed.publish([job("wh_l", 2, 2, 100)]);
   await eventually(async () => received.map((j) => j.seq), (seqs) => seqs.length === 1, "the job published once connected", 10_000);
   assert.deepEqual(received.map((j) => j.seq), [2], "what was published before NATS existed is the sweep's");
+});
+
+test("a feed started while NATS takes connections but says nothing starts off, and is on by itself once NATS answers", async () => {
+  // In front of NATS: first a listener that accepts and never answers (a server still starting, a
+  // cluster without a leader), then a plain pass-through.
+  let answering = false;
+  const sockets = new Set<net.Socket>();
+  const front = net.createServer((client) => {
+    sockets.add(client);
+    client.on("error", () => undefined);
+    if (!answering) return; // silent: the client's connect times out
+    const upstream = net.connect(Number(new URL(NATS_URL).port), new URL(NATS_URL).hostname);
+    upstream.on("error", () => undefined);
+    client.pipe(upstream).pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise<void>((resolve) => front.listen(0, "127.0.0.1", resolve));
+  cleanups.push(() => {
+    // The silent connection's client may leave it open: closed here, or the listener never closes.
+    for (const socket of sockets) socket.destroy();
+    return new Promise((resolve) => front.close(resolve));
+  });
+  const t0 = Date.now();
+  const { feed } = await feedOn(`nats://127.0.0.1:${(front.address() as net.AddressInfo).port}`, "silentstart");
+  assert.equal(feed.healthy(), false, "started, with the feed off");
+  assert.ok(Date.now() - t0 < 8_000, `the start waited ${Date.now() - t0} ms`);
+  answering = true;
+  await eventually(async () => feed.healthy(), (up) => up, "the feed on once NATS answers", 15_000);
+  const received: DeliveryJob[] = [];
+  const subscription = await feed.consume(4, (j) => received.push(j));
+  cleanups.push(() => subscription.stop());
+  await feed.publish([job("wh_ss", 4, 1, 100)]);
+  await eventually(async () => received.length, (n) => n === 1, "a job through the feed", 10_000);
 });
 
 test("a NATS that stops answering without closing the connection costs one publish the flush timeout, not every publish", async () => {
