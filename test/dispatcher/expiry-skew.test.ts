@@ -4,16 +4,12 @@
 // real Dispatcher with the embedded feed; the sender only counts (nothing must be sent).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import pino from "pino";
 import { sql, type KyselyPlugin } from "kysely";
 import { newId } from "../../src/core/ids.js";
-import { SecretBox } from "../../src/core/secret-box.js";
-import { Dispatcher } from "../../src/dispatcher/dispatcher.js";
-import type { Sender } from "../../src/dispatcher/sender.js";
 import { createEmbeddedFeed } from "../../src/queue/embedded.js";
 import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
-import { TEST_ENCRYPTION_KEY } from "../support/app.js";
 import { insertDeliveries, insertEvents, insertTestWebhook } from "../support/rows.js";
+import { countingSender, testDispatcher } from "../support/dispatcher.js";
 import { suiteStore } from "../support/store.js";
 import { eventually, sleep } from "../support/wait.js";
 
@@ -38,15 +34,11 @@ test("a delivery expired by the dispatcher's clock, not yet by Postgres', waits 
 
   let statements = 0;
   const counting: KyselyPlugin = { transformQuery: (args) => args.node, transformResult: async (args) => (statements++, args.result) };
-  let sends = 0;
-  const sender: Sender = { send: async () => (sends++, { kind: "response", status: 200, body: "", retryAfter: undefined, durationMs: 1 }), close: async () => undefined };
+  const sender = countingSender();
   const realNow = Date.now;
   Date.now = () => realNow() + AHEAD_MS;
-  const dispatcher = new Dispatcher({
-    db: db.withPlugin(counting), feed: createEmbeddedFeed(), sender, log: pino({ level: "silent" }), shardCount: 1,
-    retrySchedule: [5_000], maxInFlight: 10, maxInFlightPerEndpoint: 4, secretBox: SecretBox.fromEncodedKey(TEST_ENCRYPTION_KEY),
-    circuitPolicy: { failureThreshold: 5, cooldownMs: 1_000, maxCooldownMs: 10_000 }, autoDisableAfterMs: 0, eventTtlMs: 3_600_000,
-    leaseTtlMs: 3_000, leaseIntervalMs: 500, sweepIntervalMs: 500, sweepGraceMs: 0, housekeepingIntervalMs: 3_600_000,
+  const dispatcher = testDispatcher({
+    db: db.withPlugin(counting), feed: createEmbeddedFeed(), sender, sweepGraceMs: 0,
     // Housekeeping expires what is overdue by its own clock: kept on the database's, it leaves this to the lane.
     housekeepingClock: realNow,
   });
@@ -63,7 +55,7 @@ test("a delivery expired by the dispatcher's clock, not yet by Postgres', waits 
       10_000,
     );
     assert.deepEqual(row, { status: "expired", attempts: 0 });
-    assert.equal(sends, 0, "never sent past its TTL");
+    assert.equal(sender.sends, 0, "never sent past its TTL");
   } finally {
     Date.now = realNow;
     await dispatcher.stop();

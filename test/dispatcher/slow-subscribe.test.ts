@@ -4,14 +4,10 @@
 // Dispatcher; the embedded feed with each subscription made 1.5 s late.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import pino from "pino";
 import { sql } from "kysely";
-import { SecretBox } from "../../src/core/secret-box.js";
-import { Dispatcher } from "../../src/dispatcher/dispatcher.js";
-import type { Sender } from "../../src/dispatcher/sender.js";
 import { createEmbeddedFeed } from "../../src/queue/embedded.js";
 import type { DeliveryFeed } from "../../src/queue/feed.js";
-import { TEST_ENCRYPTION_KEY } from "../support/app.js";
+import { countingSender, testDispatcher } from "../support/dispatcher.js";
 import { suiteStore } from "../support/store.js";
 import { sleep } from "../support/wait.js";
 
@@ -34,12 +30,7 @@ test("subscriptions that take 1.5 s each never let the leases lapse; every shard
       return embedded.consume(shard, onJob);
     },
   };
-  const sender: Sender = { send: async () => ({ kind: "response", status: 200, body: "", retryAfter: undefined, durationMs: 1 }), close: async () => undefined };
-  const dispatcher = new Dispatcher({
-    db, feed, sender, log: pino({ level: "silent" }), shardCount: SHARDS, retrySchedule: [5_000], maxInFlight: 10, maxInFlightPerEndpoint: 4,
-    secretBox: SecretBox.fromEncodedKey(TEST_ENCRYPTION_KEY), circuitPolicy: { failureThreshold: 5, cooldownMs: 1_000, maxCooldownMs: 10_000 },
-    autoDisableAfterMs: 0, eventTtlMs: 3_600_000, leaseTtlMs: 2_000, leaseIntervalMs: 400, sweepIntervalMs: 500, housekeepingIntervalMs: 3_600_000,
-  });
+  const dispatcher = testDispatcher({ db, feed, sender: countingSender(), shardCount: SHARDS, leaseTtlMs: 2_000, leaseIntervalMs: 400 });
   const live = async () => (await sql<{ n: number }>`select count(*)::int as n from shard_leases where owner = ${dispatcher.id} and expires_at > now()`.execute(db)).rows[0]!.n;
   try {
     await dispatcher.start();

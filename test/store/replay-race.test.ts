@@ -31,23 +31,31 @@ for (const became of ["succeeded", "pending"] as const) {
     );
     let commit!: () => void;
     const committed = new Promise<void>((resolve) => (commit = resolve));
+    let changed!: () => void;
+    const holding = new Promise<void>((resolve) => (changed = resolve));
     // The change holds the first delivery's row, uncommitted, while the replay starts.
     const change = db.transaction().execute(async (trx) => {
       await trx.updateTable("deliveries").set({ status: became }).where("id", "=", ids[0]!).execute();
+      changed();
       await committed;
     });
+    await holding;
     const replay = startReplay(db, {
       id: newId("rpl"), tenantId: DEFAULT_TENANT_ID, webhookId, scope: "failed",
       since: new Date(createdAt.getTime() - 1_000), until: new Date(), ratePerSecond: 100, eventTtlMs: HOUR,
     });
-    await eventually(
-      async () => (await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.execute(db)).rows[0]!.n,
-      (n) => n === 1,
-      "the replay to wait for the row",
-      10_000,
-    );
-    commit();
-    await change;
+    try {
+      await eventually(
+        async () => (await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.execute(db)).rows[0]!.n,
+        (n) => n === 1,
+        "the replay to wait for the row",
+        10_000,
+      );
+    } finally {
+      // Committed whatever happens: an open transaction would hold the store's close, and the file, for good.
+      commit();
+      await change;
+    }
     const { replay: row } = await replay;
     assert.equal(row.total, 1, "only the delivery still failed is put back");
     const statuses = await db.selectFrom("deliveries").select(["id", "status", "replay_id"]).where("webhook_id", "=", webhookId).orderBy("seq").execute();
