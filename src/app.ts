@@ -115,7 +115,7 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
           logger: log,
           name: `webhookd-${process.pid}`,
         }).catch((err: Error) => {
-          // Only what no retry mends is thrown (credentials, permissions): NATS merely down is waited for.
+          // Only what no retry mends is thrown (credentials, permissions, no JetStream): NATS merely down is waited for.
           throw new StartupError(`NATS at NATS_URL refused webhookd: ${err.message}`);
         })
       : createEmbeddedFeed();

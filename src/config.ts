@@ -70,13 +70,22 @@ function nonEmpty(env: Env, name: string): string | undefined {
 
 /** Variables whose values are never repeated in an error: it goes to logs. */
 const SECRETS = new Set(["WEBHOOKD_ADMIN_KEY", "WEBHOOKD_ENCRYPTION_KEY"]);
+/** Variables whose values may carry credentials (user:password@): repeated without them. */
+const URLS = new Set(["DATABASE_URL", "NATS_URL"]);
+
+/** The variable as an error names it: its value, but no secret of it. */
+function named(name: string, raw: string): string {
+  if (SECRETS.has(name)) return name;
+  if (URLS.has(name)) return `${name}=${JSON.stringify(raw.replace(/\/\/[^/@]*@/, "//***@"))}`;
+  return `${name}=${JSON.stringify(raw)}`;
+}
 
 function parseWith<T>(env: Env, name: string, fallback: string, parse: (raw: string) => T): T {
   const raw = nonEmpty(env, name) ?? fallback;
   try {
     return parse(raw);
   } catch (err) {
-    throw new ConfigError(`${SECRETS.has(name) ? name : `${name}=${JSON.stringify(raw)}`} is invalid: ${(err as Error).message}`);
+    throw new ConfigError(`${named(name, raw)} is invalid: ${(err as Error).message}`);
   }
 }
 

@@ -6,9 +6,9 @@ import dns from 'node:dns';
 import net from 'node:net';
 import type { LookupFunction } from 'node:net';
 import { checkAddress, parseIpLiteral, type AddressPolicy } from '../core/address-policy.js';
+import { dnsResolver, type ResolvedAddress, type Resolver } from './dns-resolver.js';
 
-export type ResolvedAddress = { address: string; family: number };
-export type Resolver = (hostname: string) => Promise<ResolvedAddress[]>;
+export type { ResolvedAddress, Resolver } from './dns-resolver.js';
 
 /** Raised when a host is, or resolves to, an address the policy refuses. `code` is `EBLOCKED`. */
 export class BlockedAddressError extends Error {
@@ -36,44 +36,8 @@ function notFound(hostname: string): NodeJS.ErrnoException {
   });
 }
 
-/** One query to one server waits this long, and c-ares asks each server this many times. */
-const DNS_QUERY_TIMEOUT_MS = 2_000;
-const DNS_TRIES = 2;
-/** Answers that mean "no address of this family", not a failure to ask. */
-const NO_ANSWER = new Set(['ENODATA', 'ENOTFOUND']);
-const LOOPBACK: ResolvedAddress[] = [
-  { address: '127.0.0.1', family: 4 },
-  { address: '::1', family: 6 },
-];
-
-/**
- * Asks DNS servers (those of /etc/resolv.conf, or `servers`) through c-ares, on the event loop.
- * Not getaddrinfo: it runs on libuv's thread pool, four threads by default, and a tenant's names whose
- * DNS never answers held each one for 10 s (glibc's 5 s, tried twice), so every other webhook's new
- * connection waited behind them and timed out. /etc/hosts is not read; `localhost` names are loopback
- * (RFC 6761). IPv4 addresses come first, for callers that take one address.
- */
-export function dnsResolver(servers?: string[]): Resolver {
-  const resolver = new dns.promises.Resolver({ timeout: DNS_QUERY_TIMEOUT_MS, tries: DNS_TRIES });
-  if (servers) resolver.setServers(servers);
-  return async (hostname) => {
-    const name = hostname.toLowerCase().replace(/\.+$/, '');
-    if (name === 'localhost' || name.endsWith('.localhost')) return LOOPBACK;
-    const answers = await Promise.allSettled([resolver.resolve4(name), resolver.resolve6(name)]);
-    const found = answers.flatMap((answer, i) =>
-      answer.status === 'fulfilled' ? answer.value.map((address) => ({ address, family: i === 0 ? 4 : 6 })) : [],
-    );
-    if (found.length > 0) return found;
-    // Neither family answered: a real failure (a timeout, a refused query) says more than "not found".
-    for (const answer of answers) {
-      if (answer.status === 'rejected' && !NO_ANSWER.has((answer.reason as { code?: string }).code ?? '')) throw answer.reason;
-    }
-    return [];
-  };
-}
-
 let systemResolver: Resolver | undefined;
-/** Made on first use: it reads /etc/resolv.conf then. */
+/** Made on first use: it reads /etc/resolv.conf and /etc/hosts then. */
 function defaultResolver(): Resolver {
   systemResolver ??= dnsResolver();
   return systemResolver;

@@ -490,9 +490,11 @@ export async function deleteStream(url: string, prefix: string): Promise<void> {
   }
 }
 
-/** What no retry mends (credentials, permissions, options): the start stops, naming it. */
+/** What no retry mends (credentials, permissions, options, a server without JetStream): the start stops, naming it. */
 function cannotMend(err: unknown): boolean {
   return (
+    // No responder to the JetStream API at all, where a cluster without a leader answers "unavailable".
+    (err instanceof Error && err.name === "JetStreamNotEnabled") ||
     err instanceof AuthorizationError ||
     err instanceof UserAuthenticationExpiredError ||
     err instanceof PermissionViolationError ||

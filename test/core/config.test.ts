@@ -75,6 +75,8 @@ test("a bad value names the variable and what it expects", () => {
     // Secrets are named, never repeated: the error goes to logs.
     [{ WEBHOOKD_ADMIN_KEY: "correct horse battery staple" }, /^WEBHOOKD_ADMIN_KEY is invalid: expected printable ASCII without spaces$/],
     [{ WEBHOOKD_ADMIN_KEY: "short" }, /^WEBHOOKD_ADMIN_KEY is invalid: expected at least 16 characters$/],
+    [{ DATABASE_URL: "postgresql+psycopg://webhookd:S3cr3t@db.internal:5432/webhookd" }, /^DATABASE_URL="postgresql\+psycopg:\/\/\*\*\*@db\.internal:5432\/webhookd" is invalid: expected a postgres: or postgresql: URL$/],
+    [{ NATS_URL: "https://user:S3cr3t@nats.internal:4222" }, /^NATS_URL="https:\/\/\*\*\*@nats\.internal:4222" is invalid/],
     [{ WEBHOOKD_ENCRYPTION_KEY: "not-a-key-but-maybe-a-secret" }, /^WEBHOOKD_ENCRYPTION_KEY is invalid: [^]*$(?<!not-a-key-but-maybe-a-secret[^]*)/],
     [{ WEBHOOKD_EVENT_TTL: "500ms" }, /WEBHOOKD_EVENT_TTL="500ms" is invalid/],
     [{ WEBHOOKD_EVENT_TTL: "100000000d" }, /WEBHOOKD_EVENT_TTL="100000000d" is invalid/],

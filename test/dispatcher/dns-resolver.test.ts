@@ -8,7 +8,8 @@ import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 import dnsPacket from 'dns-packet';
-import { dnsResolver, resolveAndCheck, type Resolver } from '../../src/dispatcher/guarded-lookup.js';
+import { dnsResolver, parseHosts, parseResolvConf, type Resolver } from '../../src/dispatcher/dns-resolver.js';
+import { resolveAndCheck } from '../../src/dispatcher/guarded-lookup.js';
 import { createSender } from '../../src/dispatcher/sender.js';
 import { startReceiver } from '../support/receiver.js';
 
@@ -18,10 +19,13 @@ const ZONE: Record<string, { A?: string[]; AAAA?: string[] }> = {
   'both.test': { A: ['93.184.216.34'], AAAA: ['2606:4700::1111'] },
   'v6only.test': { AAAA: ['2606:4700::1111'] },
   'private.test': { A: ['93.184.216.34', '10.0.0.7'] },
+  'receiver.svc.test': { A: ['10.96.0.7'] },
+  'receiver.default.svc.test': { A: ['10.96.0.8'] },
 };
 
 let server: dgram.Socket;
 let resolve: Resolver;
+let servers: string[];
 const queries: string[] = [];
 
 before(async () => {
@@ -43,7 +47,8 @@ before(async () => {
     server.send(answer, peer.port, peer.address);
   });
   await new Promise<void>((done) => server.bind(0, '127.0.0.1', done));
-  resolve = dnsResolver([`127.0.0.1:${(server.address() as AddressInfo).port}`]);
+  servers = [`127.0.0.1:${(server.address() as AddressInfo).port}`];
+  resolve = dnsResolver({ servers, search: [], ndots: 1, hosts: new Map() });
 });
 
 after(() => server.close());
@@ -58,16 +63,37 @@ test('addresses of both families, IPv4 first; one family alone; no such name', a
   await assert.rejects(resolveAndCheck('missing.test', { allowedCidrs: [] }, resolve), { code: 'ENOTFOUND' });
 });
 
+test("resolv.conf's search list, in glibc's order, and the hosts file first", async () => {
+  const { search, ndots } = parseResolvConf('# generated\nnameserver 10.0.0.2\nsearch svc.test cluster.test\noptions ndots:2 timeout:1\n');
+  assert.deepEqual({ search, ndots }, { search: ['svc.test', 'cluster.test'], ndots: 2 });
+  const hosts = parseHosts('127.0.0.1 localhost\n10.1.2.3  Pinned.Example other # a comment\n# 10.9.9.9 commented\n::1 ip6-localhost\n');
+  assert.deepEqual([...hosts.keys()], ['localhost', 'pinned.example', 'other', 'ip6-localhost']);
+  const withSearch = dnsResolver({ servers, search, ndots, hosts });
+  const before = queries.length;
+  // Fewer dots than ndots: the search domains first, as getaddrinfo tries them.
+  assert.deepEqual(await withSearch('receiver.default'), [{ address: '10.96.0.8', family: 4 }]);
+  assert.deepEqual(queries.slice(before).filter((q) => q.startsWith('A ')), ['A receiver.default.svc.test']);
+  assert.deepEqual(await withSearch('receiver'), [{ address: '10.96.0.7', family: 4 }]);
+  // At least ndots dots: the name as it is first; a trailing dot: only as it is.
+  const first = queries.length;
+  assert.deepEqual(await withSearch('receiver.default.svc.test'), [{ address: '10.96.0.8', family: 4 }]);
+  assert.deepEqual(queries.slice(first).filter((q) => q.startsWith('A ')), ['A receiver.default.svc.test']);
+  assert.deepEqual(await withSearch('receiver.'), []);
+  // The hosts file answers without DNS.
+  const asked = queries.length;
+  assert.deepEqual(await withSearch('pinned.example'), [{ address: '10.1.2.3', family: 4 }]);
+  assert.equal(queries.length, asked);
+});
+
 test('one private address among public ones refuses the name', async () => {
   await assert.rejects(resolveAndCheck('private.test', { allowedCidrs: [] }, resolve), { code: 'EBLOCKED' });
 });
 
 test('localhost names are loopback without asking DNS', async () => {
   const before = queries.length;
-  assert.deepEqual(await resolve('localhost'), [
-    { address: '127.0.0.1', family: 4 },
-    { address: '::1', family: 6 },
-  ]);
+  assert.deepEqual(await resolve('localhost'), [{ address: '127.0.0.1', family: 4 }]);
+  // As the URL policy judges it: allowed by the usual local exemption.
+  assert.deepEqual(await resolveAndCheck('localhost', { allowedCidrs: ['127.0.0.0/8'] }, resolve), [{ address: '127.0.0.1', family: 4 }]);
   assert.deepEqual(await resolve('api.localhost.'), await resolve('localhost'));
   assert.equal(queries.length, before);
 });

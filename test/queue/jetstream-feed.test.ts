@@ -450,6 +450,13 @@ test("a feed started while NATS takes connections but says nothing starts off, a
   await eventually(async () => received.length, (n) => n === 1, "a job through the feed", 10_000);
 });
 
+test("a NATS server without JetStream stops the start, saying so: no retry mends it", async () => {
+  const nats = await startNatsServer({ jetstream: false });
+  cleanups.push(() => nats.stop());
+  const names = natsPrefix("nojs");
+  await assert.rejects(createJetStreamFeed({ url: nats.url, prefix: names.prefix, logger: log, name: "feed-test-nojs" }), { name: "JetStreamNotEnabled" });
+});
+
 test("a NATS that stops answering without closing the connection costs one publish the flush timeout, not every publish", async () => {
   const proxy = await startTcpProxy(NATS_URL);
   cleanups.push(() => proxy.close());
