@@ -10,6 +10,7 @@ import { ensureDefaultTenant } from "./store/tenants.js";
 import { highestShardInUse, newestSealedSecrets } from "./store/webhooks.js";
 import { forgetAllDispatchers } from "./store/leases.js";
 import { ensureDataDir } from "./store/data-dir-lock.js";
+import { recordedShardCount } from "./store/deployment.js";
 import type { DeliveryFeed } from "./queue/feed.js";
 import { createEmbeddedFeed } from "./queue/embedded.js";
 import { createJetStreamFeed } from "./queue/jetstream.js";
@@ -228,15 +229,23 @@ async function openSecretBox(config: Config, embedded: boolean): Promise<SecretB
 }
 
 /**
- * Refuses a shard count that leaves webhooks out: each keeps the shard it was hashed to when it was made,
- * and only shards below the count are ever claimed, so a lowered WEBHOOKD_SHARDS left their deliveries
- * pending, unsent, until they expired. A higher count is safe (new webhooks spread over more shards).
+ * Refuses a shard count other than the deployment's. Each webhook keeps the shard it was hashed to, and a
+ * process claims only shards below its count: one with a lower count left webhooks out (their deliveries
+ * pending, unsent, until they expired), and an API with a higher one made webhooks on shards that running
+ * dispatchers never claimed. The first start records the count; before that record existed, the shards
+ * webhooks are on tell a count that is too low.
  */
 async function checkShardCount(db: Store["db"], shardCount: number): Promise<void> {
   const highest = await highestShardInUse(db);
   if (highest !== undefined && highest >= shardCount) {
     throw new StartupError(
       `WEBHOOKD_SHARDS=${shardCount} is lower than the deployment's: webhooks in the database are on shards up to ${highest}, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with (at least ${highest + 1})`,
+    );
+  }
+  const recorded = await recordedShardCount(db, shardCount);
+  if (recorded !== shardCount) {
+    throw new StartupError(
+      `WEBHOOKD_SHARDS=${shardCount} differs from the deployment's ${recorded} (recorded by its first start): every process of a deployment must use the same shard count`,
     );
   }
 }

@@ -156,6 +156,11 @@ export interface DispatcherTable {
   heartbeat_at: Timestamp;
 }
 
+export interface DeploymentSettingTable {
+  name: string;
+  value: string;
+}
+
 export interface Database {
   tenants: TenantTable;
   api_keys: ApiKeyTable;
@@ -168,6 +173,7 @@ export interface Database {
   delivery_attempts: DeliveryAttemptTable;
   shard_leases: ShardLeaseTable;
   dispatchers: DispatcherTable;
+  deployment_settings: DeploymentSettingTable;
 }
 
 export type Tenant = Selectable<TenantTable>;

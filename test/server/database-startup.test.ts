@@ -107,3 +107,14 @@ test("a WEBHOOKD_SHARDS lower than the shards webhooks are on: exit 2 naming it,
   assert.equal(code, 2, output);
   assert.match(output, /^webhookd: WEBHOOKD_SHARDS=8 is lower than the deployment's: webhooks in the database are on shards up to 41, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with \(at least 42\)\n$/);
 });
+
+test("a WEBHOOKD_SHARDS other than the deployment's recorded one: exit 2, even a higher one (running dispatchers would never claim its shards)", async () => {
+  const database = await createTestDatabase("shards_recorded");
+  cleanups.push(() => database.drop());
+  const { app } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
+  await app.stop();
+  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0", WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
+  const { code, output } = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_SHARDS: "128" });
+  assert.equal(code, 2, output);
+  assert.equal(output, "webhookd: WEBHOOKD_SHARDS=128 differs from the deployment's 64 (recorded by its first start): every process of a deployment must use the same shard count\n");
+});

@@ -6,6 +6,7 @@ import * as retrySchedule from "./2026-11-29-004-retry-schedule.js";
 import * as dailyPartitions from "./2026-11-29-005-daily-partitions.js";
 import * as endpointHealth from "./2026-11-29-006-endpoint-health-and-replays.js";
 import * as payloadLz4 from "./2026-11-29-007-payload-lz4.js";
+import * as deploymentSettings from "./2026-12-04-008-deployment-settings.js";
 
 /** Listed explicitly: a folder-reading provider breaks under bundlers and tsx alike. */
 const migrations: Record<string, Migration> = {
@@ -16,6 +17,7 @@ const migrations: Record<string, Migration> = {
   "2026-11-29-005-daily-partitions": dailyPartitions,
   "2026-11-29-006-endpoint-health-and-replays": endpointHealth,
   "2026-11-29-007-payload-lz4": payloadLz4,
+  "2026-12-04-008-deployment-settings": deploymentSettings,
 };
 
 export const migrationProvider: MigrationProvider = {
