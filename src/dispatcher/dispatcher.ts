@@ -138,7 +138,10 @@ export class Dispatcher {
     await this.rebalance();
     this.leaseTimer = setInterval(() => this.serially(() => this.rebalance()), this.options.leaseIntervalMs ?? 2_000);
     this.sweepTimer = setInterval(() => this.serially(() => this.sweep(this.options.sweepGraceMs ?? 2_000)), this.sweepIntervalMs);
-    this.log.info({ shards: this.owned.size }, "dispatcher started");
+    // The first subscriptions are waited for (the lease tick goes on meanwhile): a dispatcher that says it
+    // has started takes its shards' jobs from the feed, not a sweep's grace later.
+    await this.subscribing;
+    this.log.info({ shards: this.owned.size, subscribed: [...this.owned.values()].filter(Boolean).length }, "dispatcher started");
   }
 
   /** Stops taking work, lets attempts in flight finish and be recorded, and hands the shards back. */
