@@ -10,7 +10,7 @@ import { ensureDefaultTenant } from "./store/tenants.js";
 import { highestShardInUse, newestSealedSecrets } from "./store/webhooks.js";
 import { forgetAllDispatchers } from "./store/leases.js";
 import { ensureDataDir } from "./store/data-dir-lock.js";
-import { recordedShardCount } from "./store/deployment.js";
+import { recordShardCount, shardCountOnRecord } from "./store/deployment.js";
 import type { DeliveryFeed } from "./queue/feed.js";
 import { createEmbeddedFeed } from "./queue/embedded.js";
 import { createJetStreamFeed } from "./queue/jetstream.js";
@@ -193,6 +193,11 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
       stops.push(() => metricsServer!.close());
     }
 
+    // Recorded once the start has succeeded: a first start that failed (a port in use) fixed the count
+    // for good, though nothing had run with it. Two first starts racing with different counts: the
+    // one that loses stops here.
+    await checkShardCount(store.db, config.shardCount, await recordShardCount(store.db, config.shardCount));
+
     return {
       url: server && urlOf(server),
       metricsUrl: metricsServer && urlOf(metricsServer),
@@ -232,18 +237,18 @@ async function openSecretBox(config: Config, embedded: boolean): Promise<SecretB
  * Refuses a shard count other than the deployment's. Each webhook keeps the shard it was hashed to, and a
  * process claims only shards below its count: one with a lower count left webhooks out (their deliveries
  * pending, unsent, until they expired), and an API with a higher one made webhooks on shards that running
- * dispatchers never claimed. The first start records the count; before that record existed, the shards
- * webhooks are on tell a count that is too low.
+ * dispatchers never claimed. The first start to succeed records the count (see recordShardCount); before
+ * that record existed, the shards webhooks are on tell a count that is too low.
  */
-async function checkShardCount(db: Store["db"], shardCount: number): Promise<void> {
+async function checkShardCount(db: Store["db"], shardCount: number, recorded?: number): Promise<void> {
   const highest = await highestShardInUse(db);
   if (highest !== undefined && highest >= shardCount) {
     throw new StartupError(
       `WEBHOOKD_SHARDS=${shardCount} is lower than the deployment's: webhooks in the database are on shards up to ${highest}, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with (at least ${highest + 1})`,
     );
   }
-  const recorded = await recordedShardCount(db, shardCount);
-  if (recorded !== shardCount) {
+  recorded ??= await shardCountOnRecord(db);
+  if (recorded !== undefined && recorded !== shardCount) {
     throw new StartupError(
       `WEBHOOKD_SHARDS=${shardCount} differs from the deployment's ${recorded} (recorded by its first start): every process of a deployment must use the same shard count`,
     );

@@ -70,13 +70,19 @@ function nonEmpty(env: Env, name: string): string | undefined {
 
 /** Variables whose values are never repeated in an error: it goes to logs. */
 const SECRETS = new Set(["WEBHOOKD_ADMIN_KEY", "WEBHOOKD_ENCRYPTION_KEY"]);
-/** Variables whose values may carry credentials (user:password@): repeated without them. */
+/**
+ * Variables whose values may carry credentials, in forms no pattern catches reliably (a password with a
+ * slash, key=value strings, lists of URLs): only their scheme and host are repeated, when they parse.
+ */
 const URLS = new Set(["DATABASE_URL", "NATS_URL"]);
 
 /** The variable as an error names it: its value, but no secret of it. */
 function named(name: string, raw: string): string {
   if (SECRETS.has(name)) return name;
-  if (URLS.has(name)) return `${name}=${JSON.stringify(raw.replace(/\/\/[^/@]*@/, "//***@"))}`;
+  if (URLS.has(name)) {
+    const url = URL.canParse(raw) ? new URL(raw) : undefined;
+    return url?.host ? `${name} (${url.protocol}//${url.host})` : name;
+  }
   return `${name}=${JSON.stringify(raw)}`;
 }
 

@@ -6,6 +6,7 @@
 import dns from 'node:dns';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 
 export type ResolvedAddress = { address: string; family: number };
 export type Resolver = (hostname: string) => Promise<ResolvedAddress[]>;
@@ -76,9 +77,15 @@ function readOr(file: string): string {
   }
 }
 
-/** The system's settings, read once (at the resolver's first use): an edit of either file needs a restart. */
+/**
+ * The system's settings, read once (at the resolver's first use): an edit of either file needs a restart.
+ * Without a search or domain line, glibc searches the domain of the machine's own name.
+ */
 export function systemDnsSettings(): DnsSettings {
-  return { ...parseResolvConf(readOr('/etc/resolv.conf')), hosts: parseHosts(readOr('/etc/hosts')) };
+  const conf = parseResolvConf(readOr('/etc/resolv.conf'));
+  const host = os.hostname().toLowerCase();
+  if (conf.search.length === 0 && host.includes('.')) conf.search = [host.slice(host.indexOf('.') + 1)];
+  return { ...conf, hosts: parseHosts(readOr('/etc/hosts')) };
 }
 
 /**
@@ -115,10 +122,30 @@ export function dnsResolver(settings: DnsSettings = systemDnsSettings()): Resolv
     const searched = absolute ? [] : settings.search.map((domain) => `${name}.${domain}`);
     const dots = name.split('.').length - 1;
     const candidates = dots >= settings.ndots ? [name, ...searched] : [...searched, name];
+    // glibc's rules: no such name, no address or a server failure moves on to the next candidate; any
+    // other failure (a timeout, a refusal, a name too long with the domain) ends the search list, but the
+    // name as it is is still asked; only a DNS server that refuses connections ends it all. Thrown at
+    // once, a search domain whose DNS was broken failed every webhook (with ndots:5, every public name).
+    let failure: unknown;
+    let askedAsIs = false;
     for (const candidate of candidates) {
-      const found = await ask(candidate);
-      if (found.length > 0) return found;
+      try {
+        askedAsIs ||= candidate === name;
+        const found = await ask(candidate);
+        if (found.length > 0) return found;
+      } catch (err) {
+        failure ??= err;
+        const code = (err as { code?: string }).code;
+        if (code === 'ECONNREFUSED') break;
+        if (code === 'ESERVFAIL') continue;
+        if (!askedAsIs) {
+          const found = await ask(name).catch(() => []);
+          if (found.length > 0) return found;
+        }
+        break;
+      }
     }
+    if (failure) throw failure;
     return [];
   };
 }

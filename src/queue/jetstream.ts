@@ -105,7 +105,8 @@ export async function createJetStreamFeed(options: {
   // client's default of two 2 minutes apart; then it reconnects.
   // A server that takes the connection and says nothing is given up on after 5 s (not the client's 20 s,
   // which held the start that long) and tried again.
-  const connectOptions = { servers: options.url, name: options.name, timeout: 5_000, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 10_000, maxPingOut: 3 };
+  const server = natsServer(options.url);
+  const connectOptions = { ...server.connect, name: options.name, timeout: 5_000, maxReconnectAttempts: -1, reconnectTimeWait: 500, pingInterval: 10_000, maxPingOut: 3 };
 
   /** The connection and its JetStream handles, once NATS has answered. */
   let link: { nc: NatsConnection; jsm: JetStreamManager; js: JetStreamClient } | undefined;
@@ -201,7 +202,7 @@ export async function createJetStreamFeed(options: {
     const nc = await join();
     connected = true;
     // The server's release: what a stream or consumer does can differ between them (see ensureConsumer).
-    log.info({ url: options.url, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
+    log.info({ url: server.shown, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
   } catch (err) {
     if (cannotMend(err)) throw err;
     // Postgres is the record and the owners' sweep sends what the feed does not: NATS down at start, or
@@ -209,7 +210,7 @@ export async function createJetStreamFeed(options: {
     // JetStream has no leader yet), slows delivery down; it does not stop webhookd. Whatever the failure,
     // the feed goes on trying: given up after one that was not a refused connection, it stayed off for
     // the life of the process, and /readyz answered 503 with NATS long healthy.
-    log.warn({ err, url: options.url }, "NATS is not usable yet; the feed joins when it is, the sweep delivers until then");
+    log.warn({ err, url: server.shown }, "NATS is not usable yet; the feed joins when it is, the sweep delivers until then");
     void (async () => {
       let lastFailure = String(err);
       for (let wait = 500; !closing; wait = Math.min(wait * 2, 5_000)) {
@@ -220,11 +221,11 @@ export async function createJetStreamFeed(options: {
           const nc = await join();
           if (closing) return void (await nc.close());
           connected = !nc.isClosed();
-          log.warn({ url: options.url, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
+          log.warn({ url: server.shown, serverVersion: nc.info?.version }, "NATS reached; the feed is on");
           return;
         } catch (again) {
           // Said once per kind of failure, not every few seconds.
-          if (String(again) !== lastFailure) log.warn({ err: again, url: options.url }, "NATS is still not usable; trying again");
+          if (String(again) !== lastFailure) log.warn({ err: again, url: server.shown }, "NATS is still not usable; trying again");
           lastFailure = String(again);
         }
       }
@@ -274,7 +275,7 @@ export async function createJetStreamFeed(options: {
     },
 
     async consume(shard, onJob) {
-      if (!link) throw new Error(`NATS at ${options.url} has not been reached yet`);
+      if (!link) throw new Error(`NATS at ${server.shown} has not been reached yet`);
       const { jsm, js } = link;
       const durable = `${names.consumerPrefix}_${shard}`;
       const filter = `${names.subjectRoot}.${shard}.>`;
@@ -500,4 +501,18 @@ function cannotMend(err: unknown): boolean {
     err instanceof PermissionViolationError ||
     err instanceof InvalidArgumentError
   );
+}
+
+/**
+ * NATS_URL as the client takes it: the client does not read credentials from the URL, so they go as
+ * options (user:password@, or a token as token@), and what logs show of it carries none.
+ */
+export function natsServer(url: string): { connect: { servers: string; user?: string; pass?: string; token?: string }; shown: string } {
+  const parsed = new URL(url);
+  const user = decodeURIComponent(parsed.username);
+  const pass = decodeURIComponent(parsed.password);
+  parsed.username = "";
+  parsed.password = "";
+  const credentials = user && pass ? { user, pass } : user ? { token: user } : {};
+  return { connect: { servers: parsed.toString().replace(/\/$/, ""), ...credentials }, shown: `${parsed.protocol}//${parsed.host}` };
 }

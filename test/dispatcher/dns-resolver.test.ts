@@ -37,10 +37,12 @@ before(async () => {
     if (question.name.endsWith('slow.test')) return;
     const zone = ZONE[question.name];
     const addresses = question.type === 'A' || question.type === 'AAAA' ? (zone?.[question.type] ?? []) : [];
+    // Names under broken.test answer SERVFAIL, under refusing.test REFUSED; unknown names NXDOMAIN.
+    const rcode = question.name.endsWith('broken.test') ? 2 : question.name.endsWith('refusing.test') ? 5 : zone ? 0 : 3;
     const answer = dnsPacket.encode({
       type: 'response',
       id: query.id,
-      flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | (zone ? 0 : 3), // 3: NXDOMAIN
+      flags: dnsPacket.RECURSION_DESIRED | dnsPacket.RECURSION_AVAILABLE | rcode,
       questions: [question],
       answers: addresses.map((data) => ({ type: question.type as 'A', name: question.name, ttl: 30, data })),
     });
@@ -83,6 +85,23 @@ test("resolv.conf's search list, in glibc's order, and the hosts file first", as
   const asked = queries.length;
   assert.deepEqual(await withSearch('pinned.example'), [{ address: '10.1.2.3', family: 4 }]);
   assert.equal(queries.length, asked);
+});
+
+test("a search domain whose DNS fails does not fail the name: glibc's rules", async () => {
+  const hosts = new Map();
+  const both = [{ address: '93.184.216.34', family: 4 }, { address: '2606:4700::1111', family: 6 }];
+  // ndots:5, as Kubernetes sets it: every public name is tried with the search domains first.
+  // SERVFAIL moves on to the next candidate.
+  assert.deepEqual(await dnsResolver({ servers, search: ['broken.test', 'svc.test'], ndots: 5, hosts })('both.test'), both);
+  // REFUSED ends the search list, and the name is still asked as it is.
+  let before = queries.length;
+  assert.deepEqual(await dnsResolver({ servers, search: ['refusing.test', 'svc.test'], ndots: 5, hosts })('both.test'), both);
+  assert.ok(!queries.slice(before).some((q) => q.endsWith('svc.test')), 'the search list ended at the refusal');
+  // With nothing found anywhere, the failure is the answer (a temporary one: the attempt is retried).
+  await assert.rejects(dnsResolver({ servers, search: [], ndots: 1, hosts })('x.refusing.test'), { code: 'EREFUSED' });
+  before = queries.length;
+  await assert.rejects(dnsResolver({ servers, search: ['broken.test'], ndots: 1, hosts })('missing.test'), { code: 'ESERVFAIL' });
+  assert.deepEqual(queries.slice(before).filter((q) => q.startsWith('A ')), ['A missing.test', 'A missing.test.broken.test']);
 });
 
 test('one private address among public ones refuses the name', async () => {

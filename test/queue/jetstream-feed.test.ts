@@ -450,6 +450,27 @@ test("a feed started while NATS takes connections but says nothing starts off, a
   await eventually(async () => received.length, (n) => n === 1, "a job through the feed", 10_000);
 });
 
+test("credentials in NATS_URL (user:password@ or token@) are used, and never logged", async () => {
+  for (const [args, credentials] of [
+    [["--user", "webhookd", "--pass", "S3cr3t/pw"], "webhookd:S3cr3t%2Fpw@"],
+    [["--auth", "T0ken-S3cr3t"], "T0ken-S3cr3t@"],
+  ] as const) {
+    const nats = await startNatsServer({ args: [...args] });
+    cleanups.push(() => nats.stop());
+    const lines: string[] = [];
+    const logger = pino({ level: "debug" }, { write: (line: string) => void lines.push(line) });
+    const url = nats.url.replace("nats://", `nats://${credentials}`);
+    const names = natsPrefix("auth");
+    const feed = await createJetStreamFeed({ url, prefix: names.prefix, logger, name: "feed-test-auth" });
+    cleanups.push(() => feed.close());
+    assert.equal(feed.healthy(), true, `${args[0]}: connected with the URL's credentials`);
+    assert.ok(lines.length > 0 && !lines.some((l) => l.includes("S3cr3t")), `${args[0]}: no credential in the log: ${lines.join("")}`);
+    await feed.close();
+    // Wrong ones stop the start: no retry mends them.
+    await assert.rejects(createJetStreamFeed({ url: nats.url.replace("nats://", "nats://wrong:wrong@"), prefix: names.prefix, logger, name: "feed-test-auth" }), { name: "AuthorizationError" });
+  }
+});
+
 test("a NATS server without JetStream stops the start, saying so: no retry mends it", async () => {
   const nats = await startNatsServer({ jetstream: false });
   cleanups.push(() => nats.stop());

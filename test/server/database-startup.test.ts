@@ -3,6 +3,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs/promises";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import pg from "pg";
@@ -117,4 +118,18 @@ test("a WEBHOOKD_SHARDS other than the deployment's recorded one: exit 2, even a
   const { code, output } = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_SHARDS: "128" });
   assert.equal(code, 2, output);
   assert.equal(output, "webhookd: WEBHOOKD_SHARDS=128 differs from the deployment's 64 (recorded by its first start): every process of a deployment must use the same shard count\n");
+});
+
+test("a first start that fails records no shard count: the next may use another", async () => {
+  const database = await createTestDatabase("shards_failed_start");
+  cleanups.push(() => database.drop());
+  const busy = net.createServer();
+  await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
+  cleanups.push(() => new Promise((resolve) => busy.close(resolve)));
+  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
+  const failed = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_LISTEN: `127.0.0.1:${(busy.address() as net.AddressInfo).port}` });
+  assert.equal(failed.code, 2, failed.output);
+  assert.match(failed.output, /cannot listen/);
+  const { app } = await startTestApp({ DATABASE_URL: database.url, WEBHOOKD_SHARDS: "128" }, ["api"]);
+  await app.stop();
 });

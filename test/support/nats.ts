@@ -19,11 +19,14 @@ export function natsPrefix(label: string): { prefix: string; cleanup(): Promise<
  * kill (SIGKILL) and start again on the same port and store (`started: false`: not started yet). `stop()`
  * kills it and removes the store.
  */
-export async function startNatsServer(options: { started?: boolean; jetstream?: boolean } = {}): Promise<{ url: string; start(): Promise<void>; kill(): Promise<void>; stop(): Promise<void> }> {
+export async function startNatsServer(
+  options: { started?: boolean; jetstream?: boolean; args?: string[] } = {},
+): Promise<{ url: string; start(): Promise<void>; kill(): Promise<void>; stop(): Promise<void> }> {
   const port = await freePort();
   const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), "webhookd-nats-"));
   const jetstream = (options.jetstream ?? true) ? ["-js", "-sd", storeDir] : [];
-  const server = serverProcess("nats-server", process.env.TEST_NATS_SERVER ?? "/usr/sbin/nats-server", ["-a", "127.0.0.1", "-p", String(port), ...jetstream], {
+  const args = ["-a", "127.0.0.1", "-p", String(port), ...jetstream, ...(options.args ?? [])];
+  const server = serverProcess("nats-server", process.env.TEST_NATS_SERVER ?? "/usr/sbin/nats-server", args, {
     ready: /Server is ready/,
     timeoutMs: 10_000,
   });
