@@ -33,7 +33,14 @@ export function reachable(url: string, timeoutMs = 1_000): Promise<boolean> {
   });
 }
 
-export async function startReference(options: { root: string; redisUrl: string; queue: string; concurrency: number; connectionsPerOrigin: number }): Promise<Reference> {
+export async function startReference(options: {
+  root: string;
+  redisUrl: string;
+  queue: string;
+  concurrency: number;
+  connectionsPerOrigin: number;
+  nodeArgs: string[];
+}): Promise<Reference> {
   const redis = new URL(options.redisUrl);
   const queue = new Queue<ReferenceJob>(options.queue, { connection: { host: redis.hostname, port: Number(redis.port || 6379) } });
   // Something else listening on the port (not Redis) would keep the client retrying for ever.
@@ -44,7 +51,7 @@ export async function startReference(options: { root: string; redisUrl: string; 
   const worker: ChildProcess = fork(
     path.join(options.root, "bench", "bullmq-worker.ts"),
     [options.queue, options.redisUrl, String(options.concurrency), String(options.connectionsPerOrigin)],
-    { cwd: options.root, execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] },
+    { cwd: options.root, execArgv: [...options.nodeArgs, "--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] },
   );
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("the BullMQ worker did not start within 20 s")), 20_000);

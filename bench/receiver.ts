@@ -71,18 +71,21 @@ function record(body: string, at: number, path: string): void {
   const fan = /^\/fan\/(\d+)$/.exec(path);
   const wh = fan ? Number(fan[1]) : payload.wh;
   if (typeof wh !== "number" || typeof payload.seq !== "number") return;
-  let hook = state.perWebhook.get(wh);
-  if (!hook) {
-    hook = { seen: new Set(), max: 0 };
-    state.perWebhook.set(wh, hook);
+  // Sent to another webhook's URL: not a delivery of this one (it counts as lost).
+  const hook = /^\/hook\/(\d+)$/.exec(path);
+  if (hook && Number(hook[1]) !== wh) return;
+  let seen = state.perWebhook.get(wh);
+  if (!seen) {
+    seen = { seen: new Set(), max: 0 };
+    state.perWebhook.set(wh, seen);
   }
-  if (hook.seen.has(payload.seq)) {
+  if (seen.seen.has(payload.seq)) {
     state.duplicates++;
     return;
   }
-  hook.seen.add(payload.seq);
-  if (payload.seq < hook.max) state.orderViolations++;
-  else hook.max = payload.seq;
+  seen.seen.add(payload.seq);
+  if (payload.seq < seen.max) state.orderViolations++;
+  else seen.max = payload.seq;
   if (state.firstAt === 0) state.firstAt = at;
   state.lastAt = at;
   if (typeof payload.sent_at === "number") state.latencies.push(at - payload.sent_at);
