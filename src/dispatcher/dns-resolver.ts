@@ -105,8 +105,8 @@ export function dnsResolver(settings: DnsSettings = systemDnsSettings()): Resolv
       answer.status === 'fulfilled' ? answer.value.map((address) => ({ address, family: i === 0 ? 4 : 6 })) : [],
     );
     if (found.length > 0) return found;
-    // Neither family: a real failure (a timeout, a refused query) says more than "not found", and trying
-    // the next candidate would only wait for it again.
+    // Neither family: a real failure (a timeout, a refused query) says more than "not found"; the search
+    // below decides what it means for the name.
     for (const answer of answers) {
       if (answer.status === 'rejected' && !NO_ANSWER.has((answer.reason as { code?: string }).code ?? '')) throw answer.reason;
     }
