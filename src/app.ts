@@ -196,7 +196,8 @@ export async function startWebhookd(config: Config, options: StartOptions): Prom
     // Recorded once the start has succeeded: a first start that failed (a port in use) fixed the count
     // for good, though nothing had run with it. Two first starts racing with different counts: the
     // one that loses stops here.
-    await checkShardCount(store.db, config.shardCount, await recordShardCount(store.db, config.shardCount));
+    const recorded = await recordShardCount(store.db, config.shardCount);
+    if (recorded !== config.shardCount) throw shardCountDiffers(config.shardCount, recorded);
 
     return {
       url: server && urlOf(server),
@@ -240,19 +241,21 @@ async function openSecretBox(config: Config, embedded: boolean): Promise<SecretB
  * dispatchers never claimed. The first start to succeed records the count (see recordShardCount); before
  * that record existed, the shards webhooks are on tell a count that is too low.
  */
-async function checkShardCount(db: Store["db"], shardCount: number, recorded?: number): Promise<void> {
+async function checkShardCount(db: Store["db"], shardCount: number): Promise<void> {
   const highest = await highestShardInUse(db);
   if (highest !== undefined && highest >= shardCount) {
     throw new StartupError(
       `WEBHOOKD_SHARDS=${shardCount} is lower than the deployment's: webhooks in the database are on shards up to ${highest}, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with (at least ${highest + 1})`,
     );
   }
-  recorded ??= await shardCountOnRecord(db);
-  if (recorded !== undefined && recorded !== shardCount) {
-    throw new StartupError(
-      `WEBHOOKD_SHARDS=${shardCount} differs from the deployment's ${recorded} (recorded by its first start): every process of a deployment must use the same shard count`,
-    );
-  }
+  const recorded = await shardCountOnRecord(db);
+  if (recorded !== undefined && recorded !== shardCount) throw shardCountDiffers(shardCount, recorded);
+}
+
+function shardCountDiffers(shardCount: number, recorded: number): StartupError {
+  return new StartupError(
+    `WEBHOOKD_SHARDS=${shardCount} differs from the deployment's ${recorded} (recorded by its first start): every process of a deployment must use the same shard count`,
+  );
 }
 
 /**

@@ -58,9 +58,6 @@ export interface Config {
 
 export class ConfigError extends Error {}
 
-const MAX_EVENT_TTL_MS = 90 * 24 * 60 * 60 * 1000;
-const MAX_SHARDS = 4096;
-
 type Env = Record<string, string | undefined>;
 
 function nonEmpty(env: Env, name: string): string | undefined {
@@ -124,6 +121,8 @@ function parseCount(raw: string): number {
 const SECOND_MS = 1_000;
 const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
+const MAX_EVENT_TTL_MS = 90 * DAY_MS;
+const MAX_SHARDS = 4096;
 /** A webhook's own retry_schedule has the same limits (server/webhook-service.ts). */
 const MAX_RETRIES = 30;
 const MAX_RETRY_DELAY_MS = 7 * DAY_MS;

@@ -482,7 +482,7 @@ async function ensureConsumer(jsm: JetStreamManager, names: JetStreamNames, dura
 
 /** Deletes a stream, for tests that made their own. */
 export async function deleteStream(url: string, prefix: string): Promise<void> {
-  const nc = await connect({ servers: url });
+  const nc = await connect(natsServer(url).connect);
   try {
     const jsm = await jetstreamManager(nc);
     await jsm.streams.delete(jetStreamNames(prefix).stream).catch(() => false);
@@ -507,7 +507,7 @@ function cannotMend(err: unknown): boolean {
  * NATS_URL as the client takes it: the client does not read credentials from the URL, so they go as
  * options (user:password@, or a token as token@), and what logs show of it carries none.
  */
-export function natsServer(url: string): { connect: { servers: string; user?: string; pass?: string; token?: string }; shown: string } {
+function natsServer(url: string): { connect: { servers: string; user?: string; pass?: string; token?: string }; shown: string } {
   const parsed = new URL(url);
   const user = decodeURIComponent(parsed.username);
   const pass = decodeURIComponent(parsed.password);

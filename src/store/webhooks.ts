@@ -124,13 +124,13 @@ export function healthColumns(health: EndpointHealth) {
   };
 }
 
-/** Sealed signing secrets of the newest webhooks (not deleted), with the id each is bound to. */
 /** The highest shard a webhook not deleted is hashed to, or undefined with none. */
 export async function highestShardInUse(db: Db): Promise<number | undefined> {
-  const row = await db.selectFrom("webhooks").select((eb) => eb.fn.max("shard").as("shard")).where("status", "<>", "deleted").executeTakeFirst();
+  const row = await db.selectFrom("webhooks").select((eb) => eb.fn.max("shard").as("shard")).where("status", "in", VISIBLE).executeTakeFirst();
   return row?.shard ?? undefined;
 }
 
+/** Sealed signing secrets of the newest webhooks (not deleted), with the id each is bound to. */
 export async function newestSealedSecrets(db: Db, webhooks: number): Promise<{ id: string; sealed: string }[]> {
   const rows = await db.selectFrom("webhooks").select(["id", "signing_secrets"]).where("status", "in", VISIBLE).orderBy("id", "desc").limit(webhooks).execute();
   return rows.flatMap((row) => row.signing_secrets.map((s) => ({ id: row.id, sealed: s.secret })));

@@ -182,6 +182,17 @@ class FakeRecord {
 }
 
 
+/**
+ * Makes the webhook's lane and waits until its first read of the record is done, so that jobs offered
+ * next come to a loaded lane, as the feed's do in production.
+ */
+async function laneLoaded(engine: LaneEngine, record: FakeRecord, webhookId: string): Promise<void> {
+  const loads = record.loads.length;
+  engine.wake(webhookId, 0);
+  await until(() => record.loads.length === loads + 1, 'the initial load');
+  await sleep(10);
+}
+
 describe('LaneEngine', () => {
   const engines: LaneEngine[] = [];
   const records: FakeRecord[] = [];
@@ -214,9 +225,7 @@ describe('LaneEngine', () => {
     // The lane is made by the first job; its load sees all three, so make the lane first and empty.
     record.rows.get('wh_a')!.splice(0);
     record.lastSeq.set('wh_a', 0);
-    engine.wake('wh_a', 0);
-    await until(() => record.loads.length === 1, 'the initial load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_a');
     // Now commit for real and offer out of order: 1, 3, then 2.
     for (const j of [j1, j2, j3]) record.rows.get('wh_a')!.push({ job: { ...j }, status: 'pending' });
     record.lastSeq.set('wh_a', 3);
@@ -246,9 +255,7 @@ describe('LaneEngine', () => {
     const record = newRecord();
     record.addWebhook('wh_b');
     const engine = newEngine(record.deps({ gapWaitMs: 10_000 }));
-    engine.wake('wh_b', 0);
-    await until(() => record.loads.length === 1, 'the initial load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_b');
     const j1 = record.commit('wh_b');
     const j2 = record.commit('wh_b');
     const j3 = record.commit('wh_b');
@@ -264,9 +271,7 @@ describe('LaneEngine', () => {
     record.addWebhook('wh_gap');
     record.responder = () => 'hold';
     const engine = newEngine(record.deps({ gapWaitMs: 150 }));
-    engine.wake('wh_gap', 0);
-    await until(() => record.loads.length === 1, 'the initial load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_gap');
     const j1 = record.commit('wh_gap');
     record.commit('wh_gap'); // seq 2: its feed message is lost
     const j3 = record.commit('wh_gap');
@@ -295,9 +300,7 @@ describe('LaneEngine', () => {
     record.addWebhook('wh_dup');
     record.responder = () => 'hold';
     const engine = newEngine(record.deps());
-    engine.wake('wh_dup', 0);
-    await until(() => record.loads.length === 1, 'the initial load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_dup');
     const j1 = record.commit('wh_dup');
     const j2 = record.commit('wh_dup');
     engine.offer(record.copy(j1));
@@ -641,9 +644,7 @@ describe('LaneEngine', () => {
     record.addWebhook('wh_race');
     record.responder = () => 'hold';
     const engine = newEngine(record.deps({ gapWaitMs: 30 }));
-    engine.wake('wh_race', 0);
-    await until(() => record.loads.length === 1, 'the initial load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_race');
     record.loadDelayMs = 300;
     const j1 = record.commit('wh_race');
     const j2 = record.commit('wh_race');
@@ -681,9 +682,7 @@ describe('LaneEngine', () => {
       return execute(job, webhook);
     };
     const engine = newEngine(deps);
-    engine.wake('wh_mem', 0);
-    await until(() => record.loads.length === 1, 'the initial load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_mem');
     const offered = Array.from({ length: 50 }, () => record.copy(record.commit('wh_mem')));
     for (const job of offered) engine.offer(job);
     await until(() => record.calls.length === 1, 'seq 1 sent');
@@ -830,9 +829,7 @@ describe('LaneEngine', () => {
     record.addWebhook('wh_snap');
     record.responder = () => 'hold';
     const engine = newEngine(record.deps({ gapWaitMs: 10_000 }));
-    engine.wake('wh_snap', 0);
-    await until(() => record.loads.length === 1, 'the first load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_snap');
     const first = record.commit('wh_snap');
     engine.offer(record.copy(first));
     await until(() => record.calls.length === 1, 'seq 1 sent');
@@ -861,9 +858,7 @@ describe('LaneEngine', () => {
     record.addWebhook('wh_late', { orderedByKey: true });
     record.responder = (call) => (call.key === 'A' ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
     const engine = newEngine(record.deps({ laneCapacity: 3, gapWaitMs: 30 }));
-    engine.wake('wh_late', 0);
-    await until(() => record.loads.length === 1, 'the first load');
-    await sleep(10);
+    await laneLoaded(engine, record, 'wh_late');
     engine.offer(record.copy(record.commit('wh_late', 'A')));
     await until(() => record.calls.length === 1, 'A1 tried; its retry an hour away');
     const b2 = record.commit('wh_late', 'B'); // its feed message lags

@@ -76,35 +76,39 @@ test("an unreadable WEBHOOKD_CA_FILE or unknown WEBHOOKD_LOG_LEVEL: exit 2 namin
   assert.deepEqual(await fs.readdir(root), [], "no data dir, database or key file was created");
 });
 
-test("a WEBHOOKD_ENCRYPTION_KEY that opens none of the database's signing secrets: exit 2 naming it", async () => {
-  const database = await createTestDatabase("wrong_key");
+/** A database a first start made (the API, in this process), with one webhook on it. */
+async function deployedWithWebhook(label: string) {
+  const database = await createTestDatabase(label);
   cleanups.push(() => database.drop());
   const { app, url } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
   const created = await restClient(url, TEST_ADMIN_KEY)("POST", "/webhooks", { url: "http://127.0.0.1:9/h", event_types: ["a.b"] });
   assert.equal(created.status, 201);
   await app.stop();
-  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0" };
-  const { code, output } = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_ENCRYPTION_KEY: Buffer.alloc(32, 9).toString("base64") });
+  return { database, webhookId: created.body.webhook_id as string };
+}
+
+/** What the binary is started with on that database: the tests' keys, any free port. */
+function binEnv(databaseUrl: string) {
+  return { DATABASE_URL: databaseUrl, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0", WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
+}
+
+test("a WEBHOOKD_ENCRYPTION_KEY that opens none of the database's signing secrets: exit 2 naming it", async () => {
+  const { database, webhookId } = await deployedWithWebhook("wrong_key");
+  const { code, output } = await runBin("webhookd", ["api"], { ...binEnv(database.url), WEBHOOKD_ENCRYPTION_KEY: Buffer.alloc(32, 9).toString("base64") });
   assert.equal(code, 2, output);
   assert.equal(
     output,
-    `webhookd: WEBHOOKD_ENCRYPTION_KEY opens none of the signing secrets in the database (the newest webhook is ${created.body.webhook_id}): every webhookd process of a deployment needs the key they were sealed with\n`,
+    `webhookd: WEBHOOKD_ENCRYPTION_KEY opens none of the signing secrets in the database (the newest webhook is ${webhookId}): every webhookd process of a deployment needs the key they were sealed with\n`,
   );
 });
 
 test("a WEBHOOKD_SHARDS lower than the shards webhooks are on: exit 2 naming it, as nothing would work those shards", async () => {
-  const database = await createTestDatabase("shards_lowered");
-  cleanups.push(() => database.drop());
-  const { app, url } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
-  const created = await restClient(url, TEST_ADMIN_KEY)("POST", "/webhooks", { url: "http://127.0.0.1:9/h", event_types: ["a.b"] });
-  assert.equal(created.status, 201);
-  await app.stop();
+  const { database } = await deployedWithWebhook("shards_lowered");
   const client = new pg.Client({ connectionString: database.url });
   await client.connect();
   await client.query("update webhooks set shard = 41");
   await client.end();
-  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0", WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
-  const { code, output } = await runBin("webhookd", ["dispatcher"], { ...env, WEBHOOKD_SHARDS: "8" });
+  const { code, output } = await runBin("webhookd", ["dispatcher"], { ...binEnv(database.url), WEBHOOKD_SHARDS: "8" });
   assert.equal(code, 2, output);
   assert.match(output, /^webhookd: WEBHOOKD_SHARDS=8 is lower than the deployment's: webhooks in the database are on shards up to 41, which no process would work; set WEBHOOKD_SHARDS to the value the deployment was started with \(at least 42\)\n$/);
 });
@@ -114,8 +118,7 @@ test("a WEBHOOKD_SHARDS other than the deployment's recorded one: exit 2, even a
   cleanups.push(() => database.drop());
   const { app } = await startTestApp({ DATABASE_URL: database.url }, ["api"]);
   await app.stop();
-  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_LISTEN: "127.0.0.1:0", WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
-  const { code, output } = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_SHARDS: "128" });
+  const { code, output } = await runBin("webhookd", ["api"], { ...binEnv(database.url), WEBHOOKD_SHARDS: "128" });
   assert.equal(code, 2, output);
   assert.equal(output, "webhookd: WEBHOOKD_SHARDS=128 differs from the deployment's 64 (recorded by its first start): every process of a deployment must use the same shard count\n");
 });
@@ -126,8 +129,7 @@ test("a first start that fails records no shard count: the next may use another"
   const busy = net.createServer();
   await new Promise<void>((resolve) => busy.listen(0, "127.0.0.1", resolve));
   cleanups.push(() => new Promise((resolve) => busy.close(resolve)));
-  const env = { DATABASE_URL: database.url, WEBHOOKD_ADMIN_KEY: TEST_ADMIN_KEY, WEBHOOKD_ENCRYPTION_KEY: TEST_ENCRYPTION_KEY };
-  const failed = await runBin("webhookd", ["api"], { ...env, WEBHOOKD_LISTEN: `127.0.0.1:${(busy.address() as net.AddressInfo).port}` });
+  const failed = await runBin("webhookd", ["api"], { ...binEnv(database.url), WEBHOOKD_LISTEN: `127.0.0.1:${(busy.address() as net.AddressInfo).port}` });
   assert.equal(failed.code, 2, failed.output);
   assert.match(failed.output, /cannot listen/);
   const { app } = await startTestApp({ DATABASE_URL: database.url, WEBHOOKD_SHARDS: "128" }, ["api"]);
