@@ -103,6 +103,26 @@ function signature(webhook: { id: string; event_types: string[] }): string {
 }
 
 /**
+ * The batch's payloads as one byte string and where each starts (from 1) and how long it is, in bytes.
+ * Sent as a text array, every payload was escaped by the client and parsed back character by character
+ * by Postgres (array_in): with 100 payloads of 5 KB that was 15 % of Postgres' CPU in the benchmark, and
+ * the statement took 6.0 ms against 2.3 ms this way. A Buffer goes as a binary parameter, unescaped, and
+ * `convert_from` checks that each slice is UTF-8.
+ */
+function packPayloads(payloads: string[]): { bytes: Buffer; starts: number[]; lengths: number[] } {
+  const parts = payloads.map((p) => Buffer.from(p, "utf8"));
+  const starts: number[] = [];
+  const lengths: number[] = [];
+  let next = 1;
+  for (const part of parts) {
+    starts.push(next);
+    lengths.push(part.length);
+    next += part.length;
+  }
+  return { bytes: Buffer.concat(parts, next - 1), starts, lengths };
+}
+
+/**
  * Writes the plan; returns the seq each planned delivery took, or null when the subscribers changed
  * since they were read, in which case nothing was written.
  */
@@ -111,6 +131,7 @@ export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | 
   for (const d of plan.deliveries) counts.set(d.webhookId, (counts.get(d.webhookId) ?? 0) + 1);
   // Keys are inserted in one order whatever the batch's, as the subscribers are locked: two batches
   // with keys in common then wait for each other instead of each holding a key the other needs (a deadlock).
+  const payloads = packPayloads(plan.events.map((e) => e.payload));
   const keyed = plan.events.filter((e) => e.idempotency_key !== null).sort((a, b) => compareKeys(a.idempotency_key!, b.idempotency_key!));
   const params: unknown[] = [
     plan.tenantId,
@@ -130,10 +151,12 @@ export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | 
     plan.deliveries.map((d) => d.orderingKey),
     plan.events.map((e) => e.id),
     plan.events.map((e) => e.event_type),
-    plan.events.map((e) => e.payload),
+    payloads.bytes,
     plan.events.map((e) => e.idempotency_key),
     plan.events.map((e) => e.ordering_key),
     plan.events.map((e) => e.delivery_count),
+    payloads.starts,
+    payloads.lengths,
   ];
   // Every write waits on `ok`, and `ok` on every subscriber lock: nothing is written or updated before
   // all the locks are held, and nothing at all when the subscribers are not the planned ones. Rows go
@@ -158,8 +181,8 @@ export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | 
       where (select ok from verdict)
     ), evs as (
       insert into events (${EVENT_COLUMNS.join(", ")})
-      select e.id, $1, e.event_type, e.payload, e.idempotency_key, e.ordering_key, e.delivery_count, $6::timestamptz
-      from unnest($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::int[]) as e(id, event_type, payload, idempotency_key, ordering_key, delivery_count)
+      select e.id, $1, e.event_type, convert_from(substring($18::bytea from e.start for e.length), 'UTF8'), e.idempotency_key, e.ordering_key, e.delivery_count, $6::timestamptz
+      from unnest($16::text[], $17::text[], $22::int[], $23::int[], $19::text[], $20::text[], $21::int[]) as e(id, event_type, start, length, idempotency_key, ordering_key, delivery_count)
       where (select ok from verdict)
     ), dlv as (
       insert into deliveries (${DELIVERY_COLUMNS.join(", ")})

@@ -87,6 +87,26 @@ function checks(open: () => Store) {
     assert.deepEqual(Object.fromEntries(last.map((w) => [w.id, Number(w.last_seq)])), { [orders]: 4, [created]: 3 });
   });
 
+  test("every payload of a batch is stored exactly as given, whatever its characters and length", async () => {
+    const { db } = open();
+    await webhook(db, ["ingest6.*"]);
+    const texts = [
+      JSON.stringify({ ascii: "plain" }),
+      JSON.stringify({ accents: "é ü ß", cjk: "日本語", emoji: "🎉👩‍💻", rtl: "שלום" }),
+      JSON.stringify({ escapes: 'quote " backslash \\ tab \t nul \u0000 brace {}', comma: "a,b", array: ["{", "}", "\\\""] }),
+      "[]",
+      JSON.stringify({ long: "ü".repeat(70_000) + "x" }),
+      "null",
+      JSON.stringify("a string of its own 🎉"),
+    ];
+    const events = newEvents(texts.map(() => "ingest6.thing"));
+    events.forEach((e, i) => (e.payload = texts[i]!));
+    assert.notEqual(await writeIngest(db, await plan(db, events)), null);
+    const stored = await db.selectFrom("events").select(["id", "payload"]).where("id", "in", events.map((e) => e.id)).execute();
+    const byId = new Map(stored.map((r) => [r.id, r.payload]));
+    events.forEach((e, i) => assert.equal(byId.get(e.id), texts[i], `payload ${i}`));
+  });
+
   const changes: [string, (db: Db, subscribed: string) => Promise<unknown>][] = [
     ["a subscriber's event types changed", (db, id) => db.updateTable("webhooks").set({ event_types: ["ingest2.other"] }).where("id", "=", id).execute()],
     ["a subscriber was disabled", (db, id) => db.updateTable("webhooks").set({ status: "disabled" }).where("id", "=", id).execute()],
