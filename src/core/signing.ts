@@ -26,6 +26,8 @@ export const DEFAULT_TOLERANCE_SECONDS = 5 * 60;
 const BASE64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
 const TIMESTAMP_RE = /^\d{1,15}$/;
 const HMAC_BYTES = 32;
+/** Decoded secrets and imported keys kept per process (see hmacKeyOf, privateKeyOf). */
+const MAX_CACHED_KEYS = 4096;
 const ED25519_SIGNATURE_BYTES = 64;
 // DER headers that wrap a raw 32-byte Ed25519 seed / public key as PKCS#8 / SPKI for node:crypto.
 const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
@@ -36,8 +38,12 @@ export interface SignInput {
   id: string;
   /** Unix seconds of this attempt (the `webhook-timestamp`). */
   timestamp: number;
-  /** The exact request body bytes as text; any re-serialisation breaks the signature. */
-  body: string;
+  /**
+   * The exact request body: its bytes, or its text (signed as UTF-8). Any re-serialisation breaks the
+   * signature. The dispatcher passes the bytes it sends, so the body is encoded once, not once to sign
+   * and again to write.
+   */
+  body: string | Uint8Array;
 }
 
 export interface DeliveryHeaders {
@@ -97,9 +103,25 @@ export function signPayload({ id, timestamp, body, secrets }: SignInput & { secr
   assertTimestamp(timestamp);
   // Hashed in parts: the signed content is never built as one more copy of the body.
   const prefix = `${id}.${timestamp}.`;
-  return secrets
-    .map((secret) => `v1,${createHmac('sha256', decodeSecret(secret)).update(prefix, 'utf8').update(body, 'utf8').digest('base64')}`)
-    .join(' ');
+  const signature = (secret: string) => {
+    const hmac = createHmac('sha256', hmacKeyOf(secret)).update(prefix, 'utf8');
+    return `v1,${(typeof body === 'string' ? hmac.update(body, 'utf8') : hmac.update(body)).digest('base64')}`;
+  };
+  return secrets.length === 1 ? signature(secrets[0]!) : secrets.map(signature).join(' ');
+}
+
+/** Secrets in use, decoded once: decoding and checking one took 1.5 µs, a seventh of signing 5 KB with it. */
+const hmacKeys = new Map<string, Buffer>();
+
+function hmacKeyOf(secret: string): Buffer {
+  let key = hmacKeys.get(secret);
+  if (key === undefined) {
+    key = decodeSecret(secret);
+    // Rotated-out secrets would pile up in a long-lived dispatcher; starting over costs one decode each.
+    if (hmacKeys.size >= MAX_CACHED_KEYS) hmacKeys.clear();
+    hmacKeys.set(secret, key);
+  }
+  return key;
 }
 
 /** All headers of a delivery request except those the HTTP client adds itself. */
@@ -261,20 +283,22 @@ export function signPayloadEd25519({
 }: SignInput & { secretKeys: readonly string[] }): string {
   if (secretKeys.length === 0) throw new Error('cannot sign a delivery without at least one signing key');
   assertTimestamp(timestamp);
-  const content = Buffer.from(signedContent(id, timestamp, body), 'utf8');
+  const content =
+    typeof body === 'string'
+      ? Buffer.from(signedContent(id, timestamp, body), 'utf8')
+      : Buffer.concat([Buffer.from(`${id}.${timestamp}.`, 'utf8'), body]);
   return secretKeys.map((key) => `v1a,${cryptoSign(null, content, privateKeyOf(key)).toString('base64')}`).join(' ');
 }
 
 /** Keys in use, imported once: importing one cost 0.5 ms per signature, signing 0.07. */
 const privateKeys = new Map<string, KeyObject>();
-const MAX_PRIVATE_KEYS = 4096;
 
 function privateKeyOf(secretKey: string): KeyObject {
   let key = privateKeys.get(secretKey);
   if (key === undefined) {
     key = decodeSigningSecretKey(secretKey);
     // Rotated-out keys would pile up in a long-lived dispatcher; starting over costs one import each.
-    if (privateKeys.size >= MAX_PRIVATE_KEYS) privateKeys.clear();
+    if (privateKeys.size >= MAX_CACHED_KEYS) privateKeys.clear();
     privateKeys.set(secretKey, key);
   }
   return key;

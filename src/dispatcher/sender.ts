@@ -103,12 +103,16 @@ export function createSender(options: SenderOptions): Sender {
 
   async function send(request: SendRequest): Promise<SendOutcome> {
     const started = performance.now();
-    const body = buildDeliveryBody({
-      eventId: request.eventId,
-      eventType: request.eventType,
-      timestamp: new Date(request.createdAt),
-      payloadJson: request.payload,
-    });
+    // Encoded once: signed and written as these bytes (a string was encoded twice, for the HMAC and the socket).
+    const body = Buffer.from(
+      buildDeliveryBody({
+        eventId: request.eventId,
+        eventType: request.eventType,
+        timestamp: new Date(request.createdAt),
+        payloadJson: request.payload,
+      }),
+      "utf8",
+    );
     const headers = buildDeliveryHeaders({
       id: request.eventId,
       timestamp: Math.floor(Date.now() / 1000),

@@ -77,6 +77,23 @@ test('signPayload agrees with the reference sign()', () => {
   assert.equal(ours, new Webhook(secret).sign('evt_x', new Date(ts * 1000), body));
 });
 
+test('a body given as its UTF-8 bytes is signed as the same body given as text, in v1 and v1a', () => {
+  const body = sampleBody();
+  const bytes = Buffer.from(body, 'utf8');
+  assert.notEqual(bytes.length, body.length, 'the sample has multi-byte characters');
+  const ts = nowSeconds();
+  const secrets = [generateSecret(), generateSecret()];
+  const fromBytes = signPayload({ id: 'evt_b', timestamp: ts, body: bytes, secrets });
+  assert.equal(fromBytes, signPayload({ id: 'evt_b', timestamp: ts, body, secrets }));
+  for (const secret of secrets) {
+    const headers = buildDeliveryHeaders({ id: 'evt_b', timestamp: ts, body: bytes, secrets: [secret] });
+    for (const [name, verifyWith] of referenceVerifiers(secret)) assert.deepEqual(verifyWith(body, { ...headers }), JSON.parse(body), name);
+  }
+  const { secretKey, publicKey } = generateSigningKeyPair();
+  const ed = signPayloadEd25519({ id: 'evt_b', timestamp: ts, body: bytes, secretKeys: [secretKey] });
+  assert.equal(verifySignatureEd25519({ id: 'evt_b', timestamp: ts, body, header: ed, publicKeys: [publicKey] }), true);
+});
+
 test('standardwebhooks and svix verify our deliveries', () => {
   const secret = generateSecret();
   const body = sampleBody();
