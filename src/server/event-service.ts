@@ -108,8 +108,7 @@ export function createEventService(deps: EventServiceDeps) {
 
   // One ingest at a time per tenant, taking every call that arrived meanwhile: under load a commit
   // serves dozens of events, and a tenant's seq reservations never wait on each other's locks. Up to
-  // 16 MB of payloads: the payloads travel as one array parameter, escaped, and 500 events of 256 KB
-  // would make it a string of 128–256 MB.
+  // 16 MB of payloads: they travel as one parameter, and 500 events of 256 KB would make it 128 MB.
   const groupCommit = new GroupCommit<Accepted, { row: EventRow; duplicate: boolean }>(ingest, 500, (e) => e.payloadJson.length, MAX_INGEST_PAYLOAD_CHARS);
 
   const subscriberLists = new SubscriberLists();
