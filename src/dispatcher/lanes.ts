@@ -545,7 +545,9 @@ class Lane {
         }
         this.recordSignal(outcome.signal, probe);
         if (outcome.final) {
-          this.queue = this.queue.filter((j) => j !== job);
+          // In place: a backlogged lane holds up to `capacity` jobs, and a filtered copy per attempt was garbage.
+          const index = this.queue.indexOf(job);
+          if (index >= 0) this.queue.splice(index, 1);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
           this.rememberFinal(job.seq);
         } else {
