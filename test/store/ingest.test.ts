@@ -5,11 +5,13 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
-import { CompiledQuery } from "kysely";
+import { createHash, randomBytes } from "node:crypto";
+import { types as pgliteTypes } from "@electric-sql/pglite";
+import { CompiledQuery, sql } from "kysely";
 import { PublishEventRequestSchema } from "../../gen/webhook/v1/event_pb.js";
 import { patternsMatching } from "../../src/core/event-types.js";
 import { newId } from "../../src/core/ids.js";
-import type { Db, Store } from "../../src/store/db.js";
+import { byteaText, type Db, type Store } from "../../src/store/db.js";
 import { findSubscribers, planDeliveries, writeIngest, type IngestPlan } from "../../src/store/ingest.js";
 import type { Event } from "../../src/store/schema.js";
 import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
@@ -107,6 +109,28 @@ function checks(open: () => Store) {
     events.forEach((e, i) => assert.equal(byId.get(e.id), texts[i], `payload ${i}`));
   });
 
+  test("a batch of the largest request the API takes, 100 payloads of 256 KB, is stored exactly", async () => {
+    const { db } = open();
+    await webhook(db, ["ingest7.*"]);
+    // 256 KB of UTF-8 each, in two-byte characters, every payload different.
+    const texts = Array.from({ length: 100 }, (_, i) => JSON.stringify({ i, text: "ü".repeat(131_000 - 10) }));
+    assert.ok(texts.every((t) => Buffer.byteLength(t) > 250_000 && Buffer.byteLength(t) <= 256 * 1024));
+    const events = newEvents(texts.map(() => "ingest7.thing"));
+    events.forEach((e, i) => (e.payload = texts[i]!));
+    assert.notEqual(await writeIngest(db, await plan(db, events)), null);
+    const stored = await db
+      .selectFrom("events")
+      .select(["id", sql<string>`md5(payload)`.as("digest"), sql<number>`octet_length(payload)`.as("bytes")])
+      .where("id", "in", events.map((e) => e.id))
+      .execute();
+    const byId = new Map(stored.map((r) => [r.id, r]));
+    events.forEach((e, i) => {
+      const row = byId.get(e.id);
+      assert.equal(row?.bytes, Buffer.byteLength(texts[i]!), `payload ${i} length`);
+      assert.equal(row?.digest, createHash("md5").update(texts[i]!).digest("hex"), `payload ${i}`);
+    });
+  });
+
   const changes: [string, (db: Db, subscribed: string) => Promise<unknown>][] = [
     ["a subscriber's event types changed", (db, id) => db.updateTable("webhooks").set({ event_types: ["ingest2.other"] }).where("id", "=", id).execute()],
     ["a subscriber was disabled", (db, id) => db.updateTable("webhooks").set({ status: "disabled" }).where("id", "=", id).execute()],
@@ -131,6 +155,13 @@ function checks(open: () => Store) {
     });
   }
 }
+
+test("PGlite's bytea parameters are written as its own serializer writes them, for any view of a buffer", () => {
+  const pooled = Buffer.from("ü a pooled buffer 🎉", "utf8");
+  assert.notEqual(pooled.byteOffset, 0, "a small Buffer.from lies in Node's shared pool");
+  const views = [pooled, Buffer.from(randomBytes(4096)), new Uint8Array(randomBytes(64).buffer, 7, 33), new Uint8Array(0)];
+  for (const view of views) assert.equal(byteaText(view), pgliteTypes.serializers[pgliteTypes.BYTEA]!(view));
+});
 
 describe("the ingest write on Postgres", () => {
   const store = suiteStore("postgres", "ingest", { poolSize: 12 });
