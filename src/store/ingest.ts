@@ -130,9 +130,9 @@ function packPayloads(payloads: string[]): { bytes: Buffer; starts: number[]; le
 export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | null> {
   const counts = new Map<string, number>();
   for (const d of plan.deliveries) counts.set(d.webhookId, (counts.get(d.webhookId) ?? 0) + 1);
+  const payloads = packPayloads(plan.events.map((e) => e.payload));
   // Keys are inserted in one order whatever the batch's, as the subscribers are locked: two batches
   // with keys in common then wait for each other instead of each holding a key the other needs (a deadlock).
-  const payloads = packPayloads(plan.events.map((e) => e.payload));
   const keyed = plan.events.filter((e) => e.idempotency_key !== null).sort((a, b) => compareKeys(a.idempotency_key!, b.idempotency_key!));
   const params: unknown[] = [
     plan.tenantId,
