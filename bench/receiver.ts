@@ -72,20 +72,20 @@ function record(body: string, at: number, path: string): void {
   const wh = fan ? Number(fan[1]) : payload.wh;
   if (typeof wh !== "number" || typeof payload.seq !== "number") return;
   // Sent to another webhook's URL: not a delivery of this one (it counts as lost).
-  const hook = /^\/hook\/(\d+)$/.exec(path);
-  if (hook && Number(hook[1]) !== wh) return;
-  let seen = state.perWebhook.get(wh);
-  if (!seen) {
-    seen = { seen: new Set(), max: 0 };
-    state.perWebhook.set(wh, seen);
+  const target = /^\/hook\/(\d+)$/.exec(path);
+  if (target && Number(target[1]) !== wh) return;
+  let hook = state.perWebhook.get(wh);
+  if (!hook) {
+    hook = { seen: new Set(), max: 0 };
+    state.perWebhook.set(wh, hook);
   }
-  if (seen.seen.has(payload.seq)) {
+  if (hook.seen.has(payload.seq)) {
     state.duplicates++;
     return;
   }
-  seen.seen.add(payload.seq);
-  if (payload.seq < seen.max) state.orderViolations++;
-  else seen.max = payload.seq;
+  hook.seen.add(payload.seq);
+  if (payload.seq < hook.max) state.orderViolations++;
+  else hook.max = payload.seq;
   if (state.firstAt === 0) state.firstAt = at;
   state.lastAt = at;
   if (typeof payload.sent_at === "number") state.latencies.push(at - payload.sent_at);

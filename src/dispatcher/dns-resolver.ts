@@ -35,13 +35,18 @@ const NO_ANSWER = new Set(['ENODATA', 'ENOTFOUND']);
  */
 const LOOPBACK: ResolvedAddress[] = [{ address: '127.0.0.1', family: 4 }];
 
+/** A name as names are compared here: lower case, without trailing dots. */
+function canonical(name: string): string {
+  return name.toLowerCase().replace(/\.+$/, '');
+}
+
 /** `search`/`domain` (the last one wins, as in glibc) and `options ndots:N` of a resolv.conf. */
 export function parseResolvConf(text: string): { search: string[]; ndots: number } {
   let search: string[] = [];
   let ndots = 1;
   for (const line of text.split('\n')) {
     const [keyword, ...words] = line.replace(/[#;].*/, '').trim().split(/\s+/);
-    if (keyword === 'search' || keyword === 'domain') search = words.map((d) => d.toLowerCase().replace(/\.+$/, '')).filter(Boolean);
+    if (keyword === 'search' || keyword === 'domain') search = words.map(canonical).filter(Boolean);
     if (keyword === 'options') {
       for (const option of words) {
         const match = /^ndots:(\d+)$/.exec(option);
@@ -60,7 +65,7 @@ export function parseHosts(text: string): Map<string, ResolvedAddress[]> {
     const family = address ? net.isIP(address) : 0;
     if (family === 0) continue;
     for (const name of names) {
-      const key = name.toLowerCase().replace(/\.+$/, '');
+      const key = canonical(name);
       const list = hosts.get(key) ?? [];
       if (!list.some((a) => a.address === address)) list.push({ address: address!, family });
       hosts.set(key, list);
@@ -83,7 +88,7 @@ function readOr(file: string): string {
  */
 export function systemDnsSettings(): DnsSettings {
   const conf = parseResolvConf(readOr('/etc/resolv.conf'));
-  const host = os.hostname().toLowerCase();
+  const host = canonical(os.hostname());
   if (conf.search.length === 0 && host.includes('.')) conf.search = [host.slice(host.indexOf('.') + 1)];
   return { ...conf, hosts: parseHosts(readOr('/etc/hosts')) };
 }
@@ -115,7 +120,7 @@ export function dnsResolver(settings: DnsSettings = systemDnsSettings()): Resolv
 
   return async (hostname) => {
     const absolute = hostname.endsWith('.');
-    const name = hostname.toLowerCase().replace(/\.+$/, '');
+    const name = canonical(hostname);
     if (name === 'localhost' || name.endsWith('.localhost')) return LOOPBACK;
     const listed = settings.hosts.get(name);
     if (listed) return listed;

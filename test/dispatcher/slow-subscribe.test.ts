@@ -20,10 +20,6 @@ test("subscriptions that take 1.5 s each never let the leases lapse; the start r
   let subscribed = 0;
   const feed: DeliveryFeed = {
     ...embedded,
-    kind: embedded.kind,
-    publish: (jobs) => embedded.publish(jobs),
-    healthy: () => embedded.healthy(),
-    close: () => embedded.close(),
     consume: async (shard, onJob) => {
       await sleep(1_500);
       subscribed++;
