@@ -60,7 +60,7 @@ export interface DispatcherOptions {
   eventTtlMs: number;
   /** How often the owner of shard 0 runs retention housekeeping. */
   housekeepingIntervalMs?: number;
-  /** The clock housekeeping reads; tests move it forward to see partitions go. */
+  /** The clock housekeeping reads, Postgres' unless given; tests move it forward to see partitions go. */
   housekeepingClock?: () => number;
   /** A lease not renewed for this long may be taken by another process. */
   leaseTtlMs?: number;
@@ -245,10 +245,9 @@ export class Dispatcher {
 
   /** Off the lease tick: DDL may wait on locks, and lease renewals must not wait with it. */
   private startHousekeeping(): void {
-    const clock = this.options.housekeepingClock ?? Date.now;
     if (this.housekeeping || Date.now() < this.nextHousekeepingAt) return;
     this.nextHousekeepingAt = Date.now() + (this.options.housekeepingIntervalMs ?? 60 * 60 * 1000);
-    this.housekeeping = runHousekeeping(this.options.db, clock(), this.options.eventTtlMs)
+    this.housekeeping = runHousekeeping(this.options.db, this.options.eventTtlMs, this.options.housekeepingClock?.())
       .then((report) => {
         if (report.partitionsFailed.length > 0) this.log.error({ failed: report.partitionsFailed }, "partitions could not be created; their rows go to the default partition");
         this.log.info({ ...report, partitionsFailed: report.partitionsFailed.length }, "housekeeping done");

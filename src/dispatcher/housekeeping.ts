@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import { idFloor } from "../core/ids.js";
 import type { Db } from "../store/db.js";
 import { expireOverdueDeliveries } from "../store/deliveries.js";
@@ -16,8 +17,12 @@ export interface HousekeepingReport {
  * Retention: makes the coming days' partitions, ends deliveries past their TTL, forgets idempotency
  * keys older than it and drops the day partitions whose retention is over. Run by one dispatcher at a
  * time (the owner of shard 0); every step is idempotent, so two running at once only repeat work.
+ *
+ * `now` defaults to Postgres' clock, which set every delivery's expiry: by the dispatcher's own, one
+ * whose clock ran ahead expired deliveries (and dropped partitions) early by the skew.
  */
-export async function runHousekeeping(db: Db, now: number, eventTtlMs: number): Promise<HousekeepingReport> {
+export async function runHousekeeping(db: Db, eventTtlMs: number, now?: number): Promise<HousekeepingReport> {
+  now ??= (await sql<{ now: Date }>`select now() as now`.execute(db)).rows[0]!.now.getTime();
   const partitionsFailed = await ensurePartitions(db, now);
   // The first day that survives this round: anything older is dropped below, so none of it may stay pending.
   const firstKeptDay = dayStart(now - eventTtlMs - RETENTION_GRACE_MS - DAY_MS) + DAY_MS;

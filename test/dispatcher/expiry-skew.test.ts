@@ -1,5 +1,5 @@
 // A dispatcher whose clock runs ahead of Postgres': a delivery past its TTL by the dispatcher's clock but
-// not yet by the database's is not expired (Postgres decides), and its lane must wait for the clocks to
+// not yet by the database's is not expired, by the lane or by housekeeping (Postgres decides), and its lane must wait for the clocks to
 // agree, not ask again at once (it spun through thousands of statements a second). Real Postgres, the
 // real Dispatcher with the embedded feed; the sender only counts (nothing must be sent).
 import { test } from "node:test";
@@ -27,8 +27,8 @@ test("a delivery expired by the dispatcher's clock, not yet by Postgres', waits 
   const deliveryId = newId("dlv");
   await insertDeliveries(db, [{
     id: deliveryId, tenant_id: DEFAULT_TENANT_ID, webhook_id: webhookId, event_id: eventId, seq: 1, shard: 0, ordering_key: "",
-    // Expired 1.5 s after now by the database's clock: already past it by the dispatcher's.
-    status: "pending", next_attempt_at: created, expires_at: new Date(dbNow + 1_500), created_at: created,
+    // Expired 2.5 s after now by the database's clock: already past it by the dispatcher's.
+    status: "pending", next_attempt_at: created, expires_at: new Date(dbNow + 2_500), created_at: created,
   }]);
   await db.updateTable("webhooks").set({ last_seq: 1 }).where("id", "=", webhookId).execute();
 
@@ -37,17 +37,16 @@ test("a delivery expired by the dispatcher's clock, not yet by Postgres', waits 
   const sender = countingSender();
   const realNow = Date.now;
   Date.now = () => realNow() + AHEAD_MS;
-  const dispatcher = testDispatcher({
-    db: db.withPlugin(counting), feed: createEmbeddedFeed(), sender, sweepGraceMs: 0,
-    // Housekeeping expires what is overdue by its own clock: kept on the database's, it leaves this to the lane.
-    housekeepingClock: realNow,
-  });
+  // Housekeeping runs at start, on Postgres' clock: on the dispatcher's it expired the delivery at once.
+  const dispatcher = testDispatcher({ db: db.withPlugin(counting), feed: createEmbeddedFeed(), sender, sweepGraceMs: 0 });
   try {
     await dispatcher.start();
     const started = statements;
     await sleep(1_000);
     const inASecond = statements - started;
     assert.ok(inASecond < 60, `${inASecond} statements in a second for one delivery waiting for Postgres to agree it expired`);
+    const early = await db.selectFrom("deliveries").select("status").where("id", "=", deliveryId).executeTakeFirstOrThrow();
+    assert.equal(early.status, "pending", "expired before its TTL by Postgres' clock");
     const row = await eventually(
       () => db.selectFrom("deliveries").select(["status", "attempts"]).where("id", "=", deliveryId).executeTakeFirstOrThrow(),
       (r) => r.status !== "pending",

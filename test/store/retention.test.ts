@@ -137,9 +137,9 @@ async function checkHousekeepingDrop(db: Db): Promise<void> {
   for (const table of TABLES) assert.equal(await partitionOf(db, table, table === "delivery_attempts" ? "delivery_id" : "id", table === "events" ? seeded.eventId : seeded.pendingId), part(table, today));
 
   const before = await allPartitions(db);
-  const early = await runHousekeeping(db, now + 60_000, ttl);
+  const early = await runHousekeeping(db, ttl, now + 60_000);
   assert.deepEqual(early, { partitionsFailed: [], expired: 0, keysForgotten: 0, partitionsDropped: [] });
-  const justBefore = await runHousekeeping(db, end - 1, ttl);
+  const justBefore = await runHousekeeping(db, ttl, end - 1);
   assert.deepEqual(justBefore.partitionsDropped, [], "nothing goes a millisecond before retention ends");
   assert.equal(justBefore.expired, 1, "the pending delivery is past its TTL");
   assert.equal(justBefore.keysForgotten, 1, "the key is older than the TTL");
@@ -151,7 +151,7 @@ async function checkHousekeepingDrop(db: Db): Promise<void> {
 
   // Put back pending (as a retry by hand would, with a fresh TTL that outlives the partition).
   await db.updateTable("deliveries").set({ status: "pending", expires_at: new Date(now + 30 * DAY) }).where("id", "=", seeded.pendingId).execute();
-  const atEnd = await runHousekeeping(db, end, ttl);
+  const atEnd = await runHousekeeping(db, ttl, end);
   assert.deepEqual([...atEnd.partitionsDropped].sort(), TABLES.map((t) => part(t, today)).sort(), "exactly today's partitions go when their retention ends");
   assert.equal(atEnd.expired, 1, "the delivery still pending in a partition about to go is expired first");
   assert.deepEqual(atEnd.partitionsFailed, []);
@@ -163,7 +163,7 @@ async function checkHousekeepingDrop(db: Db): Promise<void> {
     assert.ok(parts.includes(`${table}_default`));
   }
   assert.equal(await countRows(db, "idempotency_keys"), 0);
-  const again = await runHousekeeping(db, end, ttl);
+  const again = await runHousekeeping(db, ttl, end);
   assert.deepEqual(again, { partitionsFailed: [], expired: 0, keysForgotten: 0, partitionsDropped: [] }, "a second round finds nothing to do");
 }
 
@@ -353,12 +353,12 @@ describe("retention on Postgres", () => {
     assert.deepEqual(rowsBefore, { events: 3, deliveries: 3, attempts: 2 });
 
     // A minute on: nothing to do.
-    assert.deepEqual(await runHousekeeping(db, now + 60_000, ttl), { partitionsFailed: [], expired: 0, keysForgotten: 0, partitionsDropped: [] });
+    assert.deepEqual(await runHousekeeping(db, ttl, now + 60_000), { partitionsFailed: [], expired: 0, keysForgotten: 0, partitionsDropped: [] });
     assert.deepEqual(await statuses(db, ids), { [d1.id]: "pending", [d2.id]: "pending", [d3.id]: "succeeded" });
 
     // Past the TTL but well within retention: the overdue deliveries expire and the key is forgotten; nothing is dropped.
     const pastTtlClock = now + ttl + 60_000;
-    const pastTtl = await runHousekeeping(db, pastTtlClock, ttl);
+    const pastTtl = await runHousekeeping(db, ttl, pastTtlClock);
     assert.deepEqual(pastTtl, { partitionsFailed: [], expired: 2, keysForgotten: 1, partitionsDropped: [] });
     assert.deepEqual(await statuses(db, ids), { [d1.id]: "expired", [d2.id]: "expired", [d3.id]: "succeeded" });
     // Nothing dropped. A run in the last hour of a UTC day moves the clock past midnight, and then the
@@ -382,21 +382,21 @@ describe("retention on Postgres", () => {
 
     // A millisecond before today's retention ends, nothing goes.
     const end = today + DAY + ttl + DAY;
-    const justBefore = await runHousekeeping(db, end - 1, ttl);
+    const justBefore = await runHousekeeping(db, ttl, end - 1);
     assert.deepEqual(justBefore.partitionsDropped, []);
     assert.equal(justBefore.expired, 0, "the long-lived delivery's partition is not about to go yet");
     assert.deepEqual(await statuses(db, [d4]), { [d4]: "pending" });
     for (const table of TABLES) assert.ok((await listPartitions(db, table)).includes(part(table, today)));
 
     // When it ends: today's partitions of all three tables go, after their pending deliveries were ended.
-    const atEnd = await runHousekeeping(db, end, ttl);
+    const atEnd = await runHousekeeping(db, ttl, end);
     assert.deepEqual([...atEnd.partitionsDropped].sort(), TABLES.map((t) => part(t, today)).sort());
     assert.equal(atEnd.expired, 1, "the still-pending delivery was expired before its partition went");
     assert.deepEqual(atEnd.partitionsFailed, []);
 
     // Three days and a TTL on: tomorrow's partitions go too; the coming days' exist.
     const later = now + ttl + 3 * DAY;
-    const last = await runHousekeeping(db, later, ttl);
+    const last = await runHousekeeping(db, ttl, later);
     assert.deepEqual([...last.partitionsDropped].sort(), TABLES.map((t) => part(t, today + DAY)).sort());
     for (const table of TABLES) {
       const parts = await listPartitions(db, table);
