@@ -115,7 +115,7 @@ export class Dispatcher {
     this.webhooks = createWebhookCache(options.db, options.secretBox, this.log);
     this.payloads = new PayloadReader(options.db);
     this.engine = new LaneEngine({
-      loadPending: (webhookId, afterSeq, limit) => loadPendingForLane(options.db, webhookId, afterSeq, limit),
+      loadPending: (webhookId, afterSeq, limit, leaveOutKeys) => loadPendingForLane(options.db, webhookId, afterSeq, limit, leaveOutKeys),
       isPending: (deliveryId) => isDeliveryPending(options.db, deliveryId),
       getWebhook: (id) => this.webhooks.get(id),
       execute: (job, webhook) => this.execute(job, webhook),

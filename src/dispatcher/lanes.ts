@@ -34,7 +34,8 @@ export interface LaneWebhook {
 export type LaneOutcome = (({ final: true } | { final: false; nextAttemptAt: number }) & { signal: AttemptSignal }) | { notStarted: true };
 
 export interface LaneEngineDeps {
-  loadPending(webhookId: string, afterSeq: number, limit: number): Promise<LaneLoad>;
+  /** Pending deliveries after `afterSeq`, in seq order, but for those of `leaveOutKeys` (keys a lane parked). */
+  loadPending(webhookId: string, afterSeq: number, limit: number, leaveOutKeys?: readonly string[]): Promise<LaneLoad>;
   isPending(deliveryId: string): Promise<boolean>;
   getWebhook(webhookId: string): Promise<LaneWebhook | undefined>;
   /**
@@ -91,6 +92,9 @@ const RECENT_FINALS_MS = 30_000;
  * `knownThrough` is the lane's promise: every pending delivery with seq ≤ knownThrough is in `queue`.
  * Seqs are gap-free per webhook, so a job with the next seq extends it; any other job waits in `ahead`
  * until the gap is filled from Postgres.
+ *
+ * Ordering keys: a key whose head waits for a retry while the rest of it fills the lane is parked (see
+ * `park`): the promise above then leaves its deliveries out, but for its head, until the head is final.
  *
  * Payloads: a lane keeps one only for the first jobs of its queue (`PAYLOADS_KEPT`) and asks for the next
  * one's while an attempt is in flight. Everything else waits as a head of a few hundred bytes, so the
@@ -244,6 +248,15 @@ class Lane {
    */
   private readonly inFlight = new Set<DeliveryJob>();
   private readonly attempts = new Set<Promise<void>>();
+  /**
+   * Parked ordering keys: the lane holds each one's head only, and `knownThrough` promises nothing of the
+   * rest of them (see park). Empty unless the webhook is ordered by key.
+   */
+  private readonly parked = new Set<string>();
+  /** The lowest seq a parked key left in Postgres: below it the lane holds every pending delivery. */
+  private parkedFrom = Infinity;
+  /** Counts the times parked keys were let go: a read begun before that left them out, and is not used. */
+  private unparkings = 0;
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
   private slotOffered = false;
   private timer: NodeJS.Timeout | undefined;
@@ -271,7 +284,8 @@ class Lane {
   offer(job: DeliveryJob): void {
     if (this.closed) return;
     this.lastActivity = Date.now();
-    if (!this.loaded || job.seq > this.knownThrough + 1 || this.queue.length >= this.engine.capacity) {
+    // (A parked key's next job takes no room: the lane only moves its position past it.)
+    if (!this.loaded || job.seq > this.knownThrough + 1 || (this.queue.length >= this.engine.capacity && !this.parked.has(job.orderingKey))) {
       this.holdAhead(job);
       return;
     }
@@ -345,8 +359,9 @@ class Lane {
   }
 
   private append(job: DeliveryJob): void {
-    // At the end but for a job in flight past the lane's position (see load): sorted all the same.
-    this.insertSorted(job);
+    // At the end but for a job in flight past the lane's position (see load): sorted all the same. A
+    // parked key's is left to Postgres, where the lane reads it when the key is let go.
+    if (!this.parked.has(job.orderingKey)) this.insertSorted(job);
     this.knownThrough = job.seq;
   }
 
@@ -397,23 +412,39 @@ class Lane {
   /** Reads the pending deliveries past knownThrough from Postgres, the record. */
   private load(afterSeq = this.knownThrough): void {
     if (this.loading || this.closed) return;
+    if (afterSeq < this.knownThrough) {
+      // From below the lane's position: parked keys are read again with the rest.
+      this.unpark();
+      afterSeq = Math.min(afterSeq, this.knownThrough);
+    }
     const limit = Math.max(1, this.engine.capacity - this.queue.length);
     const overflowsBefore = this.overflows;
+    const unparkings = this.unparkings;
+    let stale = false;
     this.finalWhileLoading.clear();
     this.loading = this.engine.deps
-      .loadPending(this.webhookId, afterSeq, limit)
+      .loadPending(this.webhookId, afterSeq, limit, [...this.parked])
       .then(({ jobs, lastSeq }) => {
         if (this.closed) return;
+        // Keys it left out were let go meanwhile: its lastSeq promises nothing of them. Read again.
+        if (unparkings !== this.unparkings) {
+          stale = true;
+          return;
+        }
         const known = new Set(this.queue.map((j) => j.deliveryId));
-        for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
+        for (const job of jobs) {
+          if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId) && !this.parked.has(job.orderingKey)) this.insertSorted(job);
+        }
         this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
         if (cut && jobs.at(-1)!.seq < this.knownThrough) {
           // Read from below the lane's position (deliveries put back: a replay, retries by hand) and cut
           // short: between the cut and knownThrough may lie more of them, which no later job may pass.
           // The position moves back to the cut, and the jobs past it leave the queue but for those in
-          // flight; Postgres has them, and the lane reads on from the cut as it drains.
-          const cutAt = jobs.at(-1)!.seq;
+          // flight; Postgres has them, and the lane reads on from the cut as it drains. Keys parked while
+          // the read was out go back with the rest: their heads may lie past the cut.
+          this.unpark();
+          const cutAt = Math.min(jobs.at(-1)!.seq, this.knownThrough);
           this.knownThrough = cutAt;
           this.queue = this.queue.filter((j) => j.seq <= cutAt || this.inFlight.has(j));
           this.ahead.clear();
@@ -430,6 +461,7 @@ class Lane {
       })
       .finally(() => {
         this.loading = undefined;
+        if (stale) this.load();
         this.pump();
       });
   }
@@ -529,7 +561,58 @@ class Lane {
       }
       if (!webhook.orderedByKey) break;
     }
-    if (earliest !== Infinity) this.schedule(earliest);
+    if (earliest === Infinity) return;
+    this.schedule(earliest);
+    // Some head waits: with the lane full, maybe for a retry, holding up the keys the lane has no room for.
+    if (webhook.orderedByKey && this.queue.length >= this.engine.capacity && this.park(now)) this.load();
+  }
+
+  /**
+   * Ordered by key, a lane full of one key's deliveries whose head waits for its retry (for hours, maybe)
+   * had no room for the other keys' behind them, and they waited with it. Such a key is parked: the lane
+   * keeps its head, leaves the rest of it in Postgres and reads past them, until the head is final. True
+   * if a key was parked (the lane has room to read on).
+   */
+  private park(now: number): boolean {
+    const heads = new Map<string, DeliveryJob>();
+    const held = new Map<string, number>();
+    for (const job of this.queue) {
+      if (!heads.has(job.orderingKey)) heads.set(job.orderingKey, job);
+      held.set(job.orderingKey, (held.get(job.orderingKey) ?? 0) + 1);
+    }
+    const busy = new Set([...this.inFlight].map((j) => j.orderingKey));
+    let parkedAny = false;
+    for (const [key, head] of heads) {
+      if (head.nextAttemptAt > now && held.get(key)! > 1 && !busy.has(key)) {
+        this.parked.add(key);
+        parkedAny = true;
+      }
+    }
+    if (!parkedAny) return false;
+    this.queue = this.queue.filter((job) => {
+      if (!this.parked.has(job.orderingKey) || heads.get(job.orderingKey) === job) return true;
+      this.parkedFrom = Math.min(this.parkedFrom, job.seq);
+      return false;
+    });
+    this.truncated = true;
+    return true;
+  }
+
+  /**
+   * Lets every parked key go. The lane's position moves back to below the lowest seq they left in
+   * Postgres, and it reads on from there: everything pending up to its position is in the queue again.
+   */
+  private unpark(): void {
+    if (this.parked.size === 0) return;
+    this.parked.clear();
+    this.unparkings++;
+    const below = this.parkedFrom - 1;
+    this.parkedFrom = Infinity;
+    if (below >= this.knownThrough) return;
+    this.knownThrough = below;
+    this.queue = this.queue.filter((j) => j.seq <= below || this.inFlight.has(j));
+    this.ahead.clear();
+    this.truncated = true;
   }
 
   private start(job: DeliveryJob, key: string, webhook: LaneWebhook, probe: boolean): void {
@@ -550,6 +633,8 @@ class Lane {
           if (index >= 0) this.queue.splice(index, 1);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
           this.rememberFinal(job.seq);
+          // A parked key's head is done: the rest of the key may go, read from Postgres.
+          if (this.parked.has(job.orderingKey)) this.unpark();
         } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;

@@ -30,6 +30,8 @@ function conformance(feed: Feed) {
     /** Per receiver path: [in flight now, most at once]. */
     const concurrency = new Map<string, { now: number; max: number; perKey: Map<string, number>; keyOverlap: number }>();
     const delays = new Map<string, number>();
+    /** Per receiver path: the ordering key whose deliveries it answers with a 500. */
+    const failingKey = new Map<string, string>();
 
     before(async () => {
       db = await createTestDatabase(`conf_${feed}`);
@@ -39,6 +41,8 @@ function conformance(feed: Feed) {
         Object.assign(env, { NATS_URL, WEBHOOKD_NATS_PREFIX: nats.prefix });
       }
       receiver = await startReceiver((req) => {
+        const failing = failingKey.get(req.path);
+        if (failing !== undefined && (JSON.parse(req.body) as { payload: { key?: string } }).payload.key === failing) return { status: 500 };
         const delayMs = delays.get(req.path) ?? 0;
         if (delayMs === 0) return undefined;
         let c = concurrency.get(req.path);
@@ -351,6 +355,30 @@ function conformance(feed: Feed) {
       // Concurrency shows in the clock too: the keyed webhook finished well before 8 × 200 ms.
       const times = receiver.forPath('/okk').map((r) => r.at);
       assert.ok(Math.max(...times) - Math.min(...times) < 7 * 200, `keyed span ${Math.max(...times) - Math.min(...times)} ms`);
+    });
+
+    test('ordering_key: a key whose head waits for its retry, with more deliveries behind it than a lane holds, does not hold up another key', async () => {
+      await createWebhook('/parked', ['park.created'], { ordered_by_key: true, retry_schedule: Array.from({ length: 10 }, () => '2s').join(',') });
+      failingKey.set('/parked', 'A');
+      const ofKey = (key: string) =>
+        receiver.forPath('/parked').map((r) => JSON.parse(r.body).payload as { key: string; n: number }).filter((p) => p.key === key).map((p) => p.n);
+      // A lane holds 256 deliveries: A's head fails, and 299 more of A wait behind it.
+      const A = 300;
+      const publish = async (key: string, from: number, count: number) => {
+        const res = await rpc('EventService', 'PublishEvents', {
+          events: Array.from({ length: count }, (_, k) => ({ eventType: 'park.created', payload: { key, n: from + k }, orderingKey: key })),
+        });
+        assert.equal(res.status, 200, JSON.stringify(res.body));
+      };
+      for (let from = 0; from < A; from += 100) await publish('A', from, 100);
+      await publish('B', 0, 3);
+      await receiver.waitFor(() => ofKey('B').length === 3, 20_000, "key B's deliveries while A's head fails");
+      assert.deepEqual([...new Set(ofKey('A'))], [0], "only A's head was tried");
+      failingKey.delete('/parked');
+      await receiver.waitFor(() => ofKey('A').filter((n) => n > 0).length === A - 1, 60_000, 'the rest of A once its head succeeds');
+      const tries = ofKey('A').filter((n) => n === 0).length;
+      assert.deepEqual(ofKey('A'), [...Array.from({ length: tries }, () => 0), ...Array.from({ length: A - 1 }, (_, n) => n + 1)], 'A in publish order');
+      assert.deepEqual(ofKey('B'), [0, 1, 2]);
     });
   });
 }

@@ -42,7 +42,7 @@ class FakeRecord {
   readonly rows = new Map<string, Row[]>();
   readonly lastSeq = new Map<string, number>();
   readonly webhooks = new Map<string, LaneWebhook>();
-  readonly loads: { webhookId: string; afterSeq: number; limit: number; at: number }[] = [];
+  readonly loads: { webhookId: string; afterSeq: number; limit: number; at: number; leaveOutKeys: readonly string[] }[] = [];
   readonly calls: Call[] = [];
   readonly savedHealth: { webhookId: string; health: EndpointHealth }[] = [];
   /** Broken ordering promises seen by execute: two attempts of one (webhook, key) at once. */
@@ -107,11 +107,11 @@ class FakeRecord {
 
   deps(overrides: Partial<LaneEngineDeps> = {}): LaneEngineDeps {
     return {
-      loadPending: async (webhookId, afterSeq, limit): Promise<LaneLoad> => {
-        this.loads.push({ webhookId, afterSeq, limit, at: Date.now() });
+      loadPending: async (webhookId, afterSeq, limit, leaveOutKeys = []): Promise<LaneLoad> => {
+        this.loads.push({ webhookId, afterSeq, limit, at: Date.now(), leaveOutKeys });
         // Like one SQL statement: the snapshot is taken when the query starts, the answer comes later.
         const jobs = (this.rows.get(webhookId) ?? [])
-          .filter((r) => r.status === 'pending' && r.job.seq > afterSeq)
+          .filter((r) => r.status === 'pending' && r.job.seq > afterSeq && !leaveOutKeys.includes(r.job.orderingKey))
           .sort((a, b) => a.job.seq - b.job.seq)
           .slice(0, limit)
           .map((r) => ({ ...r.job }));
@@ -894,5 +894,63 @@ describe('LaneEngine', () => {
     await until(() => record.sent('wh_check').length === 3, 'the retry sent, from the sweep');
     await sleep(300);
     assert.deepEqual(record.sent('wh_check'), [1, 2, 1], 'the retry by hand is sent once');
+  });
+
+  test('ordering keys: a key whose head waits for its retry, with more deliveries behind it than the lane holds, does not hold up the other keys', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_park', { orderedByKey: true });
+    // A's head fails its first attempt, to be tried again shortly; everything else succeeds.
+    record.responder = (call) =>
+      call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 800, signal: 'failure' } : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_park', 'A')));
+    for (let i = 0; i < 5; i++) engine.offer(record.copy(record.commit('wh_park', 'B')));
+    await until(() => record.sent('wh_park').length === 6, "B's five beside A's waiting head", 600);
+    assert.deepEqual(record.sent('wh_park'), [1, 21, 22, 23, 24, 25]);
+    assert.ok(record.loads.some((l) => l.leaveOutKeys.includes('A')), "A's deliveries behind its head were left in the record");
+    // A's head goes again and succeeds: the rest of A follows from the record, in order.
+    await until(() => record.sent('wh_park').length === 26, 'all of A', 3_000);
+    assert.deepEqual(record.sent('wh_park').slice(6), Array.from({ length: 20 }, (_, i) => i + 1));
+    await sleep(50);
+    assert.equal(record.calls.length, 26, 'nothing sent twice');
+  });
+
+  test('ordering keys switched off while a key is parked: one order again, a later delivery waits for every parked one', async () => {
+    const record = newRecord();
+    const webhook = record.addWebhook('wh_unkey', { orderedByKey: true });
+    record.responder = (call) =>
+      call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 500, signal: 'failure' } : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_unkey', 'A')));
+    for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_unkey', 'B')));
+    await until(() => record.sent('wh_unkey').length === 4, "B's three beside A's waiting head", 450);
+    webhook.orderedByKey = false;
+    engine.offer(record.copy(record.commit('wh_unkey', 'B')));
+    // The record's check (execute) now holds every delivery to the webhook's one order.
+    await until(() => record.sent('wh_unkey').length === 25, 'everything', 3_000);
+    assert.deepEqual(record.sent('wh_unkey'), [1, 21, 22, 23, ...Array.from({ length: 20 }, (_, i) => i + 1), 24]);
+  });
+
+  test("ordering keys: a delivery put back below a parked key's head (a retry by hand, its feed message lost) goes before it", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_putback', { orderedByKey: true });
+    record.responder = (call) =>
+      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 700, signal: 'failure' } : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    const first = record.commit('wh_putback', 'A');
+    engine.offer(record.copy(first));
+    await until(() => record.sent('wh_putback').length === 1, 'A1 delivered');
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_putback', 'A')));
+    engine.offer(record.copy(record.commit('wh_putback', 'B')));
+    await until(() => record.sent('wh_putback').includes(22), "B beside A's waiting head", 500);
+    // A1 is pending again; only the sweep knows it: the lowest pending seq is 1.
+    const row = record.row(first.deliveryId)!;
+    row.status = 'pending';
+    row.job.attempts = 1;
+    engine.wake('wh_putback', 0, 1, Date.now(), 22);
+    await until(() => record.sent('wh_putback').length === 4, 'A1 again', 500);
+    assert.deepEqual(record.sent('wh_putback'), [1, 2, 22, 1], "A1 goes again before A2's retry");
+    await until(() => record.sent('wh_putback').length === 24, 'the rest of A', 3_000);
+    assert.deepEqual(record.sent('wh_putback').slice(4), Array.from({ length: 20 }, (_, i) => i + 2));
   });
 });
