@@ -257,6 +257,11 @@ class Lane {
   private parkedFrom = Infinity;
   /** Counts the times parked keys were let go: a read begun before that left them out, and is not used. */
   private unparkings = 0;
+  /**
+   * Jobs whose attempt here failed and that wait for their retry. Only those are parked: a paced replay's
+   * head waits for its turn too, and parking it made every replayed delivery read the lane's window again.
+   */
+  private readonly awaitingRetry = new WeakSet<DeliveryJob>();
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
   private slotOffered = false;
   private timer: NodeJS.Timeout | undefined;
@@ -307,11 +312,26 @@ class Lane {
    */
   private takeIfPending(job: DeliveryJob): void {
     if (this.queue.some((j) => j.deliveryId === job.deliveryId)) return;
+    // Not even asked about: the feed's late copies of a parked key's deliveries were a pending check each.
+    if (this.leftToRecord(job)) return;
     const asked = Date.now();
     void this.engine.deps.isPending(job.deliveryId).then((pending) => {
       if (!pending || this.closed || (this.recentFinals.get(job.seq) ?? -Infinity) >= asked) return;
+      if (this.leftToRecord(job)) return;
+      if (job.seq > this.knownThrough + 1) {
+        // The position moved back meanwhile (a key let go, a cut read): queued here, it went before the
+        // pending deliveries of its key between. The lane reads it from Postgres in its turn.
+        this.truncated = true;
+        this.load();
+        return;
+      }
       if (this.insertSorted(job)) this.pump();
     }, (err) => this.engine.deps.log.warn({ err, deliveryId: job.deliveryId }, "pending check failed; the sweep will retry"));
+  }
+
+  /** A parked key's job past the head the lane holds: Postgres has it, and the lane reads it when the key is let go. */
+  private leftToRecord(job: DeliveryJob): boolean {
+    return this.parked.has(job.orderingKey) && job.seq >= this.parkedFrom;
   }
 
   /** The sweep found due work for this webhook in Postgres, reading it at `readAt`. */
@@ -574,6 +594,10 @@ class Lane {
    * if a key was parked (the lane has room to read on).
    */
   private park(now: number): boolean {
+    // Not under a read in flight: it may be from below the position, for a put-back of a key parked meanwhile
+    // that its answer then skipped (and a stale answer was read again from the position, above it). The
+    // read's end pumps the lane, and that pump parks.
+    if (this.loading) return false;
     const heads = new Map<string, DeliveryJob>();
     const held = new Map<string, number>();
     for (const job of this.queue) {
@@ -583,14 +607,16 @@ class Lane {
     const busy = new Set([...this.inFlight].map((j) => j.orderingKey));
     let parkedAny = false;
     for (const [key, head] of heads) {
-      if (head.nextAttemptAt > now && held.get(key)! > 1 && !busy.has(key)) {
+      if (head.nextAttemptAt > now && this.awaitingRetry.has(head) && held.get(key)! > 1 && !busy.has(key)) {
         this.parked.add(key);
         parkedAny = true;
       }
     }
     if (!parkedAny) return false;
     this.queue = this.queue.filter((job) => {
-      if (!this.parked.has(job.orderingKey) || heads.get(job.orderingKey) === job) return true;
+      // A job in flight stays, whatever its place (a put-back may have come before a parked head in flight):
+      // dropped, it was read again while in flight, and that copy sent a second time.
+      if (!this.parked.has(job.orderingKey) || heads.get(job.orderingKey) === job || this.inFlight.has(job)) return true;
       this.parkedFrom = Math.min(this.parkedFrom, job.seq);
       return false;
     });
@@ -638,6 +664,7 @@ class Lane {
         } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;
+          this.awaitingRetry.add(job);
           // A retry may be hours away; it reads the payload again when it comes due.
           job.payload = undefined;
         }

@@ -953,4 +953,188 @@ describe('LaneEngine', () => {
     await until(() => record.sent('wh_putback').length === 24, 'the rest of A', 3_000);
     assert.deepEqual(record.sent('wh_putback').slice(4), Array.from({ length: 20 }, (_, i) => i + 2));
   });
+
+  test("ordering keys: a put-back the sweep found is not lost when a key is parked and let go while the read from below is out", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_f1', { orderedByKey: true });
+    // A2 fails its first attempt (retry in 300 ms), everything else succeeds.
+    record.responder = (call) =>
+      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 300, signal: 'failure' } : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    const c1 = record.commit('wh_f1', 'C');
+    engine.offer(record.copy(c1));
+    await until(() => record.sent('wh_f1').length === 1, 'C1 delivered');
+    engine.offer(record.copy(record.commit('wh_f1', 'A')));
+    await until(() => record.sent('wh_f1').length === 2, "A2's first attempt");
+    await sleep(30);
+    // C1 is retried by hand; its feed message is lost: only the sweep knows (lowest pending seq 1).
+    const row = record.row(c1.deliveryId)!;
+    row.status = 'pending';
+    row.job.attempts = 1;
+    record.loadDelayMs = 500;
+    engine.wake('wh_f1', 0, 1, Date.now(), 2);
+    await until(() => record.loads.at(-1)!.afterSeq === 0, 'the read from below');
+    // While that read is out, seven more of A fill the lane (8): A is parked behind its waiting head.
+    for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit('wh_f1', 'A')));
+    // A2's retry comes due during the read and succeeds: A is let go, the read from below is stale.
+    await until(() => record.sent('wh_f1').filter((s) => s === 2).length === 2, "A2's retry", 1_000);
+    record.loadDelayMs = 1;
+    await sleep(800);
+    // A later delivery of key C.
+    engine.offer(record.copy(record.commit('wh_f1', 'C')));
+    await sleep(300);
+    const sent = record.sent('wh_f1');
+    assert.ok(sent.lastIndexOf(1) > 0, 'C1 (put back) was sent again');
+    assert.ok(sent.lastIndexOf(1) < sent.indexOf(10), 'C1 goes before C10');
+  });
+
+  test('ordering keys: no key is parked while a read is out: a put-back below the head, in a read from below, is not skipped', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_f2', { orderedByKey: true });
+    // A2 fails its first attempt (retry in 400 ms), everything else succeeds.
+    record.responder = (call) =>
+      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 400, signal: 'failure' } : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    const a1 = record.commit('wh_f2', 'A');
+    engine.offer(record.copy(a1));
+    await until(() => record.sent('wh_f2').length === 1, 'A1 delivered');
+    engine.offer(record.copy(record.commit('wh_f2', 'A')));
+    await until(() => record.sent('wh_f2').length === 2, "A2's first attempt");
+    await sleep(30);
+    // A1 is retried by hand; its feed message is lost: only the sweep knows (lowest pending seq 1).
+    const row = record.row(a1.deliveryId)!;
+    row.status = 'pending';
+    row.job.attempts = 1;
+    record.loadDelayMs = 150;
+    engine.wake('wh_f2', 0, 1, Date.now(), 2);
+    await until(() => record.loads.at(-1)!.afterSeq === 0, 'the read from below');
+    // While that read is out, seven more of A fill the lane (8): A is parked behind its waiting head A2.
+    for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit('wh_f2', 'A')));
+    // The read answers (with A1) after the park; A2's retry comes due after that.
+    await sleep(1_000);
+    const sent = record.sent('wh_f2');
+    assert.ok(sent.lastIndexOf(1) > 0, 'A1 (put back) was sent again');
+    assert.ok(sent.lastIndexOf(1) < sent.lastIndexOf(2), "A1 goes before A2's retry");
+  });
+
+  test('ordering keys: parking keeps a job in flight in the queue, wherever it stands: read again while in flight, it was sent twice', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_f3', { orderedByKey: true });
+    record.responder = (call) => {
+      // A2 fails its first attempt (retry in 200 ms); its retry is held (in flight) until the test says.
+      if (call.key === 'A' && call.seq === 2) return call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 200, signal: 'failure' } : 'hold';
+      // C10 fails its first attempt (retry in 600 ms).
+      if (call.key === 'C' && call.seq === 10 && call.attempts === 0) return { final: false, nextAttemptAt: Date.now() + 600, signal: 'failure' };
+      return { final: true, signal: 'success' };
+    };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    const a1 = record.commit('wh_f3', 'A');
+    engine.offer(record.copy(a1));
+    await until(() => record.sent('wh_f3').length === 1, 'A1 delivered');
+    engine.offer(record.copy(record.commit('wh_f3', 'A')));
+    await until(() => record.sent('wh_f3').length === 2, "A2's first attempt");
+    // Seven more of A fill the lane (8): A is parked behind its waiting head A2.
+    for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit('wh_f3', 'A')));
+    await sleep(30);
+    engine.offer(record.copy(record.commit('wh_f3', 'C')));
+    await until(() => record.sent('wh_f3').includes(10), "C10's first attempt");
+    // A2's retry goes, and is held in flight.
+    await until(() => record.sent('wh_f3').filter((s) => s === 2).length === 2, "A2's retry in flight", 1_000);
+    const a2Retry = record.calls.at(-1)!;
+    // A1 is retried by hand; the feed brings it: it is queued ahead of A2 (A2 in flight).
+    const row = record.row(a1.deliveryId)!;
+    row.status = 'pending';
+    row.job.attempts = 1;
+    engine.offer(record.copy(a1));
+    await sleep(30);
+    // More of C fill the lane: C is parked behind its waiting head, and A2 (in flight) leaves the queue with the rest of A.
+    for (let i = 0; i < 6; i++) engine.offer(record.copy(record.commit('wh_f3', 'C')));
+    // C10's retry succeeds: the keys are let go and the lane reads again from below: A2 is pending (in flight) there.
+    await until(() => record.sent('wh_f3').filter((s) => s === 10).length === 2, "C10's retry", 1_500);
+    await sleep(100);
+    a2Retry.finish();
+    await sleep(400);
+    assert.equal(record.sent('wh_f3').filter((s) => s === 2).length, 2, 'A2 sent twice (fail, success), no more');
+  });
+
+  test("ordering keys: a paced replay of one key, larger than the lane, is not parked: each delivery read the lane's window again", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_f4', { orderedByKey: true });
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    await laneLoaded(engine, record, 'wh_f4');
+    // A replay at 50/s puts back 40 deliveries of key A: the n-th due n × 20 ms from now (as startReplay does).
+    const now = Date.now();
+    for (let n = 0; n < 40; n++) {
+      record.commit('wh_f4', 'A');
+      const row = record.rows.get('wh_f4')!.at(-1)!;
+      row.job.nextAttemptAt = now + n * 20;
+      row.job.paceMs = 20;
+    }
+    const loadsBefore = record.loads.length;
+    // The sweep wakes the idle lane.
+    engine.wake('wh_f4', 0, 1, Date.now(), 40);
+    await until(() => record.sent('wh_f4').length === 40, 'the whole replay', 5_000);
+    const loads = record.loads.slice(loadsBefore);
+    assert.deepEqual(record.sent('wh_f4'), Array.from({ length: 40 }, (_, i) => i + 1));
+    assert.ok(loads.length <= 20, `${loads.length} reads for 40 deliveries`);
+  });
+
+  test("ordering keys: a pending check that answers after the lane's position moved back does not queue the job past it", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_f5', { orderedByKey: true });
+    // A1 fails its first attempt (retry in 150 ms); its retry is held in flight until the test says.
+    record.responder = (call) =>
+      call.key === 'A' && call.seq === 1 ? (call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 150, signal: 'failure' } : 'hold') : { final: true, signal: 'success' };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    const jobs = [record.commit('wh_f5', 'A')];
+    engine.offer(record.copy(jobs[0]!));
+    await until(() => record.sent('wh_f5').length === 1, "A1's first attempt");
+    for (let i = 0; i < 19; i++) jobs.push(record.commit('wh_f5', 'A'));
+    // The feed brings A2..A8: the lane is full (8) of A behind its waiting head, and A is parked.
+    for (let i = 1; i < 8; i++) engine.offer(record.copy(jobs[i]!));
+    await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
+    await until(() => record.sent('wh_f5').length === 2, "A1's retry in flight", 1_000);
+    const retry = record.calls.at(-1)!;
+    // A late (or repeated) feed copy of A15: at or below the lane's position, so its pending state is asked.
+    record.isPendingDelayMs = 100;
+    engine.offer(record.copy(jobs[14]!));
+    await sleep(5);
+    // A1 succeeds meanwhile: A is let go, the position goes back to 1, and the read from there is cut at A9.
+    retry.finish();
+    await until(() => record.loads.at(-1)!.afterSeq === 1, 'the read from below A2');
+    // The read that continues from A9 is slow (a loaded database).
+    record.loadDelayMs = 300;
+    await sleep(600);
+    const sent = record.sent('wh_f5');
+    assert.ok(!sent.includes(15) || sent.indexOf(15) > sent.indexOf(14), 'A15 only after A14');
+  });
+
+  test("ordering keys: the feed's late copies of a parked key's deliveries cost no pending check and no read", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_f6', { orderedByKey: true });
+    // A1 fails (retry in 10 s), everything else succeeds.
+    record.responder = (call) =>
+      call.key === 'A' && call.seq === 1 ? { final: false, nextAttemptAt: Date.now() + 10_000, signal: 'failure' } : { final: true, signal: 'success' };
+    let pendingChecks = 0;
+    const deps = record.deps({ laneCapacity: 8 });
+    const isPending = deps.isPending;
+    deps.isPending = (id) => {
+      pendingChecks++;
+      return isPending(id);
+    };
+    const engine = newEngine(deps);
+    // 40 of A are in the record before the lane reads it (the feed is behind): the lane reads A1..A8.
+    const jobs = Array.from({ length: 40 }, () => record.commit('wh_f6', 'A'));
+    engine.wake('wh_f6', 0, 1, Date.now(), 40);
+    await until(() => record.sent('wh_f6').length === 1, "A1's attempt");
+    await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
+    await sleep(50);
+    const loadsBefore = record.loads.length;
+    // Now the feed catches up: its copies of A1..A40 come, late.
+    for (const job of jobs) engine.offer(record.copy(job));
+    await sleep(500);
+    const loads = record.loads.length - loadsBefore;
+    assert.equal(record.sent('wh_f6').length, 1, 'nothing but A1 sent');
+    assert.ok(pendingChecks <= 5 && loads <= 2, `${pendingChecks} pending checks and ${loads} reads for 40 late feed copies`);
+  });
 });
