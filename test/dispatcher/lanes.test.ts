@@ -954,65 +954,51 @@ describe('LaneEngine', () => {
     assert.deepEqual(record.sent('wh_putback').slice(4), Array.from({ length: 20 }, (_, i) => i + 2));
   });
 
-  test("ordering keys: a put-back the sweep found is not lost when a key is parked and let go while the read from below is out", async () => {
+  /**
+   * Seq 1 (of `putBackKey`) is delivered, then A's head, seq 2, fails (retry in `retryMs`). Seq 1 is put
+   * back by hand with its feed message lost, so only the sweep knows; while its read from below is out
+   * (`readDelayMs`), seven more of A fill the lane (8), which would park A behind its waiting head.
+   */
+  async function putBackWhileAFills(webhookId: string, putBackKey: string, retryMs: number, readDelayMs: number): Promise<{ record: FakeRecord; engine: LaneEngine }> {
     const record = newRecord();
-    record.addWebhook('wh_f1', { orderedByKey: true });
-    // A2 fails its first attempt (retry in 300 ms), everything else succeeds.
+    record.addWebhook(webhookId, { orderedByKey: true });
     record.responder = (call) =>
-      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 300, signal: 'failure' } : { final: true, signal: 'success' };
+      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + retryMs, signal: 'failure' } : { final: true, signal: 'success' };
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
-    const c1 = record.commit('wh_f1', 'C');
-    engine.offer(record.copy(c1));
-    await until(() => record.sent('wh_f1').length === 1, 'C1 delivered');
-    engine.offer(record.copy(record.commit('wh_f1', 'A')));
-    await until(() => record.sent('wh_f1').length === 2, "A2's first attempt");
+    const first = record.commit(webhookId, putBackKey);
+    engine.offer(record.copy(first));
+    await until(() => record.sent(webhookId).length === 1, 'seq 1 delivered');
+    engine.offer(record.copy(record.commit(webhookId, 'A')));
+    await until(() => record.sent(webhookId).length === 2, "A2's first attempt");
     await sleep(30);
-    // C1 is retried by hand; its feed message is lost: only the sweep knows (lowest pending seq 1).
-    const row = record.row(c1.deliveryId)!;
+    const row = record.row(first.deliveryId)!;
     row.status = 'pending';
     row.job.attempts = 1;
-    record.loadDelayMs = 500;
-    engine.wake('wh_f1', 0, 1, Date.now(), 2);
+    record.loadDelayMs = readDelayMs;
+    engine.wake(webhookId, 0, 1, Date.now(), 2);
     await until(() => record.loads.at(-1)!.afterSeq === 0, 'the read from below');
-    // While that read is out, seven more of A fill the lane (8): A is parked behind its waiting head.
-    for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit('wh_f1', 'A')));
-    // A2's retry comes due during the read and succeeds: A is let go, the read from below is stale.
-    await until(() => record.sent('wh_f1').filter((s) => s === 2).length === 2, "A2's retry", 1_000);
+    for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit(webhookId, 'A')));
+    return { record, engine };
+  }
+
+  test('ordering keys: a put-back the sweep found is not lost when a key is parked and let go while the read from below is out', async () => {
+    const { record, engine } = await putBackWhileAFills('wh_lost', 'C', 300, 500);
+    // A2's retry comes due during the read and succeeds (a park then would have been let go, the read stale).
+    await until(() => record.sent('wh_lost').filter((s) => s === 2).length === 2, "A2's retry", 1_000);
     record.loadDelayMs = 1;
     await sleep(800);
-    // A later delivery of key C.
-    engine.offer(record.copy(record.commit('wh_f1', 'C')));
+    engine.offer(record.copy(record.commit('wh_lost', 'C')));
     await sleep(300);
-    const sent = record.sent('wh_f1');
+    const sent = record.sent('wh_lost');
     assert.ok(sent.lastIndexOf(1) > 0, 'C1 (put back) was sent again');
     assert.ok(sent.lastIndexOf(1) < sent.indexOf(10), 'C1 goes before C10');
   });
 
   test('ordering keys: no key is parked while a read is out: a put-back below the head, in a read from below, is not skipped', async () => {
-    const record = newRecord();
-    record.addWebhook('wh_f2', { orderedByKey: true });
-    // A2 fails its first attempt (retry in 400 ms), everything else succeeds.
-    record.responder = (call) =>
-      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 400, signal: 'failure' } : { final: true, signal: 'success' };
-    const engine = newEngine(record.deps({ laneCapacity: 8 }));
-    const a1 = record.commit('wh_f2', 'A');
-    engine.offer(record.copy(a1));
-    await until(() => record.sent('wh_f2').length === 1, 'A1 delivered');
-    engine.offer(record.copy(record.commit('wh_f2', 'A')));
-    await until(() => record.sent('wh_f2').length === 2, "A2's first attempt");
-    await sleep(30);
-    // A1 is retried by hand; its feed message is lost: only the sweep knows (lowest pending seq 1).
-    const row = record.row(a1.deliveryId)!;
-    row.status = 'pending';
-    row.job.attempts = 1;
-    record.loadDelayMs = 150;
-    engine.wake('wh_f2', 0, 1, Date.now(), 2);
-    await until(() => record.loads.at(-1)!.afterSeq === 0, 'the read from below');
-    // While that read is out, seven more of A fill the lane (8): A is parked behind its waiting head A2.
-    for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit('wh_f2', 'A')));
-    // The read answers (with A1) after the park; A2's retry comes due after that.
+    const { record } = await putBackWhileAFills('wh_skipped', 'A', 400, 150);
+    // The read answers (with A1) before A2's retry comes due.
     await sleep(1_000);
-    const sent = record.sent('wh_f2');
+    const sent = record.sent('wh_skipped');
     assert.ok(sent.lastIndexOf(1) > 0, 'A1 (put back) was sent again');
     assert.ok(sent.lastIndexOf(1) < sent.lastIndexOf(2), "A1 goes before A2's retry");
   });
