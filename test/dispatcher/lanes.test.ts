@@ -896,15 +896,23 @@ describe('LaneEngine', () => {
     assert.deepEqual(record.sent('wh_check'), [1, 2, 1], 'the retry by hand is sent once');
   });
 
-  test('ordering keys: a key whose head waits for its retry, with more deliveries behind it than the lane holds, does not hold up the other keys', async () => {
+  /**
+   * A lane of 8 given 20 deliveries of key A, whose head fails its first attempt (tried again after
+   * `retryMs`), then `more` of key B; everything else succeeds.
+   */
+  function twentyOfABehindAFailingHead(webhookId: string, retryMs: number, more: number) {
     const record = newRecord();
-    record.addWebhook('wh_park', { orderedByKey: true });
-    // A's head fails its first attempt, to be tried again shortly; everything else succeeds.
+    const webhook = record.addWebhook(webhookId, { orderedByKey: true });
     record.responder = (call) =>
-      call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 800, signal: 'failure' } : { final: true, signal: 'success' };
+      call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + retryMs, signal: 'failure' } : { final: true, signal: 'success' };
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
-    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_park', 'A')));
-    for (let i = 0; i < 5; i++) engine.offer(record.copy(record.commit('wh_park', 'B')));
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit(webhookId, 'A')));
+    for (let i = 0; i < more; i++) engine.offer(record.copy(record.commit(webhookId, 'B')));
+    return { record, webhook, engine };
+  }
+
+  test('ordering keys: a key whose head waits for its retry, with more deliveries behind it than the lane holds, does not hold up the other keys', async () => {
+    const { record } = twentyOfABehindAFailingHead('wh_park', 800, 5);
     await until(() => record.sent('wh_park').length === 6, "B's five beside A's waiting head", 600);
     assert.deepEqual(record.sent('wh_park'), [1, 21, 22, 23, 24, 25]);
     assert.ok(record.loads.some((l) => l.leaveOutKeys.includes('A')), "A's deliveries behind its head were left in the record");
@@ -916,13 +924,7 @@ describe('LaneEngine', () => {
   });
 
   test('ordering keys switched off while a key is parked: one order again, a later delivery waits for every parked one', async () => {
-    const record = newRecord();
-    const webhook = record.addWebhook('wh_unkey', { orderedByKey: true });
-    record.responder = (call) =>
-      call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 500, signal: 'failure' } : { final: true, signal: 'success' };
-    const engine = newEngine(record.deps({ laneCapacity: 8 }));
-    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_unkey', 'A')));
-    for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_unkey', 'B')));
+    const { record, webhook, engine } = twentyOfABehindAFailingHead('wh_unkey', 500, 3);
     await until(() => record.sent('wh_unkey').length === 4, "B's three beside A's waiting head", 450);
     webhook.orderedByKey = false;
     engine.offer(record.copy(record.commit('wh_unkey', 'B')));
