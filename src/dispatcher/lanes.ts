@@ -257,11 +257,6 @@ class Lane {
   private parkedFrom = Infinity;
   /** Counts the times parked keys were let go: a read begun before that left them out, and is not used. */
   private unparkings = 0;
-  /**
-   * Jobs whose attempt here failed and that wait for their retry. Only those are parked: a paced replay's
-   * head waits for its turn too, and parking it made every replayed delivery read the lane's window again.
-   */
-  private readonly awaitingRetry = new WeakSet<DeliveryJob>();
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
   private slotOffered = false;
   private timer: NodeJS.Timeout | undefined;
@@ -353,8 +348,10 @@ class Lane {
     }
     if (this.attempts.size > 0) return;
     const head = this.queue[0];
-    // An idle lane rereads from the start: that also finds deliveries put back below knownThrough.
-    if (!head || this.truncated) this.load(0);
+    // An idle lane rereads from the start: that also finds deliveries put back below knownThrough. Not
+    // one with parked keys, which that read let go (the first branch finds a put-back below their heads).
+    if (!head || (this.truncated && this.parked.size === 0)) this.load(0);
+    else if (this.truncated) this.load();
     else if (head.nextAttemptAt <= Date.now()) this.pump();
     // The head waits for its retry, maybe for hours, and there are seqs past the lane's position whose
     // feed message has not come (lost with the stream, or never published): with ordering keys they may
@@ -437,7 +434,10 @@ class Lane {
       this.unpark();
       afterSeq = Math.min(afterSeq, this.knownThrough);
     }
-    const limit = Math.max(1, this.engine.capacity - this.queue.length);
+    // A read from below is mostly of jobs the lane holds: sized by its room, it refilled the lane one short
+    // of full, where no key is parked, and sweeps then alternated reads of 1 and of 255 jobs.
+    const fromBelow = afterSeq < this.knownThrough;
+    const limit = fromBelow ? this.engine.capacity : Math.max(1, this.engine.capacity - this.queue.length);
     const overflowsBefore = this.overflows;
     const unparkings = this.unparkings;
     let stale = false;
@@ -457,14 +457,14 @@ class Lane {
         }
         this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
-        if (cut && jobs.at(-1)!.seq < this.knownThrough) {
+        if (cut && fromBelow && jobs.at(-1)!.seq < this.knownThrough) {
           // Read from below the lane's position (deliveries put back: a replay, retries by hand) and cut
           // short: between the cut and knownThrough may lie more of them, which no later job may pass.
           // The position moves back to the cut, and the jobs past it leave the queue but for those in
-          // flight; Postgres has them, and the lane reads on from the cut as it drains. Keys parked while
-          // the read was out go back with the rest: their heads may lie past the cut.
-          this.unpark();
-          const cutAt = Math.min(jobs.at(-1)!.seq, this.knownThrough);
+          // flight; Postgres has them, and the lane reads on from the cut as it drains. (Only a read from
+          // below: a read from the position ends below it when the feed moved it on past parked keys'
+          // jobs meanwhile, and everything up to it is held or parked.)
+          const cutAt = jobs.at(-1)!.seq;
           this.knownThrough = cutAt;
           this.queue = this.queue.filter((j) => j.seq <= cutAt || this.inFlight.has(j));
           this.ahead.clear();
@@ -607,7 +607,7 @@ class Lane {
     const busy = new Set([...this.inFlight].map((j) => j.orderingKey));
     let parkedAny = false;
     for (const [key, head] of heads) {
-      if (head.nextAttemptAt > now && this.awaitingRetry.has(head) && held.get(key)! > 1 && !busy.has(key)) {
+      if (waitsForRetry(head, now) && held.get(key)! > 1 && !busy.has(key)) {
         this.parked.add(key);
         parkedAny = true;
       }
@@ -664,7 +664,6 @@ class Lane {
         } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;
-          this.awaitingRetry.add(job);
           // A retry may be hours away; it reads the payload again when it comes due.
           job.payload = undefined;
         }
@@ -731,4 +730,14 @@ class Lane {
       Math.min(Math.max(0, at - Date.now()), MAX_TIMER_MS),
     );
   }
+}
+
+/**
+ * Whether a job waits for a retry: tried before and not yet due. From its data, not from what this lane
+ * saw: a lane rebuilt from Postgres (a restart, a takeover) or after keys were let go holds new objects.
+ * Not a paced replay's, which waits for its turn: parking that made every replayed delivery read the
+ * lane's window again.
+ */
+function waitsForRetry(job: DeliveryJob, now: number): boolean {
+  return job.nextAttemptAt > now && job.attempts > 0 && job.paceMs === undefined;
 }

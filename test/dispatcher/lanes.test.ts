@@ -1125,4 +1125,108 @@ describe('LaneEngine', () => {
     assert.equal(record.sent('wh_f6').length, 1, 'nothing but A1 sent');
     assert.ok(pendingChecks <= 5 && loads <= 2, `${pendingChecks} pending checks and ${loads} reads for 40 late feed copies`);
   });
+
+  test("ordering keys: a lane made from the record (a restart, a takeover) parks a key whose head waits for a retry that failed before", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_rebuilt', { orderedByKey: true });
+    // In the record: A1 failed once on the previous owner, its retry 5 s away; 19 more of A; then 5 of B.
+    const a1 = record.commit('wh_rebuilt', 'A');
+    const row = record.row(a1.deliveryId)!;
+    row.job.attempts = 1;
+    row.job.nextAttemptAt = Date.now() + 5_000;
+    for (let i = 0; i < 19; i++) record.commit('wh_rebuilt', 'A');
+    for (let i = 0; i < 5; i++) record.commit('wh_rebuilt', 'B');
+    // This process claims the shard: the sweep wakes the lane (lowest pending seq 1, last seq 25).
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    engine.wake('wh_rebuilt', 0, 1, Date.now(), 25);
+    await until(() => record.sent('wh_rebuilt').length === 5, "B's five beside A's waiting head", 1_500);
+    assert.deepEqual(record.sent('wh_rebuilt'), [21, 22, 23, 24, 25]);
+  });
+
+  test("ordering keys: a parked key let go with another (the other's head done) is parked again: its head, read again, still waits for its retry", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_again', { orderedByKey: true });
+    const t0 = Date.now();
+    // A1 fails once (retry in 300 ms); B's head fails once (retry at 6 s); everything else succeeds.
+    record.responder = (call) => {
+      if (call.seq === 1 && call.attempts === 0) return { final: false, nextAttemptAt: Date.now() + 300, signal: 'failure' };
+      if (call.seq === 21 && call.attempts === 0) return { final: false, nextAttemptAt: t0 + 6_000, signal: 'failure' };
+      return { final: true, signal: 'success' };
+    };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_again', 'A')));
+    await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_again', 'B')));
+    await until(() => record.loads.some((l) => l.leaveOutKeys.includes('B')), 'B parked too');
+    // A1's retry succeeds: both keys are let go, and the lane reads A and B again from seq 1.
+    await until(() => record.sent('wh_again').filter((x) => x <= 20).length === 21, 'all of A', 2_000);
+    for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_again', 'C')));
+    await until(() => record.sent('wh_again').filter((x) => x > 40).length === 3, "C's three beside B's waiting head", 1_500);
+    assert.deepEqual(record.sent('wh_again').filter((x) => x > 40), [41, 42, 43]);
+  });
+
+  test("ordering keys: the sweep waking an idle lane with a parked key does not let it go: other keys' retries go when due", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_swept', { orderedByKey: true });
+    const t0 = Date.now();
+    // At first everything fails: A1's retry is at 4 s, each X's 600 ms after its try; X's second try succeeds.
+    record.responder = (call) => {
+      if (call.key === 'A' && call.attempts === 0) return { final: false, nextAttemptAt: t0 + 4_000, signal: 'failure' };
+      if (call.key.startsWith('X') && call.attempts === 0) return { final: false, nextAttemptAt: Date.now() + 600, signal: 'failure' };
+      return { final: true, signal: 'success' };
+    };
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit('wh_swept', 'A')));
+    // Ten more keys with one delivery each (seqs 21..30).
+    for (let i = 0; i < 10; i++) engine.offer(record.copy(record.commit('wh_swept', `X${i}`)));
+    await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
+    await until(() => record.sent('wh_swept').filter((x) => x > 20).length >= 7, "seven X's tried once", 1_000);
+    // The sweep, every 200 ms (2 s in production): lowest pending seq 1 (A1, in the lane), last seq 30.
+    const sweeps = setInterval(() => engine.wake('wh_swept', 0, 1, Date.now(), 30), 200);
+    try {
+      const xDone = () => record.rows.get('wh_swept')!.filter((r) => r.job.orderingKey.startsWith('X') && r.status === 'succeeded').length;
+      await until(() => xDone() === 10, 'every X delivered before A1 is due again (their retries come due at ~0.6 s)', 2_500);
+    } finally {
+      clearInterval(sweeps);
+    }
+  });
+
+  for (const sweeping of [false, true]) {
+    test(`ordering keys: a read from the lane's position that ends below it (the feed moved it on past a parked key's job meanwhile) is not taken for a cut read from below${sweeping ? ', with sweeps' : ''}`, async () => {
+      const record = newRecord();
+      record.addWebhook('wh_cut', { orderedByKey: true });
+      record.addWebhook('wh_hog');
+      const t0 = Date.now();
+      record.responder = (call) => {
+        if (call.webhookId === 'wh_hog') return 'hold';
+        if (call.key === 'K' && call.seq === 1 && call.attempts === 0) return { final: false, nextAttemptAt: t0 + 6_000, signal: 'failure' };
+        return { final: true, signal: 'success' };
+      };
+      // One global slot, which another webhook's slow endpoint holds for a while.
+      const engine = newEngine(record.deps({ laneCapacity: 8, maxInFlight: 1 }));
+      engine.offer(record.copy(record.commit('wh_cut', 'K')));
+      await until(() => record.sent('wh_cut').length === 1, "K1's first attempt");
+      await sleep(30);
+      engine.offer(record.copy(record.commit('wh_hog')));
+      await until(() => record.sent('wh_hog').length === 1, 'the other webhook holds the slot');
+      const k = Array.from({ length: 7 }, () => record.commit('wh_cut', 'K')); // seqs 2..8
+      const rest = [...Array.from({ length: 7 }, () => record.commit('wh_cut', 'B')), record.commit('wh_cut', 'K'), record.commit('wh_cut', 'B'), record.commit('wh_cut', 'B')]; // 9..18
+      record.loadDelayMs = 300;
+      // The lane fills with K behind its waiting head: K is parked, and the lane reads past it.
+      for (const job of k) engine.offer(record.copy(job));
+      await until(() => record.loads.some((l) => l.leaveOutKeys.includes('K')), 'K parked');
+      // Meanwhile the feed brings the rest, in order: K16 moves the position past the read's end.
+      for (const job of rest) engine.offer(record.copy(job));
+      await sleep(400);
+      record.loadDelayMs = 1;
+      record.calls.find((c) => c.webhookId === 'wh_hog')!.finish();
+      const sweeps = sweeping ? setInterval(() => engine.wake('wh_cut', 0, 1, Date.now(), 18), 200) : undefined;
+      try {
+        await until(() => record.sent('wh_cut').length === 10, "B's nine beside K's waiting head (K1's retry is 6 s away)", 2_500);
+      } finally {
+        clearInterval(sweeps);
+      }
+      assert.deepEqual(record.sent('wh_cut'), [1, 9, 10, 11, 12, 13, 14, 15, 17, 18]);
+    });
+  }
 });
