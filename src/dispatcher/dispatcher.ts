@@ -329,9 +329,9 @@ export class Dispatcher {
     const query = { shards, dueBy: new Date(now - graceMs), horizon: new Date(now + lookaheadMs), dueSince, limit: this.sweepPageSize };
     for (let after: string | undefined = ""; after !== undefined; ) {
       const page = await findWebhooksWithDueDeliveries(this.options.db, { ...query, after });
-      for (const { webhook_id, shard, first_seq, last_seq } of page.webhooks) {
+      for (const { webhook_id, shard, first_seq } of page.webhooks) {
         // first_seq is the lowest pending seq of the webhook, due or not.
-        if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq, now, last_seq);
+        if (this.owned.has(shard)) this.engine.wake(webhook_id, shard, first_seq, now);
       }
       after = page.next;
     }

@@ -125,12 +125,11 @@ export class LaneEngine {
   }
 
   /**
-   * From the sweep: the webhook has due work in Postgres, its lowest pending seq is `firstPendingSeq`
-   * and its last seq given out `lastSeq` (as of `readAt`, when the sweep's query was sent); make sure a
-   * lane is on it.
+   * From the sweep: the webhook has due work in Postgres, and its lowest pending seq is `firstPendingSeq`
+   * (as of `readAt`, when the sweep's query was sent); make sure a lane is on it.
    */
-  wake(webhookId: string, shard: number, firstPendingSeq?: number, readAt = Date.now(), lastSeq?: number): void {
-    this.laneFor(webhookId, shard).poke(firstPendingSeq, readAt, lastSeq);
+  wake(webhookId: string, shard: number, firstPendingSeq?: number, readAt = Date.now()): void {
+    this.laneFor(webhookId, shard).poke(firstPendingSeq, readAt);
   }
 
   has(webhookId: string): boolean {
@@ -330,7 +329,7 @@ class Lane {
   }
 
   /** The sweep found due work for this webhook in Postgres, reading it at `readAt`. */
-  poke(firstPendingSeq: number | undefined, readAt: number, lastSeq?: number): void {
+  poke(firstPendingSeq: number | undefined, readAt: number): void {
     if (this.closed || this.loading) return;
     if (
       this.loaded &&
@@ -348,15 +347,18 @@ class Lane {
     }
     if (this.attempts.size > 0) return;
     const head = this.queue[0];
-    // An idle lane rereads from the start: that also finds deliveries put back below knownThrough. Not
-    // one with parked keys, which that read let go (the first branch finds a put-back below their heads).
-    if (!head || (this.truncated && this.parked.size === 0)) this.load(0);
-    else if (this.truncated) this.load();
-    else if (head.nextAttemptAt <= Date.now()) this.pump();
-    // The head waits for its retry, maybe for hours, and there are seqs past the lane's position whose
-    // feed message has not come (lost with the stream, or never published): with ordering keys they may
-    // go beside it. (A lane that is moving reads on as it drains, and its feed is only behind.)
-    else if (lastSeq !== undefined && lastSeq > this.knownThrough) this.load();
+    if (head && !this.truncated && head.nextAttemptAt <= Date.now()) {
+      this.pump();
+      return;
+    }
+    // An idle lane rereads from the start. That finds deliveries put back below knownThrough: a replay
+    // publishes none to the feed, and the sweep names only the lowest pending seq, which behind a head
+    // waiting for its retry is that head, held here (with ordering keys, a replayed delivery of another
+    // key above it went after that key's later ones). It finds seqs past the position whose feed message
+    // has not come (lost with the stream, or never published), which with ordering keys may go beside a
+    // head that waits for hours. It trims a lane grown past its capacity. And with parked keys it lets
+    // them go and reads a whole lane, and the pump parks them again.
+    this.load(0);
   }
 
   isIdleSince(cutoff: number): boolean {
@@ -429,15 +431,17 @@ class Lane {
   /** Reads the pending deliveries past knownThrough from Postgres, the record. */
   private load(afterSeq = this.knownThrough): void {
     if (this.loading || this.closed) return;
-    if (afterSeq < this.knownThrough) {
+    let letGo = false;
+    if (afterSeq < this.knownThrough && this.parked.size > 0) {
       // From below the lane's position: parked keys are read again with the rest.
+      letGo = true;
       this.unpark();
       afterSeq = Math.min(afterSeq, this.knownThrough);
     }
-    // A read from below is mostly of jobs the lane holds: sized by its room, it refilled the lane one short
-    // of full, where no key is parked, and sweeps then alternated reads of 1 and of 255 jobs.
     const fromBelow = afterSeq < this.knownThrough;
-    const limit = fromBelow ? this.engine.capacity : Math.max(1, this.engine.capacity - this.queue.length);
+    // Having let keys go, a read is mostly of jobs the lane holds: sized by its room, it refilled the lane
+    // one short of full, where nothing parks, and the keys stayed let go.
+    const limit = letGo ? this.engine.capacity : Math.max(1, this.engine.capacity - this.queue.length);
     const overflowsBefore = this.overflows;
     const unparkings = this.unparkings;
     let stale = false;

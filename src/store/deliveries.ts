@@ -149,7 +149,7 @@ export async function findWebhooksWithDueDeliveries(db: Db, query: DueQuery): Pr
       select x.walked, x.walked_to, due.*
       from (select count(*)::int as walked, max(webhook_id) as walked_to from walked) x
       left join lateral (
-        select w.id as webhook_id, w.shard, w.last_seq,
+        select w.id as webhook_id, w.shard,
           (select min(p.seq) from deliveries p where p.webhook_id = w.id and p.status = 'pending') as first_seq
         from walked h join webhooks w on w.id = h.webhook_id
         where w.shard = any(${sql.val(shards)}::int[])
@@ -168,7 +168,6 @@ export async function findWebhooksWithDueDeliveries(db: Db, query: DueQuery): Pr
       "d.webhook_id",
       "d.shard",
       sql<number>`(select min(p.seq) from deliveries p where p.webhook_id = d.webhook_id and p.status = 'pending')`.as("first_seq"),
-      sql<number>`(select w.last_seq from webhooks w where w.id = d.webhook_id)`.as("last_seq"),
     ])
     .where("d.status", "=", "pending")
     .where("d.shard", "in", shards)
@@ -192,12 +191,10 @@ export interface DueWebhook {
   shard: number;
   /** The lowest seq pending, due or not. */
   first_seq: number;
-  /** The highest seq the webhook has given out. */
-  last_seq: number;
 }
 
 function dueWebhook(r: DueWebhook): DueWebhook {
-  return { webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq), last_seq: Number(r.last_seq) };
+  return { webhook_id: r.webhook_id, shard: r.shard, first_seq: Number(r.first_seq) };
 }
 
 /**

@@ -800,7 +800,7 @@ describe('LaneEngine', () => {
     record.commit('wh_keys', 'B'); // committed, its feed message lost
     // The sweeps: seq 2 is due; the lowest pending seq is 1 (A's head, in the lane), the last seq 2. Each
     // sweep while A's attempt is still being recorded finds the lane busy and leaves it be.
-    const sweeps = setInterval(() => engine.wake('wh_keys', 0, 1, Date.now(), 2), 50);
+    const sweeps = setInterval(() => engine.wake('wh_keys', 0, 1, Date.now()), 50);
     try {
       await until(() => record.sent('wh_keys').includes(2), "key B's delivery", 2_000);
     } finally {
@@ -868,7 +868,7 @@ describe('LaneEngine', () => {
     await until(() => record.sent('wh_late').includes(2), 'B2 read from the record and sent');
     await sleep(30);
     // The sweep: the lane is over its capacity, its read from 0 is cut and moves its position back.
-    engine.wake('wh_late', 0, 1, Date.now(), record.lastSeq.get('wh_late'));
+    engine.wake('wh_late', 0, 1, Date.now());
     await sleep(30);
     engine.offer(record.copy(b2)); // B2's feed message, at last
     await sleep(100);
@@ -890,7 +890,7 @@ describe('LaneEngine', () => {
     row.job.attempts = 1;
     record.isPendingDelayMs = 200;
     engine.offer({ ...row.job });
-    engine.wake('wh_check', 0, 1, Date.now(), 2);
+    engine.wake('wh_check', 0, 1, Date.now());
     await until(() => record.sent('wh_check').length === 3, 'the retry sent, from the sweep');
     await sleep(300);
     assert.deepEqual(record.sent('wh_check'), [1, 2, 1], 'the retry by hand is sent once');
@@ -949,7 +949,7 @@ describe('LaneEngine', () => {
     const row = record.row(first.deliveryId)!;
     row.status = 'pending';
     row.job.attempts = 1;
-    engine.wake('wh_putback', 0, 1, Date.now(), 22);
+    engine.wake('wh_putback', 0, 1, Date.now());
     await until(() => record.sent('wh_putback').length === 4, 'A1 again', 500);
     assert.deepEqual(record.sent('wh_putback'), [1, 2, 22, 1], "A1 goes again before A2's retry");
     await until(() => record.sent('wh_putback').length === 24, 'the rest of A', 3_000);
@@ -977,7 +977,7 @@ describe('LaneEngine', () => {
     row.status = 'pending';
     row.job.attempts = 1;
     record.loadDelayMs = readDelayMs;
-    engine.wake(webhookId, 0, 1, Date.now(), 2);
+    engine.wake(webhookId, 0, 1, Date.now());
     await until(() => record.loads.at(-1)!.afterSeq === 0, 'the read from below');
     for (let i = 0; i < 7; i++) engine.offer(record.copy(record.commit(webhookId, 'A')));
     return { record, engine };
@@ -1060,7 +1060,7 @@ describe('LaneEngine', () => {
     }
     const loadsBefore = record.loads.length;
     // The sweep wakes the idle lane.
-    engine.wake('wh_f4', 0, 1, Date.now(), 40);
+    engine.wake('wh_f4', 0, 1, Date.now());
     await until(() => record.sent('wh_f4').length === 40, 'the whole replay', 5_000);
     const loads = record.loads.slice(loadsBefore);
     assert.deepEqual(record.sent('wh_f4'), Array.from({ length: 40 }, (_, i) => i + 1));
@@ -1113,7 +1113,7 @@ describe('LaneEngine', () => {
     const engine = newEngine(deps);
     // 40 of A are in the record before the lane reads it (the feed is behind): the lane reads A1..A8.
     const jobs = Array.from({ length: 40 }, () => record.commit('wh_f6', 'A'));
-    engine.wake('wh_f6', 0, 1, Date.now(), 40);
+    engine.wake('wh_f6', 0, 1, Date.now());
     await until(() => record.sent('wh_f6').length === 1, "A1's attempt");
     await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
     await sleep(50);
@@ -1138,7 +1138,7 @@ describe('LaneEngine', () => {
     for (let i = 0; i < 5; i++) record.commit('wh_rebuilt', 'B');
     // This process claims the shard: the sweep wakes the lane (lowest pending seq 1, last seq 25).
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
-    engine.wake('wh_rebuilt', 0, 1, Date.now(), 25);
+    engine.wake('wh_rebuilt', 0, 1, Date.now());
     await until(() => record.sent('wh_rebuilt').length === 5, "B's five beside A's waiting head", 1_500);
     assert.deepEqual(record.sent('wh_rebuilt'), [21, 22, 23, 24, 25]);
   });
@@ -1165,7 +1165,7 @@ describe('LaneEngine', () => {
     assert.deepEqual(record.sent('wh_again').filter((x) => x > 40), [41, 42, 43]);
   });
 
-  test("ordering keys: the sweep waking an idle lane with a parked key does not let it go: other keys' retries go when due", async () => {
+  test("ordering keys: sweeps of an idle lane with a parked key leave it parked or park it again: other keys' retries go when due", async () => {
     const record = newRecord();
     record.addWebhook('wh_swept', { orderedByKey: true });
     const t0 = Date.now();
@@ -1182,7 +1182,7 @@ describe('LaneEngine', () => {
     await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
     await until(() => record.sent('wh_swept').filter((x) => x > 20).length >= 7, "seven X's tried once", 1_000);
     // The sweep, every 200 ms (2 s in production): lowest pending seq 1 (A1, in the lane), last seq 30.
-    const sweeps = setInterval(() => engine.wake('wh_swept', 0, 1, Date.now(), 30), 200);
+    const sweeps = setInterval(() => engine.wake('wh_swept', 0, 1, Date.now()), 200);
     try {
       const xDone = () => record.rows.get('wh_swept')!.filter((r) => r.job.orderingKey.startsWith('X') && r.status === 'succeeded').length;
       await until(() => xDone() === 10, 'every X delivered before A1 is due again (their retries come due at ~0.6 s)', 2_500);
@@ -1220,7 +1220,7 @@ describe('LaneEngine', () => {
       await sleep(400);
       record.loadDelayMs = 1;
       record.calls.find((c) => c.webhookId === 'wh_hog')!.finish();
-      const sweeps = sweeping ? setInterval(() => engine.wake('wh_cut', 0, 1, Date.now(), 18), 200) : undefined;
+      const sweeps = sweeping ? setInterval(() => engine.wake('wh_cut', 0, 1, Date.now()), 200) : undefined;
       try {
         await until(() => record.sent('wh_cut').length === 10, "B's nine beside K's waiting head (K1's retry is 6 s away)", 2_500);
       } finally {
@@ -1229,4 +1229,110 @@ describe('LaneEngine', () => {
       assert.deepEqual(record.sent('wh_cut'), [1, 9, 10, 11, 12, 13, 14, 15, 17, 18]);
     });
   }
+
+  test("ordering keys: a replayed delivery of key B above key A's waiting head (parked or not) is read by the sweep and goes before B's later ones", async () => {
+    for (const more of [0, 9]) {
+      const webhookId = `wh_replayed_${more}`;
+      const record = newRecord();
+      record.addWebhook(webhookId, { orderedByKey: true });
+      const t0 = Date.now();
+      // A1 fails its first attempt; its retry is 4 s away. Everything else succeeds.
+      record.responder = (call) => (call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: t0 + 4_000, signal: 'failure' } : { final: true, signal: 'success' });
+      const engine = newEngine(record.deps({ laneCapacity: 8 }));
+      engine.offer(record.copy(record.commit(webhookId, 'A')));
+      await until(() => record.sent(webhookId).length === 1, "A1's first attempt");
+      const b2 = record.commit(webhookId, 'B');
+      engine.offer(record.copy(b2));
+      engine.offer(record.copy(record.commit(webhookId, 'B')));
+      await until(() => record.sent(webhookId).length === 3, 'B2 and B3 delivered');
+      // With nine more of A behind A1's waiting head, A is parked.
+      for (let i = 0; i < more; i++) engine.offer(record.copy(record.commit(webhookId, 'A')));
+      await sleep(100);
+      // A replay puts B2 back, due now: it publishes nothing, and the sweep names seq 1 (A1, held).
+      const row = record.row(b2.deliveryId)!;
+      row.status = 'pending';
+      row.job.nextAttemptAt = Date.now();
+      const sweeps = setInterval(() => engine.wake(webhookId, 0, 1, Date.now()), 100);
+      try {
+        await until(() => record.sent(webhookId).filter((s) => s === 2).length === 2, 'B2 sent again, A1 still waiting', 1_500);
+        engine.offer(record.copy(record.commit(webhookId, 'B')));
+        await until(() => record.sent(webhookId).includes(4 + more), 'a live B after it', 1_000);
+      } finally {
+        clearInterval(sweeps);
+      }
+    }
+  });
+
+  test('one order again (ordered_by_key switched off while a key is parked): a replayed delivery above the parked head goes before every later one', async () => {
+    const record = newRecord();
+    const webhook = record.addWebhook('wh_replayed_fifo', { orderedByKey: true });
+    const t0 = Date.now();
+    record.responder = (call) => (call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: t0 + 1_500, signal: 'failure' } : { final: true, signal: 'success' });
+    const engine = newEngine(record.deps({ laneCapacity: 8 }));
+    engine.offer(record.copy(record.commit('wh_replayed_fifo', 'A')));
+    await until(() => record.sent('wh_replayed_fifo').length === 1, "A1's first attempt");
+    const b2 = record.commit('wh_replayed_fifo', 'B');
+    engine.offer(record.copy(b2));
+    engine.offer(record.copy(record.commit('wh_replayed_fifo', 'C')));
+    await until(() => record.sent('wh_replayed_fifo').length === 3, 'B2 and C3 delivered');
+    for (let i = 0; i < 9; i++) engine.offer(record.copy(record.commit('wh_replayed_fifo', 'A'))); // 4..12
+    await sleep(100);
+    webhook.orderedByKey = false;
+    const row = record.row(b2.deliveryId)!;
+    row.status = 'pending';
+    row.job.nextAttemptAt = Date.now();
+    const sweeps = setInterval(() => engine.wake('wh_replayed_fifo', 0, 1, Date.now()), 100);
+    try {
+      // The record's check (execute) fails anything after seq 2 started before the replayed seq 2 was final.
+      await until(() => record.sent('wh_replayed_fifo').length >= 13, 'A1 again, B2 and A4..A12', 4_000);
+    } finally {
+      clearInterval(sweeps);
+    }
+  });
+
+  test('a paused lane with a parked key does not grow past its capacity, sweep after sweep', async () => {
+    const record = newRecord();
+    const webhook = record.addWebhook('wh_grow', { orderedByKey: true });
+    record.responder = (call) => (call.seq === 1 ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
+    const engine = newEngine(record.deps({ laneCapacity: 8, holdRecheckMs: 50 }));
+    for (let i = 0; i < 12; i++) engine.offer(record.copy(record.commit('wh_grow', 'A')));
+    await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
+    // The webhook is paused; events of other keys keep coming.
+    webhook.status = 'paused';
+    for (let i = 0; i < 300; i++) engine.offer(record.copy(record.commit('wh_grow', `K${i % 50}`)));
+    await sleep(100);
+    // A hundred sweeps (200 s in production), each naming A1 (held) as the lowest pending seq.
+    for (let i = 0; i < 100; i++) {
+      engine.wake('wh_grow', 0, 1, Date.now());
+      await sleep(10);
+    }
+    const held = (engine as unknown as { lanes: Map<string, { queue: unknown[] }> }).lanes.get('wh_grow')!.queue.length;
+    assert.ok(held <= 16, `the lane holds ${held} jobs (capacity 8); it grew by one a sweep`);
+  });
+
+  test('sweeps of an idle lane behind a head waiting for its retry read no more than its room each', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_idle');
+    record.responder = (call) => (call.seq === 1 ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
+    const deps = record.deps({ laneCapacity: 256 });
+    let rows = 0;
+    const loadPending = deps.loadPending;
+    deps.loadPending = async (...args) => {
+      const load = await loadPending(...args);
+      rows += load.jobs.length;
+      return load;
+    };
+    const engine = newEngine(deps);
+    for (let i = 0; i < 1000; i++) record.commit('wh_idle');
+    engine.wake('wh_idle', 0, 1, Date.now());
+    await until(() => record.calls.length === 1, 'seq 1 tried');
+    await sleep(100);
+    rows = 0;
+    // Twenty sweeps (40 s in production): a whole lane each would be 5,120 rows.
+    for (let i = 0; i < 20; i++) {
+      engine.wake('wh_idle', 0, 1, Date.now());
+      await sleep(20);
+    }
+    assert.ok(rows <= 20 * 128 + 20, `${rows} rows read by 20 sweeps`);
+  });
 });
