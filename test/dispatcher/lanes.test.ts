@@ -38,6 +38,11 @@ interface Call {
 
 type Responder = (call: Call) => LaneOutcome | 'hold' | Promise<LaneOutcome>;
 
+/** A responder: the calls `fails` picks get a retry at `retryAt()`, every other call succeeds. */
+function retriesWhen(fails: (call: Call) => boolean, retryAt: () => number): Responder {
+  return (call) => (fails(call) ? { final: false, nextAttemptAt: retryAt(), signal: 'failure' } : { final: true, signal: 'success' });
+}
+
 class FakeRecord {
   readonly rows = new Map<string, Row[]>();
   readonly lastSeq = new Map<string, number>();
@@ -792,8 +797,7 @@ describe('LaneEngine', () => {
   test('ordering keys: a delivery whose feed message was lost goes beside a head that waits for its retry, once the sweep names the last seq', async () => {
     const record = newRecord();
     record.addWebhook('wh_keys', { orderedByKey: true });
-    record.responder = (call) =>
-      call.key === 'A' ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' };
+    record.responder = retriesWhen((call) => call.key === 'A', () => Date.now() + 3_600_000);
     const engine = newEngine(record.deps());
     engine.offer(record.copy(record.commit('wh_keys', 'A')));
     await until(() => record.calls.length === 1, 'key A tried, its retry an hour away');
@@ -856,7 +860,7 @@ describe('LaneEngine', () => {
   test('ordering keys: a late feed copy of a delivery finished after a cut read moved the lane back is not sent again', async () => {
     const record = newRecord();
     record.addWebhook('wh_late', { orderedByKey: true });
-    record.responder = (call) => (call.key === 'A' ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
+    record.responder = retriesWhen((call) => call.key === 'A', () => Date.now() + 3_600_000);
     const engine = newEngine(record.deps({ laneCapacity: 3, gapWaitMs: 30 }));
     await laneLoaded(engine, record, 'wh_late');
     engine.offer(record.copy(record.commit('wh_late', 'A')));
@@ -903,8 +907,7 @@ describe('LaneEngine', () => {
   function twentyOfABehindAFailingHead(webhookId: string, retryMs: number, more: number) {
     const record = newRecord();
     const webhook = record.addWebhook(webhookId, { orderedByKey: true });
-    record.responder = (call) =>
-      call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + retryMs, signal: 'failure' } : { final: true, signal: 'success' };
+    record.responder = retriesWhen((call) => call.seq === 1 && call.attempts === 0, () => Date.now() + retryMs);
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
     for (let i = 0; i < 20; i++) engine.offer(record.copy(record.commit(webhookId, 'A')));
     for (let i = 0; i < more; i++) engine.offer(record.copy(record.commit(webhookId, 'B')));
@@ -936,8 +939,7 @@ describe('LaneEngine', () => {
   test("ordering keys: a delivery put back below a parked key's head (a retry by hand, its feed message lost) goes before it", async () => {
     const record = newRecord();
     record.addWebhook('wh_putback', { orderedByKey: true });
-    record.responder = (call) =>
-      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + 700, signal: 'failure' } : { final: true, signal: 'success' };
+    record.responder = retriesWhen((call) => call.key === 'A' && call.seq === 2 && call.attempts === 0, () => Date.now() + 700);
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
     const first = record.commit('wh_putback', 'A');
     engine.offer(record.copy(first));
@@ -964,8 +966,7 @@ describe('LaneEngine', () => {
   async function putBackWhileAFills(webhookId: string, putBackKey: string, retryMs: number, readDelayMs: number): Promise<{ record: FakeRecord; engine: LaneEngine }> {
     const record = newRecord();
     record.addWebhook(webhookId, { orderedByKey: true });
-    record.responder = (call) =>
-      call.key === 'A' && call.seq === 2 && call.attempts === 0 ? { final: false, nextAttemptAt: Date.now() + retryMs, signal: 'failure' } : { final: true, signal: 'success' };
+    record.responder = retriesWhen((call) => call.key === 'A' && call.seq === 2 && call.attempts === 0, () => Date.now() + retryMs);
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
     const first = record.commit(webhookId, putBackKey);
     engine.offer(record.copy(first));
@@ -1101,8 +1102,7 @@ describe('LaneEngine', () => {
     const record = newRecord();
     record.addWebhook('wh_f6', { orderedByKey: true });
     // A1 fails (retry in 10 s), everything else succeeds.
-    record.responder = (call) =>
-      call.key === 'A' && call.seq === 1 ? { final: false, nextAttemptAt: Date.now() + 10_000, signal: 'failure' } : { final: true, signal: 'success' };
+    record.responder = retriesWhen((call) => call.key === 'A' && call.seq === 1, () => Date.now() + 10_000);
     let pendingChecks = 0;
     const deps = record.deps({ laneCapacity: 8 });
     const isPending = deps.isPending;
@@ -1237,7 +1237,7 @@ describe('LaneEngine', () => {
       record.addWebhook(webhookId, { orderedByKey: true });
       const t0 = Date.now();
       // A1 fails its first attempt; its retry is 4 s away. Everything else succeeds.
-      record.responder = (call) => (call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: t0 + 4_000, signal: 'failure' } : { final: true, signal: 'success' });
+      record.responder = retriesWhen((call) => call.seq === 1 && call.attempts === 0, () => t0 + 4_000);
       const engine = newEngine(record.deps({ laneCapacity: 8 }));
       engine.offer(record.copy(record.commit(webhookId, 'A')));
       await until(() => record.sent(webhookId).length === 1, "A1's first attempt");
@@ -1267,7 +1267,7 @@ describe('LaneEngine', () => {
     const record = newRecord();
     const webhook = record.addWebhook('wh_replayed_fifo', { orderedByKey: true });
     const t0 = Date.now();
-    record.responder = (call) => (call.seq === 1 && call.attempts === 0 ? { final: false, nextAttemptAt: t0 + 1_500, signal: 'failure' } : { final: true, signal: 'success' });
+    record.responder = retriesWhen((call) => call.seq === 1 && call.attempts === 0, () => t0 + 1_500);
     const engine = newEngine(record.deps({ laneCapacity: 8 }));
     engine.offer(record.copy(record.commit('wh_replayed_fifo', 'A')));
     await until(() => record.sent('wh_replayed_fifo').length === 1, "A1's first attempt");
@@ -1293,7 +1293,7 @@ describe('LaneEngine', () => {
   test('a paused lane with a parked key does not grow past its capacity, sweep after sweep', async () => {
     const record = newRecord();
     const webhook = record.addWebhook('wh_grow', { orderedByKey: true });
-    record.responder = (call) => (call.seq === 1 ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
+    record.responder = retriesWhen((call) => call.seq === 1, () => Date.now() + 3_600_000);
     const engine = newEngine(record.deps({ laneCapacity: 8, holdRecheckMs: 50 }));
     for (let i = 0; i < 12; i++) engine.offer(record.copy(record.commit('wh_grow', 'A')));
     await until(() => record.loads.some((l) => l.leaveOutKeys.includes('A')), 'A parked');
@@ -1313,7 +1313,7 @@ describe('LaneEngine', () => {
   test('sweeps of an idle lane behind a head waiting for its retry read no more than its room each', async () => {
     const record = newRecord();
     record.addWebhook('wh_idle');
-    record.responder = (call) => (call.seq === 1 ? { final: false, nextAttemptAt: Date.now() + 3_600_000, signal: 'failure' } : { final: true, signal: 'success' });
+    record.responder = retriesWhen((call) => call.seq === 1, () => Date.now() + 3_600_000);
     const deps = record.deps({ laneCapacity: 256 });
     let rows = 0;
     const loadPending = deps.loadPending;
