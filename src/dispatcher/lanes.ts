@@ -456,9 +456,8 @@ class Lane {
           return;
         }
         const known = new Set(this.queue.map((j) => j.deliveryId));
-        for (const job of jobs) {
-          if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId) && !this.parked.has(job.orderingKey)) this.insertSorted(job);
-        }
+        // (No parked key's among them: the read left those out, and no key is parked while a read is out.)
+        for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
         this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
         if (cut && fromBelow && jobs.at(-1)!.seq < this.knownThrough) {
