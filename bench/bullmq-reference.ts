@@ -15,6 +15,9 @@ export interface Reference {
   workerPid: number;
   /** Enqueues one batch in one round trip, in order. */
   enqueue(jobs: ReferenceJob[]): Promise<void>;
+  /** Resolves once the worker takes no more jobs and none it took is still running. */
+  pause(): Promise<void>;
+  resume(): void;
   stop(): Promise<void>;
 }
 
@@ -66,6 +69,20 @@ export async function startReference(options: {
     workerPid: worker.pid!,
     async enqueue(jobs) {
       await queue.addBulk(jobs.map((data) => ({ name: data.eventType, data })));
+    },
+    pause() {
+      return new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("the BullMQ worker did not pause within 20 s")), 20_000);
+        worker.once("message", (msg) => {
+          clearTimeout(timer);
+          if (msg === "paused") resolve();
+          else reject(new Error(`the BullMQ worker answered ${JSON.stringify(msg)} to "pause"`));
+        });
+        worker.send("pause");
+      });
+    },
+    resume() {
+      worker.send("resume");
     },
     stop() {
       stopping ??= stop();

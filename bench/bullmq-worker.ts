@@ -5,7 +5,7 @@
  * one webhook run concurrently) and no record of attempts: the issue's yardstick, not a design to copy.
  *
  * argv: <queue> <redis url> <concurrency> <connections per origin>
- * Parent → child: "stop". Child → parent: "ready".
+ * Parent → child: "pause" (answered "paused" once no job runs), "resume", "stop". Child → parent: "ready".
  */
 import { createHmac, randomBytes } from "node:crypto";
 import { Worker } from "bullmq";
@@ -60,6 +60,8 @@ worker.on("error", (err) => console.error(`bullmq worker: ${err.message}`));
 await worker.waitUntilReady();
 process.send?.("ready");
 process.on("message", (msg) => {
+  if (msg === "pause") return void worker.pause().then(() => process.send?.("paused"));
+  if (msg === "resume") return worker.resume();
   if (msg !== "stop") return;
   void worker
     .close()

@@ -9,7 +9,8 @@
  *   1. batch ingest (POST /events/batch, 100 per batch, a few batches at once) and sustained delivery;
  *  1b. delivery alone: the same events published with the webhooks paused, then set active together;
  *   R. the reference: a plain BullMQ-on-Redis sender (bench/bullmq-reference.ts) given the same events
- *      in the same batches, to the same receiver — the issue's yardstick, measured in this run;
+ *      in the same batches, to the same receiver — the issue's yardstick, measured in this run; then, as
+ *      1b, the same events enqueued with its worker paused, and the worker resumed;
  *      then the raw ceiling again (the host's speed drifts);
  *   2. single-event ingest (POST /events, ~32 concurrent clients);
  *   3. steady rate (500 events/s paced by a timer): publish → receive latency.
@@ -801,7 +802,9 @@ async function main(): Promise<number> {
   // --- the reference: a plain BullMQ sender, the same events, the same receiver ----------------------------
   // The issue's yardstick, measured here rather than quoted: between the two ceilings, like phase 1.
   const ref = newExpected();
+  const ref1b = newExpected();
   let refCheck: DeliveryCheck | undefined;
+  let ref1bCheck: DeliveryCheck | undefined;
   let refNote = "skipped (--reference none)";
   if (options.reference === "bullmq" && !(await reachable(options.redisUrl))) {
     refNote = `skipped: no Redis at ${options.redisUrl}`;
@@ -854,11 +857,25 @@ async function main(): Promise<number> {
       const rate = refCheck.delivered / ((refCheck.lastAt - refCheck.firstAt) / 1000);
       refNote = `${fmt(rate)} deliveries/s`;
       log(`reference: ${fmt(refCheck.delivered)}/${fmt(refCheck.expected)} delivered, ${fmt(rate)} deliveries/s (first → last receipt)`);
+      // Phase 1b's counterpart: the worker paused while the same events go in, then resumed.
+      if (timeLeft() > 45_000) {
+        await reference.pause();
+        await enqueueAll("ref1b", ref1b, N);
+        await sleep(1_000);
+        const early = await receiver.stats("ref1b");
+        if (early.unique > 0) warn(`reference 1b: ${early.unique} deliveries arrived while the worker was paused`);
+        const s1 = sample();
+        reference.resume();
+        ref1bCheck = await awaitDeliveries("ref1b", ref1b, options.drainSeconds * 1000);
+        cpu.push(cpuWindow("reference 1b: BullMQ from a backlog", s1, sample(), ref1bCheck.delivered, "delivery"));
+        log(`reference 1b: ${fmt(ref1bCheck.delivered)}/${fmt(ref1bCheck.expected)} delivered, ${fmt(ref1bCheck.delivered / ((ref1bCheck.lastAt - ref1bCheck.firstAt) / 1000))} deliveries/s (first → last receipt)`);
+      }
       await reference.stop();
       delete sampled.bullmq;
     } catch (err) {
       // The yardstick failing is no reason to lose webhookd's own figures.
       refCheck = undefined;
+      ref1bCheck = undefined;
       refNote = `failed: ${(err as Error).message}`;
       warn(`reference: ${refNote}`);
     }
@@ -1044,7 +1061,7 @@ async function main(): Promise<number> {
   // webhookd's phases only: the reference keeps no order and its losses are not webhookd's.
   const checks = [p1Check, p1bCheck, p2Check, p3Check, p4Check].filter((c): c is DeliveryCheck => c !== undefined);
   // Read again at the end: a repeat that came after its phase was judged (a redelivery, 30 s later) counts.
-  for (const c of [...checks, ...(refCheck ? [refCheck] : [])]) {
+  for (const c of [...checks, ...[refCheck, ref1bCheck].filter((c): c is DeliveryCheck => c !== undefined)]) {
     const late = await receiver.stats(c.phase);
     c.duplicates = late.duplicates;
     c.orderViolations = late.orderViolations;
@@ -1054,6 +1071,7 @@ async function main(): Promise<number> {
   const p1Rate = p1Check ? p1Check.delivered / p1Span : NaN;
   const p1bRate = p1bCheck ? p1bCheck.delivered / ((p1bCheck.lastAt - p1bCheck.firstAt) / 1000) : NaN;
   const refRate = refCheck ? refCheck.delivered / ((refCheck.lastAt - refCheck.firstAt) / 1000) : NaN;
+  const ref1bRate = ref1bCheck ? ref1bCheck.delivered / ((ref1bCheck.lastAt - ref1bCheck.firstAt) / 1000) : NaN;
   const rows: [string, string][] = [
     [`raw ceiling, ${options.rawConnections} connections (before / after phase 1)`, `${fmt(raw.rps)} / ${fmt(rawAfter.rps)} req/s`],
     [`raw ceiling, ${senderCap} connections (sender's per-origin cap)`, `${fmt(rawAtCap.rps)} req/s`],
@@ -1078,6 +1096,11 @@ async function main(): Promise<number> {
       "delivery alone, from a backlog (phase 1b)",
       p1bCheck ? `${fmt(p1bRate)} deliveries/s (${fmt((p1bRate / raw.rps) * 100, 1)} % / ${fmt((p1bRate / rawAfter.rps) * 100, 1)} % of the ceiling before / after phase 1)` : "skipped",
     ],
+    [
+      "reference, delivery alone from a backlog (1b)",
+      ref1bCheck ? `${fmt(ref1bRate)} deliveries/s (${fmt((ref1bRate / raw.rps) * 100, 1)} % / ${fmt((ref1bRate / rawAfter.rps) * 100, 1)} % of the ceiling before / after)` : "skipped",
+    ],
+    ["  webhookd phase 1b / reference 1b", ref1bCheck && p1bCheck ? `${fmt(p1bRate / ref1bRate, 2)}` : "n/a"],
     [`batch ingest (POST /events/batch ×${options.batchSize})`, `${fmt(p1Ingest)} events/s`],
     [`single ingest (POST /events, ${Math.min(Math.floor(options.singleConcurrency), M)} clients)`, `${fmt(p2Ingest)} events/s (POST p50 ${ms(p2Publish.p50)}, p99 ${ms(p2Publish.p99)})`],
     ["e2e latency under load (phase 1) p50 / p99", p1Check ? `${ms(p1Check.latency.p50)} / ${ms(p1Check.latency.p99)}` : "n/a"],
@@ -1109,7 +1132,7 @@ async function main(): Promise<number> {
   console.log(line);
   for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
   console.log(line);
-  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("reference", refCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check), ...(F > 0 ? [perPhase("phase 4", p4Check)] : [])]) console.log(l);
+  for (const l of [perPhase("phase 1", p1Check), perPhase("phase 1b", p1bCheck), perPhase("reference", refCheck), perPhase("reference 1b", ref1bCheck), perPhase("phase 2", p2Check), perPhase("phase 3", p3Check), ...(F > 0 ? [perPhase("phase 4", p4Check)] : [])]) console.log(l);
   console.log(line);
 
   const names = ["bench", "receiver", "api", "dispatcher", "postgres", "nats", ...(refCheck ? ["bullmq", "redis"] : [])];
