@@ -83,6 +83,8 @@ const PAYLOADS_KEPT = 2;
  * behind a put-back delivery. A sweep slower than this costs a needless read of the record, no more.
  */
 const RECENT_FINALS_MS = 30_000;
+/** How long a lane that must read the record before it sends on waits after that read failed (Postgres down). */
+const REREAD_AFTER_FAILURE_MS = 1_000;
 
 /**
  * Per-webhook lanes. The invariant: a lane sends only the head of each ordering key (the whole webhook
@@ -256,6 +258,14 @@ class Lane {
   private parkedFrom = Infinity;
   /** Counts the times parked keys were let go: a read begun before that left them out, and is not used. */
   private unparkings = 0;
+  /** The webhook's highest `requeues` the lane has seen, on a job or in a read of the record. */
+  private requeuesSeen = 0;
+  /**
+   * The highest `requeues` a read from the start has answered for: what those put back is in the queue,
+   * or past the lane's position. Below `requeuesSeen`, nothing starts until such a read has answered.
+   */
+  private requeuesRead = 0;
+  private loadFailedAt = -Infinity;
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
   private slotOffered = false;
   private timer: NodeJS.Timeout | undefined;
@@ -283,6 +293,8 @@ class Lane {
   offer(job: DeliveryJob): void {
     if (this.closed) return;
     this.lastActivity = Date.now();
+    // Published after deliveries were put back, maybe below the lane's position (see pumpOnce).
+    if (job.requeues !== undefined && job.requeues > this.requeuesSeen) this.requeuesSeen = job.requeues;
     // (A parked key's next job takes no room: the lane only moves its position past it.)
     if (!this.loaded || job.seq > this.knownThrough + 1 || (this.queue.length >= this.engine.capacity && !this.parked.has(job.orderingKey))) {
       this.holdAhead(job);
@@ -444,17 +456,23 @@ class Lane {
     const limit = letGo ? this.engine.capacity : Math.max(1, this.engine.capacity - this.queue.length);
     const overflowsBefore = this.overflows;
     const unparkings = this.unparkings;
+    const requeuesBefore = this.requeuesSeen;
     let stale = false;
     this.finalWhileLoading.clear();
     this.loading = this.engine.deps
       .loadPending(this.webhookId, afterSeq, limit, [...this.parked])
-      .then(({ jobs, lastSeq }) => {
+      .then(({ jobs, lastSeq, requeues }) => {
         if (this.closed) return;
         // Keys it left out were let go meanwhile: its lastSeq promises nothing of them. Read again.
         if (unparkings !== this.unparkings) {
           stale = true;
           return;
         }
+        this.requeuesSeen = Math.max(this.requeuesSeen, requeues);
+        // From the start, it has what every count seen before it began put back: that requeue committed
+        // before the ingest that carried the count, and the job came after that commit. (Not only its own
+        // count: one that read lower, however it came to, would have the lane read for ever.)
+        if (afterSeq === 0) this.requeuesRead = Math.max(this.requeuesRead, requeues, requeuesBefore);
         const known = new Set(this.queue.map((j) => j.deliveryId));
         // (No parked key's among them: the read left those out, and no key is parked while a read is out.)
         for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
@@ -480,6 +498,7 @@ class Lane {
         this.absorbAhead();
       })
       .catch((err) => {
+        this.loadFailedAt = Date.now();
         this.engine.deps.log.warn({ err, webhookId: this.webhookId }, "lane load failed; the sweep will retry");
       })
       .finally(() => {
@@ -519,6 +538,14 @@ class Lane {
   }
 
   private async pumpOnce(): Promise<void> {
+    if (this.requeuesRead < this.requeuesSeen) {
+      // Deliveries were put back to pending (a replay, a retry by hand) before a job the lane holds was
+      // published. Below its position, they are found by the sweep within seconds, and meanwhile the jobs
+      // published after them went first. So nothing starts until a read from the start has them.
+      if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) this.schedule(this.loadFailedAt + REREAD_AFTER_FAILURE_MS);
+      else this.load(0);
+      return;
+    }
     if (this.queue.length === 0) {
       if (this.truncated || this.ahead.size > 0) this.load();
       return;

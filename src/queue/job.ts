@@ -26,6 +26,11 @@ export interface DeliveryJob {
   expiresAt: number;
   /** Put back by a replay: the lane starts such jobs at least this many ms apart (the replay's pace). */
   paceMs?: number;
+  /**
+   * The webhook's count of deliveries put back to pending (replays, retries by hand) as ingest found it;
+   * absent: 0. A lane that sees it grow reads the record from the start before it sends on.
+   */
+  requeues?: number;
 }
 
 /**

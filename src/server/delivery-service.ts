@@ -112,9 +112,11 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
         });
         return (await deliveries.getDelivery(trx, principal.tenantId, delivery.id))!;
       });
-      // The lane learns of it through the feed; if that fails, its owner's sweep finds it due in Postgres.
-      const { jobs } = await loadPendingForLane(db, delivery.webhook_id, delivery.seq - 1, 1);
-      await deps.feed.publish(jobs.filter((j) => j.deliveryId === delivery.id));
+      // The lane learns of it through the feed, with the webhook's new count of requeues, which makes it
+      // read from the start before it sends on (see Lane); if that fails, the next event's job tells it,
+      // or its owner's sweep finds it due in Postgres.
+      const { jobs, requeues } = await loadPendingForLane(db, delivery.webhook_id, delivery.seq - 1, 1);
+      await deps.feed.publish(jobs.filter((j) => j.deliveryId === delivery.id).map((j) => ({ ...j, requeues })));
       return create(RetryDeliveryResponseSchema, { delivery: toDelivery(requeued) });
     },
   };

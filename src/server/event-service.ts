@@ -158,8 +158,8 @@ export function createEventService(deps: EventServiceDeps) {
         subscriberLists.set(listKey, subscribers);
       }
       const deliveries = planDeliveries(subscribers, fresh);
-      const seqs = await writeIngest(db, { tenantId, patterns, subscribers, events: fresh, deliveries, createdAt: now, expiresAt });
-      if (seqs === null) {
+      const written = await writeIngest(db, { tenantId, patterns, subscribers, events: fresh, deliveries, createdAt: now, expiresAt });
+      if (written === null) {
         // A subscriber was added, changed or removed since the list was read: read it again and re-plan.
         subscriberLists.forget(listKey, subscribers);
         if (plans < MAX_INGEST_PLANS) continue;
@@ -172,7 +172,7 @@ export function createEventService(deps: EventServiceDeps) {
           deliveryId: d.id,
           webhookId: d.webhookId,
           shard: d.shard,
-          seq: seqs[i]!,
+          seq: written.seqs[i]!,
           orderingKey: d.orderingKey,
           eventId: event.id,
           eventType: event.event_type,
@@ -181,6 +181,8 @@ export function createEventService(deps: EventServiceDeps) {
           attempts: 0,
           nextAttemptAt: now.getTime(),
           expiresAt: expiresAt.getTime(),
+          // Left out while 0, as it is for most webhooks: every byte of a head travels through NATS.
+          ...(written.requeues[i] ? { requeues: written.requeues[i] } : {}),
         };
       });
       eventsIngested.inc(fresh.length);

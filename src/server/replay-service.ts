@@ -1,9 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { newId, isId } from "../core/ids.js";
+import type { DeliveryFeed } from "../queue/feed.js";
 import type { Db } from "../store/db.js";
+import { loadPendingForLane } from "../store/deliveries.js";
 import type { ReplayScope } from "../store/schema.js";
-import { getWebhook } from "../store/webhooks.js";
+import { countRequeue, getWebhook } from "../store/webhooks.js";
 import { recordAudit } from "../store/audit.js";
 import * as replays from "../store/replays.js";
 import {
@@ -23,7 +25,7 @@ export const MAX_REPLAY_RATE = 10_000;
 export const MIN_REPLAY_RATE = 0.000001;
 
 /** ReplayWebhook and GetReplay: deliveries of a time range put back in their lane, paced, and their progress. */
-export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRate: number }) {
+export function createReplayService(deps: { db: Db; feed: DeliveryFeed; eventTtlMs: number; replayRate: number }) {
   const { db } = deps;
 
   function validateScope(scope: string): ReplayScope {
@@ -89,11 +91,17 @@ export function createReplayService(deps: { db: Db; eventTtlMs: number; replayRa
         });
         // Locked as DeleteWebhook locks it, and only now, so ingest into the webhook never waits on a
         // long replay: a delete that committed meanwhile rolls the replay back, and one still to come
-        // waits for this commit, then cancels what the replay put back.
-        if (!(await getWebhook(trx, principal.tenantId, webhook.id, { forUpdate: true }))) throw notFound("webhook", JSON.stringify(req.webhookId));
+        // waits for this commit, then cancels what the replay put back. The count it bumps reaches the
+        // lanes with the jobs of the next ingest, which waits for this commit: that event does not go
+        // before the deliveries put back.
+        if (!(await countRequeue(trx, principal.tenantId, webhook.id))) throw notFound("webhook", JSON.stringify(req.webhookId));
         return row;
       });
-      // The owner's sweep finds the deliveries due in Postgres, in seq order, as each one's time comes.
+      // The lane learns of it through the feed: the webhook's lowest pending delivery, with the new count
+      // of requeues, makes it read from the start, and it sends what the replay put back in seq order as
+      // each one's time comes. If that fails, the next event's job tells it, or its owner's sweep.
+      const { jobs, requeues } = await loadPendingForLane(db, webhook.id, 0, 1);
+      await deps.feed.publish(jobs.map((j) => ({ ...j, requeues })));
       return create(ReplayWebhookResponseSchema, { replay: toReplay(replay, await replays.replayProgress(db, replay.id)) });
     },
 

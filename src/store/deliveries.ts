@@ -22,6 +22,8 @@ export interface LaneLoad {
   jobs: DeliveryJob[];
   /** The webhook's last reserved seq when the jobs were read: every pending seq up to it is in jobs, unless jobs was cut at the limit. */
   lastSeq: number;
+  /** The webhook's `requeues` when the jobs were read: every delivery those put back is among them (read from the start). */
+  requeues: number;
 }
 
 /**
@@ -33,16 +35,22 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
   // One statement, one snapshot: lastSeq and the rows agree.
   let rows = await readPendingForLane(db, webhookId, afterSeq, limit, leaveOutKeys);
   let lastSeq = rows[0] ? Number(rows[0].last_seq) : undefined;
+  let requeues = rows[0]?.requeues ?? 0;
   if (lastSeq === undefined) {
     // Nothing pending: the last seq comes from a second statement, whose later snapshot may hold seqs
     // committed after the first (counted as held, not in the lane: the next seq went before them). Every
     // seq up to it was committed with it (ingest reserves and inserts in one statement), so a third read
-    // sees them all.
-    const webhook = await db.selectFrom("webhooks").select("last_seq").where("id", "=", webhookId).executeTakeFirst();
+    // sees them all. Its `requeues` may count a requeue after the first read too; a read from the start
+    // (afterSeq 0) of a webhook that has deliveries reads a third time, which sees what that put back.
+    const webhook = await db.selectFrom("webhooks").select(["last_seq", "requeues"]).where("id", "=", webhookId).executeTakeFirst();
     lastSeq = Number(webhook?.last_seq ?? 0);
+    requeues = webhook?.requeues ?? 0;
     if (lastSeq > afterSeq) {
       rows = await readPendingForLane(db, webhookId, afterSeq, limit, leaveOutKeys);
-      if (rows[0]) lastSeq = Number(rows[0].last_seq);
+      if (rows[0]) {
+        lastSeq = Number(rows[0].last_seq);
+        requeues = rows[0].requeues ?? 0;
+      }
     }
   }
   const jobs = rows.map((r) => ({
@@ -59,7 +67,7 @@ export async function loadPendingForLane(db: Db, webhookId: string, afterSeq: nu
     expiresAt: r.expires_at.getTime(),
     ...(r.replay_rate ? { paceMs: 1000 / r.replay_rate } : {}),
   }));
-  return { jobs, lastSeq };
+  return { jobs, lastSeq, requeues };
 }
 
 function readPendingForLane(db: Db, webhookId: string, afterSeq: number, limit: number, leaveOutKeys: readonly string[]) {
@@ -84,6 +92,7 @@ function readPendingForLane(db: Db, webhookId: string, afterSeq: number, limit: 
       "d.next_attempt_at",
       "d.expires_at",
       sql<number>`(select last_seq from webhooks w where w.id = ${webhookId})`.as("last_seq"),
+      sql<number>`(select requeues from webhooks w where w.id = ${webhookId})`.as("requeues"),
     ])
     .where("d.webhook_id", "=", webhookId)
     // A literal, so that the statement's generic plan can use the partial indexes on pending rows.
@@ -346,25 +355,33 @@ export function listAttempts(db: Db, deliveryId: string): Promise<DeliveryAttemp
  */
 export async function requeueDelivery(db: Db, id: string, eventTtlMs: number): Promise<boolean> {
   const result = await db
-    .updateTable("deliveries")
-    // A retry by hand is its own: it leaves any replay the delivery was part of (and its pace).
-    .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: requeuedExpiry(sql`created_at`, eventTtlMs), replay_id: null })
-    .where("id", "=", id)
-    .where("status", "in", ["failed", "expired"])
-    .where(requeueableSql(sql`created_at`, eventTtlMs))
-    // Share-locked, so a delete in progress is waited for and its outcome seen (the row is read again):
-    // either the delete commits first and nothing is put back, or it waits for this transaction and
-    // then cancels the delivery with the webhook's other pending ones. Paused and disabled webhooks
-    // take it: their lanes hold it until they are active again.
-    .where(({ exists, selectFrom }) =>
-      exists(
-        selectFrom("webhooks as w")
-          .select(sql.lit(1).as("one"))
-          .whereRef("w.id", "=", "deliveries.webhook_id")
-          .where("w.status", "<>", "deleted")
-          .forShare(),
-      ),
+    // The webhook's row is locked first: a delete in progress is waited for and its outcome seen (the
+    // row is read again), so either the delete commits first and nothing is put back, or it waits for
+    // this statement and then cancels the delivery with the webhook's other pending ones. Paused and
+    // disabled webhooks take it: their lanes hold it until they are active again.
+    .with("hook", (qb) =>
+      qb
+        .selectFrom("webhooks")
+        .select("id")
+        .where("id", "=", (eb) => eb.selectFrom("deliveries").select("webhook_id").where("id", "=", id))
+        .where("status", "<>", "deleted")
+        .forUpdate(),
     )
+    .with("requeued", (qb) =>
+      qb
+        .updateTable("deliveries")
+        // A retry by hand is its own: it leaves any replay the delivery was part of (and its pace).
+        .set({ status: "pending", next_attempt_at: sql<Date>`now()`, expires_at: requeuedExpiry(sql`created_at`, eventTtlMs), replay_id: null })
+        .where("id", "=", id)
+        .where("status", "in", ["failed", "expired"])
+        .where(requeueableSql(sql`created_at`, eventTtlMs))
+        .where("webhook_id", "=", (eb) => eb.selectFrom("hook").select("hook.id"))
+        .returning("webhook_id"),
+    )
+    // Counted only when it was put back; the next ingest hands the count to the lanes (WebhookTable.requeues).
+    .updateTable("webhooks")
+    .set({ requeues: sql`requeues + 1` })
+    .where("id", "=", (eb) => eb.selectFrom("requeued").select("requeued.webhook_id"))
     .executeTakeFirst();
   return Number(result.numUpdatedRows) > 0;
 }

@@ -124,10 +124,10 @@ function packPayloads(payloads: string[]): { bytes: Buffer; starts: number[]; le
 }
 
 /**
- * Writes the plan; returns the seq each planned delivery took, or null when the subscribers changed
- * since they were read, in which case nothing was written.
+ * Writes the plan; returns the seq each planned delivery took and its webhook's `requeues` as the row lock
+ * found it, or null when the subscribers changed since they were read, in which case nothing was written.
  */
-export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | null> {
+export async function writeIngest(db: Db, plan: IngestPlan): Promise<{ seqs: number[]; requeues: number[] } | null> {
   const counts = new Map<string, number>();
   for (const d of plan.deliveries) counts.set(d.webhookId, (counts.get(d.webhookId) ?? 0) + 1);
   const payloads = packPayloads(plan.events.map((e) => e.payload));
@@ -175,7 +175,7 @@ export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | 
       update webhooks as w set last_seq = w.last_seq + c.n
       from unnest($4::text[], $5::int[]) as c(id, n)
       where w.id = c.id and (select ok from verdict)
-      returning w.id, w.last_seq, c.n
+      returning w.id, w.last_seq, w.requeues, c.n
     ), keys as (
       insert into idempotency_keys (tenant_id, key, event_id, created_at)
       select $1, k.key, k.event_id, $6::timestamptz from unnest($8::text[], $9::text[]) as k(key, event_id)
@@ -191,9 +191,12 @@ export async function writeIngest(db: Db, plan: IngestPlan): Promise<number[] | 
       from unnest($10::text[], $11::text[], $12::text[], $13::int[], $14::int[], $15::text[]) as d(id, webhook_id, event_id, rank, shard, ordering_key)
       join seqs as s on s.id = d.webhook_id
     )
-    select v.ok, s.id, s.last_seq from verdict as v left join seqs as s on true`;
-  const { rows } = await db.executeQuery<{ ok: boolean; id: string | null; last_seq: number | null }>(CompiledQuery.raw(text, params));
+    select v.ok, s.id, s.last_seq, s.requeues from verdict as v left join seqs as s on true`;
+  const { rows } = await db.executeQuery<{ ok: boolean; id: string | null; last_seq: number | null; requeues: number | null }>(CompiledQuery.raw(text, params));
   if (!rows[0]?.ok) return null;
-  const lastSeqs = new Map(rows.map((r) => [r.id, Number(r.last_seq)]));
-  return plan.deliveries.map((d) => lastSeqs.get(d.webhookId)! - counts.get(d.webhookId)! + d.rank);
+  const byWebhook = new Map(rows.map((r) => [r.id, r]));
+  return {
+    seqs: plan.deliveries.map((d) => Number(byWebhook.get(d.webhookId)!.last_seq) - counts.get(d.webhookId)! + d.rank),
+    requeues: plan.deliveries.map((d) => byWebhook.get(d.webhookId)!.requeues!),
+  };
 }

@@ -44,6 +44,11 @@ export interface WebhookTable {
   rate_limit_per_second: Generated<number>;
   /** The last seq handed to a delivery of this webhook; bumped under the row lock at ingest. */
   last_seq: Generated<number>;
+  /**
+   * Times deliveries of this webhook were put back to pending (a replay, a retry by hand), bumped under
+   * the row lock: ingest hands it to the lanes with each job (see Lane in src/dispatcher/lanes.ts).
+   */
+  requeues: Generated<number>;
   shard: number;
   /** v1: HMAC with whsec_ secrets; v1a: ed25519 with whsk_ keys (sealed) and a published whpk_ key. */
   signature_scheme: Generated<SignatureScheme>;

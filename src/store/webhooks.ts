@@ -21,6 +21,22 @@ export function getWebhook(db: Db, tenantId: string, id: string, options: { forU
   return (options.forUpdate ? query.forUpdate() : query).executeTakeFirst();
 }
 
+/**
+ * Counts a putting back of the webhook's deliveries to pending (`requeues`), locking its row for the rest
+ * of the transaction as DeleteWebhook and ingest lock it; false when the webhook is gone (deleted). An
+ * ingest that locks the row after this commits hands the new count to the lanes with its jobs.
+ */
+export async function countRequeue(db: Db, tenantId: string, id: string): Promise<boolean> {
+  const result = await db
+    .updateTable("webhooks")
+    .set({ requeues: sql`requeues + 1` })
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", id)
+    .where("status", "in", VISIBLE)
+    .executeTakeFirst();
+  return Number(result.numUpdatedRows) > 0;
+}
+
 export function listWebhooks(db: Db, tenantId: string, afterId: string, limit: number): Promise<Webhook[]> {
   return db
     .selectFrom("webhooks")

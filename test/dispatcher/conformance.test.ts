@@ -380,6 +380,41 @@ function conformance(feed: Feed) {
       assert.deepEqual(ofKey('A'), [...Array.from({ length: tries }, () => 0), ...Array.from({ length: A - 1 }, (_, n) => n + 1)], 'A in publish order');
       assert.deepEqual(ofKey('B'), [0, 1, 2]);
     });
+
+    test('an event published right after a retry by hand, or a replay, goes after the deliveries put back, not before the sweep finds them', async () => {
+      const hook = await createWebhook('/requeued', ['rq.created'], { retry_schedule: '100ms' });
+      const since = new Date(Date.now() - 1_000).toISOString();
+      // Event 2 fails (twice: final) until the endpoint heals.
+      failingKey.set('/requeued', 'F');
+      const publish = async (n: number) => {
+        const res = await rest('POST', '/events', { event_type: 'rq.created', payload: { key: n === 2 ? 'F' : '', n } });
+        assert.equal(res.status, 201, JSON.stringify(res.body));
+      };
+      const received = () => receiver.forPath('/requeued').map((r) => JSON.parse(r.body).payload.n as number);
+      for (const n of [1, 2, 3]) await publish(n);
+      const list = await eventually(
+        () => rest('GET', `/webhooks/${hook.id}/deliveries`),
+        (r) => r.body.deliveries.length === 3 && r.body.deliveries.every((d: { status: string }) => d.status !== 'pending'),
+        'event 2 failed, 1 and 3 succeeded',
+        20_000,
+      );
+      assert.deepEqual(received(), [1, 2, 2, 3]);
+      failingKey.delete('/requeued');
+      const failed = list.body.deliveries.find((d: { status: string }) => d.status === 'failed').delivery_id;
+      // The sweep runs every 500 ms here: without the count on the next event's job, event 4 went first.
+      assert.equal((await rest('POST', `/deliveries/${failed}/retry`)).status, 202);
+      await publish(4);
+      await receiver.waitFor(() => received().includes(4), 10_000, 'event 4');
+      assert.deepEqual(received().slice(4), [2, 4], 'event 2 again, then event 4');
+
+      const replay = await rest('POST', `/webhooks/${hook.id}/replay`, { since, scope: 'all', rate_per_second: 10_000 });
+      assert.equal(replay.status, 202, JSON.stringify(replay.body));
+      assert.equal(replay.body.total, 4);
+      await publish(5);
+      await receiver.waitFor(() => received().includes(5), 10_000, 'event 5');
+      assert.deepEqual(received().slice(6), [1, 2, 3, 4, 5], 'the four replayed, in order, then event 5');
+      for (const r of receiver.forPath('/requeued')) verifyDelivery(r, hook.secret);
+    });
   });
 }
 

@@ -46,6 +46,8 @@ function retriesWhen(fails: (call: Call) => boolean, retryAt: () => number): Res
 class FakeRecord {
   readonly rows = new Map<string, Row[]>();
   readonly lastSeq = new Map<string, number>();
+  /** Each webhook's count of deliveries put back to pending (WebhookTable.requeues). */
+  readonly requeues = new Map<string, number>();
   readonly webhooks = new Map<string, LaneWebhook>();
   readonly loads: { webhookId: string; afterSeq: number; limit: number; at: number; leaveOutKeys: readonly string[] }[] = [];
   readonly calls: Call[] = [];
@@ -88,9 +90,16 @@ class FakeRecord {
       attempts: 0,
       nextAttemptAt: now,
       expiresAt: now + 3_600_000,
+      ...(this.requeues.get(webhookId) ? { requeues: this.requeues.get(webhookId) } : {}),
     };
     this.rows.get(webhookId)!.push({ job: { ...job }, status: 'pending' });
     return job;
+  }
+
+  /** Puts final deliveries back to pending, due now, as a replay or a retry by hand does; the feed hears nothing. */
+  requeue(webhookId: string, seqs: number[]): void {
+    for (const row of this.rows.get(webhookId)!) if (seqs.includes(row.job.seq)) row.status = 'pending';
+    this.requeues.set(webhookId, (this.requeues.get(webhookId) ?? 0) + 1);
   }
 
   /** A copy as the feed would hand it (a fresh object each time, like a decoded message). */
@@ -121,8 +130,9 @@ class FakeRecord {
           .slice(0, limit)
           .map((r) => ({ ...r.job }));
         const lastSeq = this.lastSeq.get(webhookId) ?? 0;
+        const requeues = this.requeues.get(webhookId) ?? 0;
         await sleep(this.loadDelayMs);
-        return { jobs, lastSeq };
+        return { jobs, lastSeq, requeues };
       },
       isPending: async (deliveryId) => {
         // Like the statement: the answer is read when it runs, and comes back later.
@@ -739,6 +749,85 @@ describe('LaneEngine', () => {
     for (const call of record.calls) call.finish();
     await until(() => record.sent('wh_r').includes(11), 'seq 11 sent', 5_000);
     assert.deepEqual(record.sent('wh_r').slice(10), [1, 2, 3, 4, 5, 6, 7, 8, 11]);
+  });
+
+  test('an event published right after a replay (no sweep yet) waits for every delivery it put back, more than the lane holds', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_rq');
+    const engine = newEngine(record.deps({ laneCapacity: 4 }));
+    const done = Array.from({ length: 10 }, () => record.commit('wh_rq'));
+    for (const job of done) engine.offer(record.copy(job));
+    await until(() => record.sent('wh_rq').length === 10, 'the first ten');
+    const loads = record.loads.length;
+    // The replay puts seqs 2..8 back and commits; the next ingest carries the webhook's new count. The
+    // feed brings nothing of the replay, and no sweep runs.
+    record.requeue('wh_rq', [2, 3, 4, 5, 6, 7, 8]);
+    engine.offer(record.copy(record.commit('wh_rq')));
+    await until(() => record.sent('wh_rq').includes(11), 'seq 11 sent');
+    assert.deepEqual(record.sent('wh_rq').slice(10), [2, 3, 4, 5, 6, 7, 8, 11]);
+    assert.equal(record.loads[loads]!.afterSeq, 0, 'read from the start');
+    // The count is known now: later events cost no read.
+    const reads = record.loads.length;
+    for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_rq')));
+    await until(() => record.sent('wh_rq').length >= 21, 'three more');
+    assert.deepEqual(record.sent('wh_rq').slice(18), [12, 13, 14]);
+    assert.equal(record.loads.length, reads);
+  });
+
+  test('a retry by hand of a delivery the lane passed: the next event waits for it, behind a read that failed once (no busy loop)', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_rh');
+    let failing = false;
+    let failed = 0;
+    const deps = record.deps();
+    const engine = newEngine({
+      ...deps,
+      loadPending: (...args) => {
+        if (!failing) return deps.loadPending(...args);
+        failed++;
+        return Promise.reject(new Error('connection refused'));
+      },
+    });
+    for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_rh')));
+    await until(() => record.sent('wh_rh').length === 3, 'the first three');
+    failing = true;
+    const loads = record.loads.length;
+    const asked = Date.now();
+    record.requeue('wh_rh', [2]);
+    engine.offer(record.copy(record.commit('wh_rh')));
+    await sleep(300);
+    assert.deepEqual(record.sent('wh_rh'), [1, 2, 3], 'nothing sent while the record cannot be read');
+    failing = false;
+    await until(() => record.sent('wh_rh').length === 5, 'seq 2 again, then 4');
+    assert.deepEqual(record.sent('wh_rh').slice(3), [2, 4]);
+    // One failed read, then one a second later: not a read per turn of the event loop.
+    assert.equal(failed, 1);
+    assert.ok(Date.now() - asked >= 900, 'read again after a second');
+    assert.equal(record.loads.length - loads, 1);
+  });
+
+  test('a job whose count the record never reaches (a database restored from a backup) costs one read from the start, not a read for ever', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_rb');
+    const engine = newEngine(record.deps());
+    await laneLoaded(engine, record, 'wh_rb');
+    const loads = record.loads.length;
+    engine.offer({ ...record.copy(record.commit('wh_rb')), requeues: 7 });
+    await until(() => record.sent('wh_rb').length === 1, 'sent');
+    await sleep(50);
+    assert.deepEqual(record.loads.slice(loads).map((l) => l.afterSeq), [0]);
+  });
+
+  test("a lane made after a replay (a restart, an idle lane evicted) takes the webhook's count from its first read: no second read", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_rn');
+    record.requeue('wh_rn', []);
+    record.requeue('wh_rn', []);
+    const engine = newEngine(record.deps());
+    engine.offer(record.copy(record.commit('wh_rn')));
+    engine.offer(record.copy(record.commit('wh_rn')));
+    await until(() => record.sent('wh_rn').length === 2, 'both sent');
+    assert.equal(record.loads.length, 1);
   });
 
   test('a half-open probe that never went (the lease lapsed first) is given back: the lane probes again once the lease is confirmed', async () => {

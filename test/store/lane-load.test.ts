@@ -5,7 +5,8 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { sql, type KyselyPlugin } from "kysely";
 import { newId } from "../../src/core/ids.js";
-import { loadPendingForLane } from "../../src/store/deliveries.js";
+import { loadPendingForLane, requeueDelivery } from "../../src/store/deliveries.js";
+import { countRequeue } from "../../src/store/webhooks.js";
 import { DEFAULT_TENANT_ID } from "../../src/store/tenants.js";
 import type { Db } from "../../src/store/db.js";
 import { suiteStore } from "../support/store.js";
@@ -69,6 +70,38 @@ for (const kind of ["postgres", "pglite"] as const) {
       }
       const load = await loadPendingForLane(db, webhookId, 4, 1, ["B"]);
       assert.deepEqual({ seqs: load.jobs.map((j) => j.seq), lastSeq: load.lastSeq }, { seqs: [5], lastSeq: 7 });
+    });
+  });
+}
+
+// A retry by hand or a replay bumps the webhook's `requeues`; the next ingest and a lane's read hand it on,
+// so that a lane reads from the start before it sends an event published after deliveries were put back.
+for (const kind of ["postgres", "pglite"] as const) {
+  describe(`a webhook's count of deliveries put back (${kind})`, () => {
+    const store = suiteStore(kind, "lane_load_requeues");
+    test("a retry by hand and a replay count; a refused retry does not; a read reports the count with rows and without", async () => {
+      const db = store().db;
+      const webhookId = "wh_requeues";
+      await insertTestWebhook(db, { id: webhookId, shard: 0 });
+      await insertPending(db, webhookId, ["", ""]);
+      const [first, second] = (await loadPendingForLane(db, webhookId, 0, 256)).jobs;
+      const count = async () => (await db.selectFrom("webhooks").select("requeues").where("id", "=", webhookId).executeTakeFirstOrThrow()).requeues;
+      assert.equal(await count(), 0);
+      // Pending: not put back, nothing counted.
+      assert.equal(await requeueDelivery(db, first!.deliveryId, 3_600_000), false);
+      assert.equal(await count(), 0);
+      await db.updateTable("deliveries").set({ status: "failed" }).where("id", "=", first!.deliveryId).execute();
+      assert.equal(await requeueDelivery(db, first!.deliveryId, 3_600_000), true);
+      assert.equal(await count(), 1);
+      assert.deepEqual(await loadPendingForLane(db, webhookId, 0, 256).then((l) => [l.jobs.length, l.requeues]), [2, 1]);
+      assert.equal(await countRequeue(db, DEFAULT_TENANT_ID, webhookId), true);
+      await db.updateTable("deliveries").set({ status: "succeeded" }).where("webhook_id", "=", webhookId).execute();
+      // Nothing pending: the count comes with the last seq.
+      assert.deepEqual(await loadPendingForLane(db, webhookId, 0, 256).then((l) => [l.jobs.length, l.lastSeq, l.requeues]), [0, 2, 2]);
+      assert.equal(await requeueDelivery(db, second!.deliveryId, 3_600_000), false, "succeeded: not put back");
+      await db.updateTable("webhooks").set({ status: "deleted" }).where("id", "=", webhookId).execute();
+      assert.equal(await countRequeue(db, DEFAULT_TENANT_ID, webhookId), false, "a deleted webhook is not counted");
+      assert.equal(await count(), 2);
     });
   });
 }

@@ -241,7 +241,7 @@ describe("retention on Postgres", () => {
     }
 
     const applied = await migrate(db);
-    assert.deepEqual(applied, ["2026-11-29-005-daily-partitions", "2026-11-29-006-endpoint-health-and-replays", "2026-11-29-007-payload-lz4", "2026-12-04-008-deployment-settings"]);
+    assert.deepEqual(applied, ["2026-11-29-005-daily-partitions", "2026-11-29-006-endpoint-health-and-replays", "2026-11-29-007-payload-lz4", "2026-12-04-008-deployment-settings", "2026-12-05-009-webhook-requeues"]);
 
     // Every row is still there and readable through the repositories.
     assert.equal(await countRows(db, "events"), 3);

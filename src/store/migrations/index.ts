@@ -7,6 +7,7 @@ import * as dailyPartitions from "./2026-11-29-005-daily-partitions.js";
 import * as endpointHealth from "./2026-11-29-006-endpoint-health-and-replays.js";
 import * as payloadLz4 from "./2026-11-29-007-payload-lz4.js";
 import * as deploymentSettings from "./2026-12-04-008-deployment-settings.js";
+import * as webhookRequeues from "./2026-12-05-009-webhook-requeues.js";
 
 /** Listed explicitly: a folder-reading provider breaks under bundlers and tsx alike. */
 const migrations: Record<string, Migration> = {
@@ -18,6 +19,7 @@ const migrations: Record<string, Migration> = {
   "2026-11-29-006-endpoint-health-and-replays": endpointHealth,
   "2026-11-29-007-payload-lz4": payloadLz4,
   "2026-12-04-008-deployment-settings": deploymentSettings,
+  "2026-12-05-009-webhook-requeues": webhookRequeues,
 };
 
 export const migrationProvider: MigrationProvider = {
