@@ -293,8 +293,12 @@ class Lane {
   offer(job: DeliveryJob): void {
     if (this.closed) return;
     this.lastActivity = Date.now();
-    // Published after deliveries were put back, maybe below the lane's position (see pumpOnce).
-    if (job.requeues !== undefined && job.requeues > this.requeuesSeen) this.requeuesSeen = job.requeues;
+    // Published after deliveries were put back, maybe below the lane's position: the lane reads from the
+    // start before it starts anything (see readFirst), whatever becomes of this job (held, queued already).
+    if (job.requeues !== undefined && job.requeues > this.requeuesSeen) {
+      this.requeuesSeen = job.requeues;
+      this.pump();
+    }
     // (A parked key's next job takes no room: the lane only moves its position past it.)
     if (!this.loaded || job.seq > this.knownThrough + 1 || (this.queue.length >= this.engine.capacity && !this.parked.has(job.orderingKey))) {
       this.holdAhead(job);
@@ -537,15 +541,21 @@ class Lane {
     this.pump();
   }
 
+  /**
+   * Deliveries were put back to pending (a replay, a retry by hand) before a job the lane holds was
+   * published: below its position, they were found by the sweep seconds later, and meanwhile the jobs
+   * published after them went first. So nothing starts until a read from the start has them: true while
+   * that is so, and the lane is reading (or waits to read again after a failed read).
+   */
+  private readFirst(): boolean {
+    if (this.requeuesRead >= this.requeuesSeen) return false;
+    if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) this.schedule(this.loadFailedAt + REREAD_AFTER_FAILURE_MS);
+    else this.load(0);
+    return true;
+  }
+
   private async pumpOnce(): Promise<void> {
-    if (this.requeuesRead < this.requeuesSeen) {
-      // Deliveries were put back to pending (a replay, a retry by hand) before a job the lane holds was
-      // published. Below its position, they are found by the sweep within seconds, and meanwhile the jobs
-      // published after them went first. So nothing starts until a read from the start has them.
-      if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) this.schedule(this.loadFailedAt + REREAD_AFTER_FAILURE_MS);
-      else this.load(0);
-      return;
-    }
+    if (this.readFirst()) return;
     if (this.queue.length === 0) {
       if (this.truncated || this.ahead.size > 0) this.load();
       return;
@@ -559,6 +569,8 @@ class Lane {
       this.engine.waitForLease(this);
       return;
     }
+    // Again after the wait: word of a requeue may have come meanwhile.
+    if (this.readFirst()) return;
     if (!webhook || webhook.status === "deleted") {
       // Its pending deliveries were cancelled with it.
       this.engine.remove(this);

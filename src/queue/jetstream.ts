@@ -254,12 +254,14 @@ export async function createJetStreamFeed(options: {
       // acknowledgement would only tell us what the sweep finds out anyway. A webhook's jobs of one call
       // travel in one message, in seq order, without their payloads (the owner reads those from
       // Postgres). The dedup id is the first job's and the count: the messages of one webhook's run start
-      // at different jobs, and a repeated publish splits them alike. The attempt count lets a manual retry through.
+      // at different jobs, and a repeated publish splits them alike. The attempt count lets a manual retry
+      // through, and the webhook's count of requeues the word of a replay or retry: two replays within the
+      // window whose lowest pending delivery had not moved made the same id, and the second was dropped.
       for (const message of byWebhook(jobs)) {
         const first = message.jobs[0]!;
         const count = message.jobs.length;
         const h = headers();
-        h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${count > 1 ? `+${count}` : ""}`);
+        h.set("Nats-Msg-Id", `${first.deliveryId}:${first.attempts}${first.requeues ? `r${first.requeues}` : ""}${count > 1 ? `+${count}` : ""}`);
         try {
           nc.publish(`${names.subjectRoot}.${first.shard}.${first.webhookId}`, joinJobHeads(message.heads), { headers: h });
         } catch (err) {

@@ -26,7 +26,7 @@ import {
   type RetryDeliveryResponse,
 } from "../../gen/webhook/v1/delivery_pb.js";
 import type { Principal } from "./auth.js";
-import { failedPrecondition, invalidArgument, notFound } from "./errors.js";
+import { againOnConflict, failedPrecondition, invalidArgument, notFound } from "./errors.js";
 import { pageOf, readPage } from "./paging.js";
 
 const STATUSES: DeliveryStatus[] = ["pending", "succeeded", "failed", "expired", "cancelled"];
@@ -97,7 +97,7 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
       await refuseIfWebhookDeleted(db, principal, delivery);
       // The answer is the delivery as this call left it, read in its transaction: once committed, a
       // dispatcher may deliver it before a second read, and the caller would not see what it did.
-      const requeued = await db.transaction().execute(async (trx) => {
+      const requeued = await againOnConflict(() => db.transaction().execute(async (trx) => {
         if (!(await deliveries.requeueDelivery(trx, delivery.id, deps.eventTtlMs))) {
           // The webhook may have been deleted since the check above; the update waited for that.
           await refuseIfWebhookDeleted(trx, principal, delivery);
@@ -111,7 +111,7 @@ export function createDeliveryService(deps: { db: Db; feed: DeliveryFeed; eventT
           details: { previous_status: delivery.status },
         });
         return (await deliveries.getDelivery(trx, principal.tenantId, delivery.id))!;
-      });
+      }));
       // The lane learns of it through the feed, with the webhook's new count of requeues, which makes it
       // read from the start before it sends on (see Lane); if that fails, the next event's job tells it,
       // or its owner's sweep finds it due in Postgres.

@@ -39,6 +39,21 @@ export function isTransactionConflict(err: unknown): boolean {
   return code === "40P01" || code === "40001";
 }
 
+/**
+ * Runs a transaction again (up to `attempts` times in all) when Postgres ended it to break a deadlock or
+ * a serialization conflict: a retry by hand takes the webhook's row, then the delivery's, and a replay
+ * its deliveries', then the webhook's, so the two meeting on one delivery deadlock.
+ */
+export async function againOnConflict<T>(run: () => Promise<T>, attempts = 3): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await run();
+    } catch (err) {
+      if (!isTransactionConflict(err) || attempt >= attempts) throw err;
+    }
+  }
+}
+
 /** The one mapping from Connect codes to REST statuses and error codes. */
 const REST: Partial<Record<Code, { status: number; code: string }>> = {
   [Code.InvalidArgument]: { status: 400, code: "invalid_argument" },

@@ -18,7 +18,7 @@ import {
 } from "../../gen/webhook/v1/webhook_pb.js";
 import type { Principal } from "./auth.js";
 import { toReplay } from "./convert.js";
-import { failedPrecondition, invalidArgument, notFound } from "./errors.js";
+import { againOnConflict, failedPrecondition, invalidArgument, notFound } from "./errors.js";
 
 export const MAX_REPLAY_RATE = 10_000;
 /** One delivery every 11.6 days; slower paces overflowed Postgres's intervals and answered a puzzling 400. */
@@ -65,7 +65,7 @@ export function createReplayService(deps: { db: Db; feed: DeliveryFeed; eventTtl
       const ratePerSecond = validateRate(req.ratePerSecond);
       const range = validateRange(req.since, req.until, new Date());
       const webhook = await findWebhook(principal, req.webhookId);
-      const replay = await db.transaction().execute(async (trx) => {
+      const replay = await againOnConflict(() => db.transaction().execute(async (trx) => {
         const { replay: row, late } = await replays.startReplay(trx, {
           id: newId("rpl"),
           tenantId: principal.tenantId,
@@ -96,7 +96,7 @@ export function createReplayService(deps: { db: Db; feed: DeliveryFeed; eventTtl
         // before the deliveries put back.
         if (!(await countRequeue(trx, principal.tenantId, webhook.id))) throw notFound("webhook", JSON.stringify(req.webhookId));
         return row;
-      });
+      }));
       // The lane learns of it through the feed: the webhook's lowest pending delivery, with the new count
       // of requeues, makes it read from the start, and it sends what the replay put back in seq order as
       // each one's time comes. If that fails, the next event's job tells it, or its owner's sweep.

@@ -806,6 +806,54 @@ describe('LaneEngine', () => {
     assert.equal(record.loads.length - loads, 1);
   });
 
+  test("ordering keys: word of a replay that names a head the lane holds (another key's, waiting for its retry) has the lane read at once", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_word', { orderedByKey: true });
+    // Key A's seq 1 fails and waits an hour for its retry; key B's seqs 2 and 3 succeed.
+    record.responder = retriesWhen((call) => call.seq === 1, () => Date.now() + 3_600_000);
+    const engine = newEngine(record.deps());
+    engine.offer(record.copy(record.commit('wh_word', 'A')));
+    engine.offer(record.copy(record.commit('wh_word', 'B')));
+    engine.offer(record.copy(record.commit('wh_word', 'B')));
+    await until(() => record.sent('wh_word').length === 3, 'seqs 1, 2, 3 once each');
+    await sleep(50);
+    // A replay puts B's seq 2 back and publishes the webhook's lowest pending delivery with the new count,
+    // as replay-service.ts does: A's seq 1, queued in the lane already.
+    record.requeue('wh_word', [2]);
+    engine.offer({ ...record.copy(record.row(record.rows.get('wh_word')![0]!.job.deliveryId)!.job), requeues: 1 });
+    await until(() => record.sent('wh_word').length === 4, "B's seq 2 again, not at the next sweep");
+    assert.deepEqual(record.sent('wh_word'), [1, 2, 3, 2]);
+  });
+
+  test('ordering keys: an event carrying a new count, offered while a pump waits for its webhook, does not start before what was put back', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_race', { orderedByKey: true });
+    const deps = record.deps();
+    let webhookDelayMs = 0;
+    const engine = newEngine({
+      ...deps,
+      // The webhook cache's confirmation, a read of Postgres once a second, which the pump waits for.
+      getWebhook: async (id) => {
+        const answer = await deps.getWebhook(id);
+        if (webhookDelayMs) await sleep(webhookDelayMs);
+        return answer;
+      },
+    });
+    for (const key of ['B', 'B', 'A', 'A']) engine.offer(record.copy(record.commit('wh_race', key)));
+    await until(() => record.sent('wh_race').length === 4, 'seqs 1..4');
+    await sleep(50);
+    webhookDelayMs = 100;
+    // Event 5 (key A), published before the replay: its pump waits for the webhook.
+    engine.offer(record.copy(record.commit('wh_race', 'A')));
+    await sleep(20);
+    // The replay puts B's seq 1 back; event 6 (key B) comes right after it, with the count.
+    record.requeue('wh_race', [1]);
+    engine.offer(record.copy(record.commit('wh_race', 'B')));
+    await until(() => record.sent('wh_race').length >= 7, 'seqs 5, 1, 6');
+    const sent = record.sent('wh_race');
+    assert.ok(sent.indexOf(1, 4) < sent.indexOf(6), `B's seq 1 again before 6: ${JSON.stringify(sent)}`);
+  });
+
   test('a job whose count the record never reaches (a database restored from a backup) costs one read from the start, not a read for ever', async () => {
     const record = newRecord();
     record.addWebhook('wh_rb');

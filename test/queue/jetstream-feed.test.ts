@@ -247,21 +247,25 @@ test("a message that is not a list of job heads is acked and dropped; the ones a
   assert.equal(await messagesOn(NATS_URL, prefix, 4), 0, "both messages acked (work-queue retention removes them)");
 });
 
-test("a publish repeated with the same jobs (the same Nats-Msg-Id) is delivered once; a manual retry's is not a repeat", async () => {
+test("a publish repeated with the same jobs (the same Nats-Msg-Id) is delivered once; a manual retry's, or word of a requeue, is not a repeat", async () => {
   const { feed } = await feedOn(NATS_URL, "dedup");
   const jobs = [job("wh_d", 9, 1, 100), job("wh_d", 9, 2, 100)];
   await feed.publish(jobs);
   await feed.publish(jobs);
   // The same delivery sent again by hand carries its attempt count: it must get through.
   await feed.publish([{ ...jobs[0]!, attempts: 1 }]);
+  // Word of two replays whose lowest pending delivery is the same one: each carries the webhook's count.
+  await feed.publish([{ ...jobs[0]!, attempts: 1, requeues: 1 }]);
+  await feed.publish([{ ...jobs[0]!, attempts: 1, requeues: 2 }]);
+  await feed.publish([{ ...jobs[0]!, attempts: 1, requeues: 2 }]);
   const received: DeliveryJob[] = [];
   const subscription = await feed.consume(9, (j) => received.push(j));
-  await eventually(async () => received.length, (n) => n >= 3, "the first publish and the retry", 10_000);
+  await eventually(async () => received.length, (n) => n >= 5, "the first publish, the retry and the two words", 10_000);
   await sleep(300);
   await subscription.stop();
   assert.deepEqual(
-    received.map((j) => `${j.seq}:${j.attempts}`),
-    ["1:0", "2:0", "1:1"],
+    received.map((j) => `${j.seq}:${j.attempts}:${j.requeues ?? 0}`),
+    ["1:0:0", "2:0:0", "1:1:0", "1:1:1", "1:1:2"],
   );
 });
 
