@@ -83,7 +83,7 @@ const PAYLOADS_KEPT = 2;
  * behind a put-back delivery. A sweep slower than this costs a needless read of the record, no more.
  */
 const RECENT_FINALS_MS = 30_000;
-/** How long a lane that must read the record before it sends on waits after that read failed (Postgres down). */
+/** How long a lane waits to read the record again after a read failed (Postgres down). */
 const REREAD_AFTER_FAILURE_MS = 1_000;
 
 /**
@@ -447,6 +447,12 @@ class Lane {
   /** Reads the pending deliveries past knownThrough from Postgres, the record. */
   private load(afterSeq = this.knownThrough): void {
     if (this.loading || this.closed) return;
+    if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) {
+      // Not at once after a failed read (Postgres down): the pump that follows it read again every few
+      // milliseconds, about 850 reads a second of one lane.
+      this.schedule(this.loadFailedAt + REREAD_AFTER_FAILURE_MS);
+      return;
+    }
     let letGo = false;
     if (afterSeq < this.knownThrough && this.parked.size > 0) {
       // From below the lane's position: parked keys are read again with the rest.
@@ -549,8 +555,7 @@ class Lane {
    */
   private readFirst(): boolean {
     if (this.requeuesRead >= this.requeuesSeen) return false;
-    if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) this.schedule(this.loadFailedAt + REREAD_AFTER_FAILURE_MS);
-    else this.load(0);
+    this.load(0);
     return true;
   }
 
@@ -597,12 +602,21 @@ class Lane {
     const perLane = this.engine.deps.maxInFlightPerLane ?? 16;
     const keyOf = (job: DeliveryJob) => (webhook.orderedByKey ? job.orderingKey : "");
     const busyKeys = new Set([...this.inFlight].map(keyOf));
+    let pastPosition = false;
     for (const job of this.queue) {
       // Room again when an attempt ends: its completion pumps the lane.
       if (this.attempts.size >= perLane) break;
       const key = keyOf(job);
       if (seenKeys.has(key)) continue;
       seenKeys.add(key);
+      if (job.seq > this.knownThrough + 1) {
+        // Kept past the lane's position because it was in flight when a cut read moved the position back
+        // (see load), and waiting again: the deliveries between are in Postgres, unread, and go first. It
+        // went before them, with a replay being read in behind it.
+        pastPosition = true;
+        if (!webhook.orderedByKey) break;
+        continue;
+      }
       if (!busyKeys.has(key)) {
         const paceWait = job.paceMs ? this.lastPacedStart + job.paceMs - now : 0;
         if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
@@ -623,6 +637,7 @@ class Lane {
       }
       if (!webhook.orderedByKey) break;
     }
+    if (pastPosition) this.load();
     if (earliest === Infinity) return;
     this.schedule(earliest);
     // Some head waits: with the lane full, maybe for a retry, holding up the keys the lane has no room for.
@@ -659,7 +674,9 @@ class Lane {
       // A job in flight stays, whatever its place (a put-back may have come before a parked head in flight):
       // dropped, it was read again while in flight, and that copy sent a second time.
       if (!this.parked.has(job.orderingKey) || heads.get(job.orderingKey) === job || this.inFlight.has(job)) return true;
-      this.parkedFrom = Math.min(this.parkedFrom, job.seq);
+      // A job kept past the position (see pumpOnce): the key's deliveries between are unread, and the
+      // reads that leave the key out would never read them.
+      this.parkedFrom = Math.min(this.parkedFrom, Math.min(job.seq, this.knownThrough + 1));
       return false;
     });
     this.truncated = true;

@@ -854,6 +854,56 @@ describe('LaneEngine', () => {
     assert.ok(sent.indexOf(1, 4) < sent.indexOf(6), `B's seq 1 again before 6: ${JSON.stringify(sent)}`);
   });
 
+  test('a job kept past the lane\'s position (in flight when a cut read moved it back) and then given a retry waits for the deliveries between', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_past');
+    // 6's first attempt is held (in flight); everything else succeeds.
+    record.responder = (call) => (call.seq === 6 && call.attempts === 0 ? 'hold' : { final: true, signal: 'success' });
+    const engine = newEngine(record.deps({ laneCapacity: 4 }));
+    await laneLoaded(engine, record, 'wh_past');
+    const jobs = [1, 2, 3, 4, 5, 6].map(() => record.commit('wh_past'));
+    for (const job of jobs) engine.offer(record.copy(job));
+    await until(() => record.calls.some((c) => c.seq === 6), 'seq 6 in flight');
+    // A replay of 1..5 and its word: the read from the start (room for 3) is cut at 3, and the lane keeps 6,
+    // in flight, past its position.
+    record.requeue('wh_past', [1, 2, 3, 4, 5]);
+    engine.offer({ ...record.copy(record.row(jobs[0]!.deliveryId)!.job), requeues: 1 });
+    await until(() => record.loads.some((l) => l.afterSeq === 0 && l.limit === 3), 'the read from the start');
+    await sleep(10);
+    // 6's attempt ends with a retry, due at once: it went before 4 and 5.
+    record.calls.find((c) => c.seq === 6)!.finish({ final: false, nextAttemptAt: Date.now(), signal: 'failure' });
+    await until(() => record.sent('wh_past').length === 12, 'everything sent again');
+    assert.deepEqual(record.sent('wh_past').slice(6), [1, 2, 3, 4, 5, 6]);
+  });
+
+  test('a lane whose reads fail (Postgres down) reads again after a second, not at once: a read a millisecond', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_down');
+    let down = false;
+    let failed = 0;
+    const deps = record.deps({ gapWaitMs: 50 });
+    const engine = newEngine({
+      ...deps,
+      loadPending: async (...args) => {
+        if (!down) return deps.loadPending(...args);
+        failed++;
+        await sleep(1);
+        throw new Error('connect ECONNREFUSED');
+      },
+    });
+    await laneLoaded(engine, record, 'wh_down');
+    record.commit('wh_down');
+    const second = record.commit('wh_down');
+    down = true;
+    // Seq 1's feed message is lost; seq 2 is held ahead, and the gap timer reads the record.
+    engine.offer(record.copy(second));
+    await sleep(1_000);
+    assert.ok(failed >= 1 && failed <= 2, `${failed} reads in a second`);
+    down = false;
+    await until(() => record.sent('wh_down').length === 2, 'both sent once Postgres is back');
+    assert.deepEqual(record.sent('wh_down'), [1, 2]);
+  });
+
   test('a job whose count the record never reaches (a database restored from a backup) costs one read from the start, not a read for ever', async () => {
     const record = newRecord();
     record.addWebhook('wh_rb');

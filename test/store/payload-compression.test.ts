@@ -72,7 +72,7 @@ test("an upgraded database compresses new payloads with lz4 in every events part
   assert.equal((await compressionOf([before.id])).get(before.id), "pglz", "before the upgrade Postgres compresses with pglz");
 
   const applied = await migrate(db);
-  assert.deepEqual(applied, ["2026-11-29-007-payload-lz4", "2026-12-04-008-deployment-settings"]);
+  assert.deepEqual(applied, ["2026-11-29-007-payload-lz4", "2026-12-04-008-deployment-settings", "2026-12-05-009-webhook-requeues"]);
 
   // Partitions that existed before the migration and partitions made after it (days ahead).
   const failed = await ensurePartitions(db, now + 10 * DAY_MS, now);
