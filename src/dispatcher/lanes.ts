@@ -481,8 +481,12 @@ class Lane {
         this.requeuesSeen = Math.max(this.requeuesSeen, requeues);
         // From the start, it has what every count seen before it began put back: that requeue committed
         // before the ingest that carried the count, and the job came after that commit. (Not only its own
-        // count: one that read lower, however it came to, would have the lane read for ever.)
-        if (afterSeq === 0) this.requeuesRead = Math.max(this.requeuesRead, requeues, requeuesBefore);
+        // count: one that read lower, however it came to, would have the lane read for ever.) Unless it
+        // lists as pending a delivery that went final here while it was out: it may have been put back
+        // after that outcome, or not; the next read tells.
+        if (afterSeq === 0 && !jobs.some((j) => this.finalWhileLoading.has(j.deliveryId))) {
+          this.requeuesRead = Math.max(this.requeuesRead, requeues, requeuesBefore);
+        }
         const known = new Set(this.queue.map((j) => j.deliveryId));
         // (No parked key's among them: the read left those out, and no key is parked while a read is out.)
         for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
@@ -702,6 +706,7 @@ class Lane {
 
   private start(job: DeliveryJob, key: string, webhook: LaneWebhook, probe: boolean): void {
     this.inFlight.add(job);
+    const requeuesAtStart = this.requeuesSeen;
     const attempt = this.engine.deps
       .execute(job, webhook)
       .then((outcome) => {
@@ -713,6 +718,10 @@ class Lane {
         }
         this.recordSignal(outcome.signal, probe);
         if (outcome.final) {
+          // Word of a requeue came while this was in flight: a read from the start that answered meanwhile
+          // may have found this delivery put back again (a retry by hand right after its outcome was
+          // committed) and taken it for the copy in flight, which now leaves. Read from the start again.
+          if (this.requeuesSeen > requeuesAtStart) this.requeuesRead = Math.min(this.requeuesRead, requeuesAtStart);
           // In place: a backlogged lane holds up to `capacity` jobs, and a filtered copy per attempt was garbage.
           const index = this.queue.indexOf(job);
           if (index >= 0) this.queue.splice(index, 1);

@@ -61,6 +61,8 @@ class FakeRecord {
   loadDelayMs = 1;
   /** How long a pending check takes to answer. */
   isPendingDelayMs = 1;
+  /** How long after an outcome is committed the lane hears of it (the attempt writer's commit answering). */
+  notifyDelayMs = 0;
   responder: Responder = () => ({ final: true, signal: 'success' });
   private counter = 0;
 
@@ -176,7 +178,8 @@ class FakeRecord {
                 row.job.attempts++;
                 row.job.nextAttemptAt = outcome.nextAttemptAt;
               }
-              resolve(outcome);
+              if (this.notifyDelayMs > 0) setTimeout(() => resolve(outcome), this.notifyDelayMs);
+              else resolve(outcome);
             },
           };
           this.calls.push(call);
@@ -903,6 +906,29 @@ describe('LaneEngine', () => {
     await until(() => record.sent('wh_down').length === 2, 'both sent once Postgres is back');
     assert.deepEqual(record.sent('wh_down'), [1, 2]);
   });
+
+  for (const readMs of [1, 40]) {
+    test(`a retry by hand committed between a delivery's outcome and the lane hearing of it is sent before the next (read answering ${readMs === 1 ? 'before' : 'after'} the outcome)`, async () => {
+      const record = newRecord();
+      record.addWebhook('wh_window');
+      record.notifyDelayMs = 20;
+      record.loadDelayMs = readMs;
+      // Seq 1's first attempt ends final; seq 2 is held once started.
+      record.responder = (call) => (call.seq === 2 ? 'hold' : { final: true, signal: call.attempts === 0 ? 'failure' : 'success' });
+      const engine = newEngine(record.deps());
+      await laneLoaded(engine, record, 'wh_window');
+      const first = record.commit('wh_window');
+      engine.offer(record.copy(first));
+      engine.offer(record.copy(record.commit('wh_window')));
+      // Seq 1's outcome is committed; the lane hears of it 20 ms later. A retry by hand puts it back
+      // meanwhile, and its word (the delivery, with the count) reaches the lane first.
+      await until(() => record.row(first.deliveryId)!.status !== 'pending', "seq 1's outcome committed");
+      record.requeue('wh_window', [1]);
+      engine.offer({ ...record.copy(record.row(first.deliveryId)!.job), requeues: 1 });
+      await until(() => record.calls.length >= 3, 'two more attempts');
+      assert.deepEqual(record.sent('wh_window'), [1, 1, 2]);
+    });
+  }
 
   test('a job whose count the record never reaches (a database restored from a backup) costs one read from the start, not a read for ever', async () => {
     const record = newRecord();
