@@ -266,6 +266,9 @@ class Lane {
    */
   private requeuesRead = 0;
   private loadFailedAt = -Infinity;
+  /** The lowest `afterSeq` of the reads a failure held back, made again a second after it. */
+  private rereadFrom = Infinity;
+  private rereadTimer: NodeJS.Timeout | undefined;
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
   private slotOffered = false;
   private timer: NodeJS.Timeout | undefined;
@@ -347,6 +350,8 @@ class Lane {
   /** The sweep found due work for this webhook in Postgres, reading it at `readAt`. */
   poke(firstPendingSeq: number | undefined, readAt: number): void {
     if (this.closed || this.loading) return;
+    // The sweep's query answered after the lane's last read failed: Postgres is back, read now.
+    if (readAt > this.loadFailedAt) this.loadFailedAt = -Infinity;
     if (
       this.loaded &&
       firstPendingSeq !== undefined &&
@@ -387,6 +392,7 @@ class Lane {
     this.closed = true;
     clearTimeout(this.timer);
     clearTimeout(this.gapTimer);
+    clearTimeout(this.rereadTimer);
   }
 
   async settled(): Promise<void> {
@@ -450,7 +456,7 @@ class Lane {
     if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) {
       // Not at once after a failed read (Postgres down): the pump that follows it read again every few
       // milliseconds, about 850 reads a second of one lane.
-      this.schedule(this.loadFailedAt + REREAD_AFTER_FAILURE_MS);
+      this.rereadLater(afterSeq);
       return;
     }
     let letGo = false;
@@ -513,13 +519,36 @@ class Lane {
       })
       .catch((err) => {
         this.loadFailedAt = Date.now();
-        this.engine.deps.log.warn({ err, webhookId: this.webhookId }, "lane load failed; the sweep will retry");
+        this.rereadLater(afterSeq);
+        this.engine.deps.log.warn({ err, webhookId: this.webhookId }, "lane load failed; reading again in a second");
       })
       .finally(() => {
         this.loading = undefined;
         if (stale) this.load();
         this.pump();
       });
+  }
+
+  /**
+   * A read that failed, or was held back after a failure, is made a second later, from the lowest seq
+   * asked for: left to the pump, a read from below (a put-back the sweep named) or a lane's first read
+   * was not made again until a sweep, and with ordering keys a gap waited behind a head's retry.
+   */
+  private rereadLater(afterSeq: number): void {
+    this.rereadFrom = Math.min(this.rereadFrom, afterSeq);
+    if (this.rereadTimer) return;
+    this.rereadTimer = setTimeout(
+      () => {
+        this.rereadTimer = undefined;
+        if (this.closed) return;
+        // Another read is out (Postgres is back): this one after it.
+        if (this.loading) return this.rereadLater(this.rereadFrom);
+        const from = Math.min(this.rereadFrom, this.knownThrough);
+        this.rereadFrom = Infinity;
+        this.load(from);
+      },
+      Math.max(10, this.loadFailedAt + REREAD_AFTER_FAILURE_MS - Date.now()),
+    );
   }
 
   pump(): void {
@@ -606,21 +635,12 @@ class Lane {
     const perLane = this.engine.deps.maxInFlightPerLane ?? 16;
     const keyOf = (job: DeliveryJob) => (webhook.orderedByKey ? job.orderingKey : "");
     const busyKeys = new Set([...this.inFlight].map(keyOf));
-    let pastPosition = false;
     for (const job of this.queue) {
       // Room again when an attempt ends: its completion pumps the lane.
       if (this.attempts.size >= perLane) break;
       const key = keyOf(job);
       if (seenKeys.has(key)) continue;
       seenKeys.add(key);
-      if (job.seq > this.knownThrough + 1) {
-        // Kept past the lane's position because it was in flight when a cut read moved the position back
-        // (see load), and waiting again: the deliveries between are in Postgres, unread, and go first. It
-        // went before them, with a replay being read in behind it.
-        pastPosition = true;
-        if (!webhook.orderedByKey) break;
-        continue;
-      }
       if (!busyKeys.has(key)) {
         const paceWait = job.paceMs ? this.lastPacedStart + job.paceMs - now : 0;
         if (job.nextAttemptAt > now) earliest = Math.min(earliest, job.nextAttemptAt);
@@ -641,7 +661,6 @@ class Lane {
       }
       if (!webhook.orderedByKey) break;
     }
-    if (pastPosition) this.load();
     if (earliest === Infinity) return;
     this.schedule(earliest);
     // Some head waits: with the lane full, maybe for a retry, holding up the keys the lane has no room for.
@@ -678,9 +697,7 @@ class Lane {
       // A job in flight stays, whatever its place (a put-back may have come before a parked head in flight):
       // dropped, it was read again while in flight, and that copy sent a second time.
       if (!this.parked.has(job.orderingKey) || heads.get(job.orderingKey) === job || this.inFlight.has(job)) return true;
-      // A job kept past the position (see pumpOnce): the key's deliveries between are unread, and the
-      // reads that leave the key out would never read them.
-      this.parkedFrom = Math.min(this.parkedFrom, Math.min(job.seq, this.knownThrough + 1));
+      this.parkedFrom = Math.min(this.parkedFrom, job.seq);
       return false;
     });
     this.truncated = true;
@@ -744,6 +761,14 @@ class Lane {
       .finally(() => {
         this.attempts.delete(attempt);
         this.inFlight.delete(job);
+        if (job.seq > this.knownThrough + 1) {
+          // Kept past the lane's position because it was in flight when a cut read moved the position
+          // back (see load), and not final: the deliveries between are unread and go first (it went
+          // before replayed ones). Postgres has it, and the lane reads it in its turn.
+          const index = this.queue.indexOf(job);
+          if (index >= 0) this.queue.splice(index, 1);
+          this.truncated = true;
+        }
         this.lastActivity = Date.now();
         this.engine.releaseSlot();
         this.absorbAhead();

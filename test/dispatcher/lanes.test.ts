@@ -200,6 +200,27 @@ class FakeRecord {
 }
 
 
+/** The record's deps with reads of it that fail, `failNext` times, as they do while Postgres is down. */
+function flaky(record: FakeRecord, overrides: Partial<LaneEngineDeps> = {}) {
+  const state = { failNext: 0, failures: 0 };
+  const deps = record.deps(overrides);
+  return {
+    state,
+    deps: {
+      ...deps,
+      loadPending: async (...args: Parameters<LaneEngineDeps['loadPending']>) => {
+        if (state.failNext > 0) {
+          state.failNext--;
+          state.failures++;
+          await sleep(1);
+          throw new Error('connect ECONNREFUSED');
+        }
+        return deps.loadPending(...args);
+      },
+    } satisfies LaneEngineDeps,
+  };
+}
+
 /**
  * Makes the webhook's lane and waits until its first read of the record is done, so that jobs offered
  * next come to a loaded lane, as the feed's do in production.
@@ -929,6 +950,103 @@ describe('LaneEngine', () => {
       assert.deepEqual(record.sent('wh_window'), [1, 1, 2]);
     });
   }
+
+  test('a sweep naming a put-back below the position within a second of a failed read has it read at once: the next delivery went first', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_p');
+    const { state, deps } = flaky(record, { gapWaitMs: 20 });
+    const engine = newEngine(deps);
+    await laneLoaded(engine, record, 'wh_p');
+    // Seq 1's first attempt succeeds; every other attempt is held until finished here.
+    record.responder = (call) => (call.seq === 1 && record.calls.filter((c) => c.seq === 1).length === 1 ? { final: true, signal: 'success' } : 'hold');
+    const first = record.commit('wh_p');
+    engine.offer(record.copy(first));
+    await until(() => record.row(first.deliveryId)!.status === 'succeeded', 'seq 1 final');
+    for (const job of [record.commit('wh_p'), record.commit('wh_p'), record.commit('wh_p')]) engine.offer(record.copy(job));
+    await until(() => record.calls.some((c) => c.seq === 2), 'seq 2 in flight');
+    // Seq 5's feed message is lost; 6 waits ahead, and the gap timer's read fails (a Postgres blip).
+    record.commit('wh_p');
+    const sixth = record.commit('wh_p');
+    state.failNext = 1;
+    engine.offer(record.copy(sixth));
+    await until(() => state.failures === 1, 'the failed read');
+    // Postgres is back. A retry by hand puts seq 1 back, its word lost; the sweep finds it.
+    record.requeue('wh_p', [1]);
+    await sleep(100);
+    engine.wake('wh_p', 0, 1, Date.now());
+    await sleep(30);
+    record.calls.find((c) => c.seq === 2)!.finish();
+    await until(() => record.calls.length >= 3, 'the attempt after seq 2');
+    assert.deepEqual(record.sent('wh_p'), [1, 2, 1]);
+  });
+
+  test("a lane whose first read failed reads again: a second later, and at once when the sweep wakes it", async () => {
+    for (const wakes of [false, true]) {
+      const record = newRecord();
+      record.addWebhook('wh_u');
+      const { state, deps } = flaky(record);
+      const engine = newEngine(deps);
+      state.failNext = 1;
+      // The feed's job makes the lane; its first read fails.
+      engine.offer(record.copy(record.commit('wh_u')));
+      await until(() => state.failures === 1, 'the failed first read');
+      const failedAt = Date.now();
+      await sleep(300);
+      // Postgres is back: the sweep's query answered, and it wakes the lane.
+      if (wakes) engine.wake('wh_u', 0, 1, Date.now());
+      await until(() => record.sent('wh_u').length === 1, 'seq 1 sent');
+      const after = Date.now() - failedAt;
+      assert.ok(wakes ? after < 900 : after >= 900, `sent ${after} ms after the failure`);
+    }
+  });
+
+  test('ordering keys: a job in flight past the position (a cut read of a replay moved it back) costs no read per round trip', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_k', { orderedByKey: true });
+    let replayed = false;
+    // Key a's delivery is held in flight; key b's succeed, until the replay, whose attempts are held.
+    record.responder = (call) => (call.key === 'a' || replayed ? 'hold' : { final: true, signal: 'success' });
+    const engine = newEngine(record.deps({ laneCapacity: 4 }));
+    await laneLoaded(engine, record, 'wh_k');
+    const jobs = Array.from({ length: 200 }, () => record.commit('wh_k', 'b'));
+    const a = record.commit('wh_k', 'a');
+    for (const job of [...jobs, a]) engine.offer(record.copy(job));
+    await until(() => record.rows.get('wh_k')!.filter((r) => r.status === 'pending').length === 1 && record.sent('wh_k').length === 201, 'b done, a in flight', 10_000);
+    // A replay of b's 200 and its word: the read from the start is cut, and a's stays, in flight, past the position.
+    replayed = true;
+    record.requeue('wh_k', jobs.map((j) => j.seq));
+    const loads = record.loads.length;
+    engine.offer({ ...record.copy(record.row(jobs[0]!.deliveryId)!.job), requeues: 1 });
+    await sleep(500);
+    // It read one row a time, 198 reads, holding 201 jobs in a lane of 4.
+    assert.ok(record.loads.length - loads <= 3, `${record.loads.length - loads} reads`);
+    // a's attempt ends with a retry: the lane reads it again in its turn.
+    record.calls.find((c) => c.key === 'a')!.finish({ final: false, nextAttemptAt: Date.now(), signal: 'failure' });
+    record.responder = () => ({ final: true, signal: 'success' });
+    for (const call of record.calls) call.finish();
+    await until(() => record.sent('wh_k').length === 402, 'the replayed 200 and a again', 10_000);
+    assert.deepEqual(record.sent('wh_k').filter((seq) => seq === 201), [201, 201]);
+  });
+
+  test('ordering keys: a gap read that failed is made again a second later, while a head waits an hour for its retry', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_g', { orderedByKey: true });
+    const { state, deps } = flaky(record, { gapWaitMs: 20 });
+    const engine = newEngine(deps);
+    await laneLoaded(engine, record, 'wh_g');
+    record.responder = retriesWhen((call) => call.key === 'a', () => Date.now() + 3_600_000);
+    const a = record.commit('wh_g', 'a');
+    engine.offer(record.copy(a));
+    await until(() => record.row(a.deliveryId)!.job.attempts === 1, "a's retry scheduled");
+    // Key b: seq 2's feed message is lost; 3 waits ahead, and the gap timer's read fails.
+    record.commit('wh_g', 'b');
+    const third = record.commit('wh_g', 'b');
+    state.failNext = 1;
+    engine.offer(record.copy(third));
+    await until(() => state.failures === 1, 'the failed gap read');
+    await until(() => record.sent('wh_g').length === 3, "b's two deliveries once Postgres is back");
+    assert.deepEqual(record.sent('wh_g'), [1, 2, 3]);
+  });
 
   test('a job whose count the record never reaches (a database restored from a backup) costs one read from the start, not a read for ever', async () => {
     const record = newRecord();
