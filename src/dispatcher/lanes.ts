@@ -83,8 +83,13 @@ const PAYLOADS_KEPT = 2;
  * behind a put-back delivery. A sweep slower than this costs a needless read of the record, no more.
  */
 const RECENT_FINALS_MS = 30_000;
-/** How long a lane waits to read the record again after a read failed (Postgres down). */
+/**
+ * How long a lane waits to read the record again after a read failed (Postgres down), doubling with each
+ * failure in a row up to the longest: every lane with work reads, and a long outage would make thousands of
+ * failing reads (and warnings) a second.
+ */
 const REREAD_AFTER_FAILURE_MS = 1_000;
+const REREAD_AFTER_FAILURE_MAX_MS = 30_000;
 
 /**
  * Per-webhook lanes. The invariant: a lane sends only the head of each ordering key (the whole webhook
@@ -266,6 +271,8 @@ class Lane {
    */
   private requeuesRead = 0;
   private loadFailedAt = -Infinity;
+  /** Reads failed in a row. */
+  private loadFailures = 0;
   /** The lowest `afterSeq` of the reads a failure held back, made again a second after it. */
   private rereadFrom = Infinity;
   private rereadTimer: NodeJS.Timeout | undefined;
@@ -351,7 +358,10 @@ class Lane {
   poke(firstPendingSeq: number | undefined, readAt: number): void {
     if (this.closed || this.loading) return;
     // The sweep's query answered after the lane's last read failed: Postgres is back, read now.
-    if (readAt > this.loadFailedAt) this.loadFailedAt = -Infinity;
+    if (readAt > this.loadFailedAt) {
+      this.loadFailedAt = -Infinity;
+      this.loadFailures = 0;
+    }
     if (
       this.loaded &&
       firstPendingSeq !== undefined &&
@@ -453,7 +463,7 @@ class Lane {
   /** Reads the pending deliveries past knownThrough from Postgres, the record. */
   private load(afterSeq = this.knownThrough): void {
     if (this.loading || this.closed) return;
-    if (Date.now() - this.loadFailedAt < REREAD_AFTER_FAILURE_MS) {
+    if (Date.now() < this.rereadAt()) {
       // Not at once after a failed read (Postgres down): the pump that follows it read again every few
       // milliseconds, about 850 reads a second of one lane.
       this.rereadLater(afterSeq);
@@ -484,6 +494,7 @@ class Lane {
           stale = true;
           return;
         }
+        this.loadFailures = 0;
         this.requeuesSeen = Math.max(this.requeuesSeen, requeues);
         // From the start, it has what every count seen before it began put back: that requeue committed
         // before the ingest that carried the count, and the job came after that commit. (Not only its own
@@ -519,8 +530,10 @@ class Lane {
       })
       .catch((err) => {
         this.loadFailedAt = Date.now();
+        this.loadFailures++;
         this.rereadLater(afterSeq);
-        this.engine.deps.log.warn({ err, webhookId: this.webhookId }, "lane load failed; reading again in a second");
+        // Once per outage: the sweep's and the attempt writer's own warnings tell that it goes on.
+        if (this.loadFailures === 1) this.engine.deps.log.warn({ err, webhookId: this.webhookId }, "lane load failed; reading again shortly");
       })
       .finally(() => {
         this.loading = undefined;
@@ -547,8 +560,14 @@ class Lane {
         this.rereadFrom = Infinity;
         this.load(from);
       },
-      Math.max(10, this.loadFailedAt + REREAD_AFTER_FAILURE_MS - Date.now()),
+      Math.max(10, this.rereadAt() - Date.now()),
     );
+  }
+
+  /** When a read may be made again after the failures in a row so far. */
+  private rereadAt(): number {
+    if (this.loadFailures === 0) return -Infinity;
+    return this.loadFailedAt + Math.min(REREAD_AFTER_FAILURE_MAX_MS, REREAD_AFTER_FAILURE_MS * 2 ** (this.loadFailures - 1));
   }
 
   pump(): void {

@@ -1048,6 +1048,27 @@ describe('LaneEngine', () => {
     assert.deepEqual(record.sent('wh_g'), [1, 2, 3]);
   });
 
+  test('reads that keep failing (a long outage) are made again 1 s, then 2 s, then 4 s later, with one warning', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_out');
+    const warnings: string[] = [];
+    const { state, deps } = flaky(record, { gapWaitMs: 20, log: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }) });
+    const engine = newEngine(deps);
+    await laneLoaded(engine, record, 'wh_out');
+    record.commit('wh_out');
+    const second = record.commit('wh_out');
+    state.failNext = 100;
+    engine.offer(record.copy(second));
+    await until(() => state.failures === 1, 'the first failed read');
+    await sleep(3_500);
+    assert.equal(state.failures, 3, 'at 0, 1 and 3 s; the next at 7 s');
+    assert.equal(warnings.length, 1);
+    state.failNext = 0;
+    // Postgres is back, and the sweep's query says so: the lane reads at once.
+    engine.wake('wh_out', 0, 1, Date.now());
+    await until(() => record.sent('wh_out').length === 2, 'both sent');
+  });
+
   test('a job whose count the record never reaches (a database restored from a backup) costs one read from the start, not a read for ever', async () => {
     const record = newRecord();
     record.addWebhook('wh_rb');
