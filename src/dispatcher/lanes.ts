@@ -273,7 +273,7 @@ class Lane {
   private loadFailedAt = -Infinity;
   /** Reads failed in a row. */
   private loadFailures = 0;
-  /** The lowest `afterSeq` of the reads a failure held back, made again a second after it. */
+  /** The lowest `afterSeq` of the reads a failure held back, made again after the back-off (see rereadAt). */
   private rereadFrom = Infinity;
   private rereadTimer: NodeJS.Timeout | undefined;
   /** The engine handed this lane a free slot; passed on if the pump does not take one. */
@@ -543,25 +543,22 @@ class Lane {
   }
 
   /**
-   * A read that failed, or was held back after a failure, is made a second later, from the lowest seq
-   * asked for: left to the pump, a read from below (a put-back the sweep named) or a lane's first read
-   * was not made again until a sweep, and with ordering keys a gap waited behind a head's retry.
+   * A read that failed, or was held back after a failure, is made again after the back-off, from the
+   * lowest seq asked for: left to the pump, a read from below (a put-back the sweep named) or a lane's
+   * first read was not made again until a sweep, and with ordering keys a gap waited behind a head's retry.
    */
-  private rereadLater(afterSeq: number): void {
+  private rereadLater(afterSeq: number, delayMs = Math.max(10, this.rereadAt() - Date.now())): void {
     this.rereadFrom = Math.min(this.rereadFrom, afterSeq);
     if (this.rereadTimer) return;
-    this.rereadTimer = setTimeout(
-      () => {
-        this.rereadTimer = undefined;
-        if (this.closed) return;
-        // Another read is out (Postgres is back): this one after it.
-        if (this.loading) return this.rereadLater(this.rereadFrom);
-        const from = Math.min(this.rereadFrom, this.knownThrough);
-        this.rereadFrom = Infinity;
-        this.load(from);
-      },
-      Math.max(10, this.rereadAt() - Date.now()),
-    );
+    this.rereadTimer = setTimeout(() => {
+      this.rereadTimer = undefined;
+      if (this.closed) return;
+      // Another read is out (Postgres is back): this one after it.
+      if (this.loading) return this.rereadLater(this.rereadFrom, REREAD_AFTER_FAILURE_MS);
+      const from = Math.min(this.rereadFrom, this.knownThrough);
+      this.rereadFrom = Infinity;
+      this.load(from);
+    }, delayMs);
   }
 
   /** When a read may be made again after the failures in a row so far. */
