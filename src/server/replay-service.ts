@@ -65,7 +65,7 @@ export function createReplayService(deps: { db: Db; feed: DeliveryFeed; eventTtl
       const ratePerSecond = validateRate(req.ratePerSecond);
       const range = validateRange(req.since, req.until, new Date());
       const webhook = await findWebhook(principal, req.webhookId);
-      const replay = await againOnConflict(() => db.transaction().execute(async (trx) => {
+      const { replay, progress } = await againOnConflict(() => db.transaction().execute(async (trx) => {
         const { replay: row, late } = await replays.startReplay(trx, {
           id: newId("rpl"),
           tenantId: principal.tenantId,
@@ -95,14 +95,16 @@ export function createReplayService(deps: { db: Db; feed: DeliveryFeed; eventTtl
         // lanes with the jobs of the next ingest, which waits for this commit: that event does not go
         // before the deliveries put back.
         if (!(await countRequeue(trx, principal.tenantId, webhook.id))) throw notFound("webhook", JSON.stringify(req.webhookId));
-        return row;
+        // The answer is the replay as this call left it, read in its transaction: once the lane hears of
+        // it (below), the first deliveries may go before a later read, and the answer showed 9 of 10 pending.
+        return { replay: row, progress: await replays.replayProgress(trx, row.id) };
       }));
       // The lane learns of it through the feed: the webhook's lowest pending delivery, with the new count
       // of requeues, makes it read from the start, and it sends what the replay put back in seq order as
       // each one's time comes. If that fails, the next event's job tells it, or its owner's sweep.
       const { jobs, requeues } = await loadPendingForLane(db, webhook.id, 0, 1);
       await deps.feed.publish(jobs.map((j) => ({ ...j, requeues })));
-      return create(ReplayWebhookResponseSchema, { replay: toReplay(replay, await replays.replayProgress(db, replay.id)) });
+      return create(ReplayWebhookResponseSchema, { replay: toReplay(replay, progress) });
     },
 
     async getReplay(principal: Principal, req: GetReplayRequest): Promise<GetReplayResponse> {
