@@ -358,10 +358,7 @@ class Lane {
   poke(firstPendingSeq: number | undefined, readAt: number): void {
     if (this.closed || this.loading) return;
     // The sweep's query answered after the lane's last read failed: Postgres is back, read now.
-    if (readAt > this.loadFailedAt) {
-      this.loadFailedAt = -Infinity;
-      this.loadFailures = 0;
-    }
+    if (readAt > this.loadFailedAt) this.loadFailures = 0;
     if (
       this.loaded &&
       firstPendingSeq !== undefined &&
@@ -755,9 +752,7 @@ class Lane {
           // may have found this delivery put back again (a retry by hand right after its outcome was
           // committed) and taken it for the copy in flight, which now leaves. Read from the start again.
           if (this.requeuesSeen > requeuesAtStart) this.requeuesRead = Math.min(this.requeuesRead, requeuesAtStart);
-          // In place: a backlogged lane holds up to `capacity` jobs, and a filtered copy per attempt was garbage.
-          const index = this.queue.indexOf(job);
-          if (index >= 0) this.queue.splice(index, 1);
+          this.leaveQueue(job);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
           this.rememberFinal(job.seq);
           // A parked key's head is done: the rest of the key may go, read from Postgres.
@@ -781,8 +776,7 @@ class Lane {
           // Kept past the lane's position because it was in flight when a cut read moved the position
           // back (see load), and not final: the deliveries between are unread and go first (it went
           // before replayed ones). Postgres has it, and the lane reads it in its turn.
-          const index = this.queue.indexOf(job);
-          if (index >= 0) this.queue.splice(index, 1);
+          this.leaveQueue(job);
           this.truncated = true;
         }
         this.lastActivity = Date.now();
@@ -794,6 +788,12 @@ class Lane {
     this.attempts.add(attempt);
     const next = this.nextInLine(job, key, webhook.orderedByKey);
     if (next) this.engine.deps.prefetch?.(next);
+  }
+
+  /** In place: a backlogged lane holds up to `capacity` jobs, and a filtered copy per attempt was garbage. */
+  private leaveQueue(job: DeliveryJob): void {
+    const index = this.queue.indexOf(job);
+    if (index >= 0) this.queue.splice(index, 1);
   }
 
   private rememberFinal(seq: number): void {

@@ -245,6 +245,22 @@ describe('LaneEngine', () => {
     records.push(record);
     return record;
   };
+  /**
+   * A lane whose reads fail from now on: seq 1's feed message is lost, seq 2 is held ahead of the gap,
+   * and the gap timer's read of the record fails (Postgres down).
+   */
+  const behindFailingReads = async (webhookId: string, overrides: Partial<LaneEngineDeps>) => {
+    const record = newRecord();
+    record.addWebhook(webhookId);
+    const { state, deps } = flaky(record, { gapWaitMs: 20, ...overrides });
+    const engine = newEngine(deps);
+    await laneLoaded(engine, record, webhookId);
+    record.commit(webhookId);
+    const second = record.commit(webhookId);
+    state.failNext = 1_000;
+    engine.offer(record.copy(second));
+    return { record, state, engine };
+  };
   afterEach(async () => {
     // Close the lanes first, then let whatever is held finish, so stop() can see nothing in flight.
     const stopping = engines.splice(0).map((engine) => engine.stop());
@@ -801,31 +817,22 @@ describe('LaneEngine', () => {
   test('a retry by hand of a delivery the lane passed: the next event waits for it, behind a read that failed once (no busy loop)', async () => {
     const record = newRecord();
     record.addWebhook('wh_rh');
-    let failing = false;
-    let failed = 0;
-    const deps = record.deps();
-    const engine = newEngine({
-      ...deps,
-      loadPending: (...args) => {
-        if (!failing) return deps.loadPending(...args);
-        failed++;
-        return Promise.reject(new Error('connection refused'));
-      },
-    });
+    const { state, deps } = flaky(record);
+    const engine = newEngine(deps);
     for (let i = 0; i < 3; i++) engine.offer(record.copy(record.commit('wh_rh')));
     await until(() => record.sent('wh_rh').length === 3, 'the first three');
-    failing = true;
+    state.failNext = 1_000;
     const loads = record.loads.length;
     const asked = Date.now();
     record.requeue('wh_rh', [2]);
     engine.offer(record.copy(record.commit('wh_rh')));
     await sleep(300);
     assert.deepEqual(record.sent('wh_rh'), [1, 2, 3], 'nothing sent while the record cannot be read');
-    failing = false;
+    state.failNext = 0;
     await until(() => record.sent('wh_rh').length === 5, 'seq 2 again, then 4');
     assert.deepEqual(record.sent('wh_rh').slice(3), [2, 4]);
     // One failed read, then one a second later: not a read per turn of the event loop.
-    assert.equal(failed, 1);
+    assert.equal(state.failures, 1);
     assert.ok(Date.now() - asked >= 900, 'read again after a second');
     assert.equal(record.loads.length - loads, 1);
   });
@@ -901,29 +908,10 @@ describe('LaneEngine', () => {
   });
 
   test('a lane whose reads fail (Postgres down) reads again after a second, not at once: a read a millisecond', async () => {
-    const record = newRecord();
-    record.addWebhook('wh_down');
-    let down = false;
-    let failed = 0;
-    const deps = record.deps({ gapWaitMs: 50 });
-    const engine = newEngine({
-      ...deps,
-      loadPending: async (...args) => {
-        if (!down) return deps.loadPending(...args);
-        failed++;
-        await sleep(1);
-        throw new Error('connect ECONNREFUSED');
-      },
-    });
-    await laneLoaded(engine, record, 'wh_down');
-    record.commit('wh_down');
-    const second = record.commit('wh_down');
-    down = true;
-    // Seq 1's feed message is lost; seq 2 is held ahead, and the gap timer reads the record.
-    engine.offer(record.copy(second));
+    const { record, state } = await behindFailingReads('wh_down', {});
     await sleep(1_000);
-    assert.ok(failed >= 1 && failed <= 2, `${failed} reads in a second`);
-    down = false;
+    assert.ok(state.failures >= 1 && state.failures <= 2, `${state.failures} reads in a second`);
+    state.failNext = 0;
     await until(() => record.sent('wh_down').length === 2, 'both sent once Postgres is back');
     assert.deepEqual(record.sent('wh_down'), [1, 2]);
   });
@@ -1049,16 +1037,8 @@ describe('LaneEngine', () => {
   });
 
   test('reads that keep failing (a long outage) are made again 1 s, then 2 s, then 4 s later, with one warning', async () => {
-    const record = newRecord();
-    record.addWebhook('wh_out');
     const warnings: string[] = [];
-    const { state, deps } = flaky(record, { gapWaitMs: 20, log: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }) });
-    const engine = newEngine(deps);
-    await laneLoaded(engine, record, 'wh_out');
-    record.commit('wh_out');
-    const second = record.commit('wh_out');
-    state.failNext = 100;
-    engine.offer(record.copy(second));
+    const { record, state, engine } = await behindFailingReads('wh_out', { log: pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }) });
     await until(() => state.failures === 1, 'the first failed read');
     await sleep(3_500);
     assert.equal(state.failures, 3, 'at 0, 1 and 3 s; the next at 7 s');
