@@ -248,6 +248,13 @@ class Lane {
   /** Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS. */
   private readonly recentFinals = new Map<number, number>();
   /**
+   * Delivery id → the retry its last attempt here committed, kept until RECENT_FINALS_MS past it is due.
+   * A copy of the delivery from before that attempt (a read whose snapshot predates the outcome, a late
+   * feed message) is taken with this schedule: taken as it came, it went at once, hours before its
+   * retry, with the attempt count from before it (see insertSorted).
+   */
+  private readonly recentRetries = new Map<string, { attempts: number; nextAttemptAt: number; until: number }>();
+  /**
    * Jobs in flight. Their ordering keys are worked out at each pump under the webhook's current setting:
    * a key kept from the start of an attempt let the same job start again beside itself when
    * `ordered_by_key` changed meanwhile.
@@ -418,6 +425,13 @@ class Lane {
    * job in flight, left when the first went final, was sent again.
    */
   private insertSorted(job: DeliveryJob): boolean {
+    // Attempts only grow (a put-back starts from a final outcome, which counted one more): a copy with
+    // fewer than the lane's last retry here is older than that retry.
+    const retry = this.recentRetries.get(job.deliveryId);
+    if (retry && retry.attempts > job.attempts) {
+      job.attempts = retry.attempts;
+      job.nextAttemptAt = retry.nextAttemptAt;
+    }
     const last = this.queue.at(-1);
     let index = !last || last.seq < job.seq ? -1 : this.queue.findIndex((j) => j.seq >= job.seq);
     if (index === -1) index = this.queue.length;
@@ -755,11 +769,13 @@ class Lane {
           this.leaveQueue(job);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
           this.rememberFinal(job.seq);
+          this.recentRetries.delete(job.deliveryId);
           // A parked key's head is done: the rest of the key may go, read from Postgres.
           if (this.parked.has(job.orderingKey)) this.unpark();
         } else {
           job.attempts++;
           job.nextAttemptAt = outcome.nextAttemptAt;
+          this.rememberRetry(job);
           // A retry may be hours away; it reads the payload again when it comes due.
           job.payload = undefined;
         }
@@ -805,6 +821,16 @@ class Lane {
     // Deleted first so that the map stays in time order when a seq put back is finished again.
     this.recentFinals.delete(seq);
     this.recentFinals.set(seq, now);
+  }
+
+  private rememberRetry(job: DeliveryJob): void {
+    const now = Date.now();
+    // One entry per key whose head waits for a retry, mostly: swept only when there are many.
+    if (this.recentRetries.size >= this.engine.capacity) {
+      for (const [id, retry] of this.recentRetries) if (retry.until <= now) this.recentRetries.delete(id);
+    }
+    const until = Math.max(now, job.nextAttemptAt) + RECENT_FINALS_MS;
+    this.recentRetries.set(job.deliveryId, { attempts: job.attempts, nextAttemptAt: job.nextAttemptAt, until });
   }
 
   /** The job that follows `job` on its ordering key (on the whole lane, unless the webhook opted in). */

@@ -1455,4 +1455,62 @@ describe('LaneEngine', () => {
     }
     assert.ok(rows <= 20 * 128 + 20, `${rows} rows read by 20 sweeps`);
   });
+
+  test("a read whose snapshot predates a retry's outcome does not bring the delivery back due at once", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_snap', { orderedByKey: true });
+    const engine = newEngine(record.deps({ laneCapacity: 3 }));
+    // Key y's seqs 1..6 sent and final; the lane's position is 6.
+    for (let i = 0; i < 6; i++) engine.offer(record.copy(record.commit('wh_snap', 'y')));
+    await until(() => record.sent('wh_snap').length === 6, 'the first six');
+    // Key x's seq 7 goes and is held in flight.
+    record.responder = (call) => (call.seq === 7 && call.attempts === 0 ? 'hold' : { final: true, signal: 'success' });
+    const seven = record.commit('wh_snap', 'x');
+    engine.offer(record.copy(seven));
+    await until(() => record.calls.some((c) => c.seq === 7), 'seq 7 in flight');
+    // A replay puts 1 and 2 back; its word has the lane read from the start with room for 2: cut at 2, the
+    // position moves back to 2, and 7 stays in flight past it.
+    record.requeue('wh_snap', [1, 2]);
+    engine.offer({ ...record.copy(record.rows.get('wh_snap')![0]!.job), requeues: 1 });
+    await until(() => record.loads.some((l) => l.afterSeq === 0 && l.limit === 2), 'the read from the start');
+    // 1 and 2 go again, and the lane reads on from 2, slowly: the snapshot has 7 as it is now, never tried.
+    record.loadDelayMs = 200;
+    await until(() => record.loads.some((l) => l.afterSeq === 2), 'the read on from 2');
+    assert.deepEqual(record.sent('wh_snap'), [1, 2, 3, 4, 5, 6, 7, 1, 2]);
+    // Meanwhile 7's attempt ends in a retry an hour away, committed; 7 leaves the queue (past the position).
+    const retryAt = Date.now() + 3_600_000;
+    record.calls.find((c) => c.seq === 7)!.finish({ final: false, nextAttemptAt: retryAt, signal: 'failure' });
+    await sleep(400);
+    assert.deepEqual(record.sent('wh_snap'), [1, 2, 3, 4, 5, 6, 7, 1, 2], 'seq 7 waits for its retry, an hour away');
+  });
+
+  test("a late copy of a delivery's feed message, once the lane's position moved back below it, keeps its retry's schedule", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_late');
+    const retryAt = Date.now() + 3_600_000;
+    let replayed = false;
+    // Seq 3's first attempt gets a retry in an hour; the replayed attempts are held; everything else succeeds.
+    record.responder = (call) => {
+      if (replayed && call.seq < 3) return 'hold';
+      return call.seq === 3 && call.attempts === 0 ? { final: false, nextAttemptAt: retryAt, signal: 'failure' } : { final: true, signal: 'success' };
+    };
+    const engine = newEngine(record.deps({ laneCapacity: 3 }));
+    const jobs = [1, 2, 3].map(() => record.commit('wh_late'));
+    for (const job of jobs) engine.offer(record.copy(job));
+    await until(() => record.row(jobs[2]!.deliveryId)!.job.attempts === 1, "seq 3's retry recorded");
+    await sleep(20);
+    // A replay puts 1 and 2 back; its word has the lane read from the start with room for 2: cut at 2, the
+    // position moves back to 2, and 3 (waiting for its retry) leaves the queue for the record.
+    replayed = true;
+    record.requeue('wh_late', [1, 2]);
+    engine.offer({ ...record.copy(record.row(jobs[0]!.deliveryId)!.job), requeues: 1 });
+    await until(() => record.calls.length === 4, 'replayed seq 1 in flight');
+    // The feed redelivers seq 3's first message (its ack was lost): never tried, due when committed.
+    engine.offer(record.copy(jobs[2]!));
+    await sleep(20);
+    replayed = false;
+    for (const call of record.calls) call.finish();
+    await sleep(100);
+    assert.deepEqual(record.sent('wh_late'), [1, 2, 3, 1, 2], 'seq 3 waits for its retry, an hour away');
+  });
 });
