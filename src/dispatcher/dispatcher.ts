@@ -309,8 +309,12 @@ export class Dispatcher {
   private async letGo(shard: number): Promise<void> {
     const subscription = this.owned.get(shard);
     this.owned.delete(shard);
+    // The lanes go now, not once the subscription has stopped: claimed again meanwhile, the shard's sweep
+    // woke them, and they sent what they held from before the lease was lost, which another process had
+    // sent since.
+    const dropped = this.engine.dropShard(shard);
     await subscription?.stop();
-    await this.engine.dropShard(shard);
+    await dropped;
   }
 
   /**

@@ -111,6 +111,8 @@ export class LaneEngine {
   private readonly lanes = new Map<string, Lane>();
   private readonly waitingForSlot = new Set<Lane>();
   private readonly waitingForLease = new Set<Lane>();
+  /** Shard → its drops whose lanes' attempts are still in flight (see dropShard). */
+  private readonly settling = new Map<number, number>();
   private inFlight = 0;
   private readonly idle: Set<() => void> = new Set();
   private readonly sweeper: NodeJS.Timeout;
@@ -151,11 +153,35 @@ export class LaneEngine {
     return this.inFlight;
   }
 
-  /** Forgets the shard's lanes; resolves when their attempts in flight have been recorded. */
+  /**
+   * Forgets the shard's lanes at once; resolves when their attempts in flight have been recorded. Until
+   * then the shard's new lanes (it was claimed again meanwhile) start nothing: beside an attempt still in
+   * flight, its delivery, pending in the record, went a second time, and the next one before it was final.
+   * Then they are made afresh, from a read of the record that has those attempts' outcomes.
+   */
   async dropShard(shard: number): Promise<void> {
     const dropped = [...this.lanes.values()].filter((lane) => lane.shard === shard);
     for (const lane of dropped) this.remove(lane);
-    await Promise.all(dropped.map((lane) => lane.settled()));
+    this.settling.set(shard, (this.settling.get(shard) ?? 0) + 1);
+    try {
+      await Promise.all(dropped.map((lane) => lane.settled()));
+    } finally {
+      const left = this.settling.get(shard)! - 1;
+      if (left > 0) this.settling.set(shard, left);
+      else {
+        this.settling.delete(shard);
+        for (const lane of [...this.lanes.values()]) {
+          if (lane.shard !== shard) continue;
+          this.remove(lane);
+          this.laneFor(lane.webhookId, shard);
+        }
+      }
+    }
+  }
+
+  /** Whether the shard's lanes may start attempts: its lease is confirmed, and no dropped lane of it has one in flight. */
+  mayStart(shard: number): boolean {
+    return !this.settling.has(shard) && this.deps.mayStart?.(shard) !== false;
   }
 
   /** Stops every lane; resolves when nothing is in flight. */
@@ -172,7 +198,7 @@ export class LaneEngine {
     this.waitingForLease.delete(lane);
   }
 
-  /** A lane whose shard's lease is unconfirmed waits here rather than on a timer of its own. */
+  /** A lane that may not start (see mayStart) waits here rather than on a timer of its own. */
   waitForLease(lane: Lane): void {
     this.waitingForLease.add(lane);
   }
@@ -240,6 +266,13 @@ class Lane {
   private loaded = false;
   /** More pending deliveries exist in Postgres past knownThrough than the lane holds. */
   private truncated = false;
+  /**
+   * Seqs past knownThrough up to here are taken from the record only, not from the feed: the last seq a
+   * cut read saw committed, or the position before it moved back. Some of them went final (here, before
+   * another process took the shard, or here more than RECENT_FINALS_MS ago), and a late or redelivered
+   * feed copy of one, appended as the next seq without asking, was sent again.
+   */
+  private recordOnlyThrough = 0;
   /** Jobs dropped for want of room in `ahead`: a load that began before a drop cannot clear `truncated`. */
   private overflows = 0;
   private loading: Promise<void> | undefined;
@@ -315,6 +348,10 @@ class Lane {
     if (job.requeues !== undefined && job.requeues > this.requeuesSeen) {
       this.requeuesSeen = job.requeues;
       this.pump();
+    }
+    if (this.loaded && job.seq > this.knownThrough && job.seq <= this.recordOnlyThrough) {
+      // The lane is truncated meanwhile, and reads it from Postgres in its turn, pending or not.
+      return;
     }
     // (A parked key's next job takes no room: the lane only moves its position past it.)
     if (!this.loaded || job.seq > this.knownThrough + 1 || (this.queue.length >= this.engine.capacity && !this.parked.has(job.orderingKey))) {
@@ -457,7 +494,7 @@ class Lane {
   }
 
   private absorbAhead(): void {
-    for (const seq of this.ahead.keys()) if (seq <= this.knownThrough) this.ahead.delete(seq);
+    for (const seq of this.ahead.keys()) if (seq <= Math.max(this.knownThrough, this.recordOnlyThrough)) this.ahead.delete(seq);
     while (this.queue.length < this.engine.capacity) {
       const next = this.ahead.get(this.knownThrough + 1);
       if (!next) break;
@@ -520,6 +557,7 @@ class Lane {
         for (const job of jobs) if (!known.has(job.deliveryId) && !this.finalWhileLoading.has(job.deliveryId)) this.insertSorted(job);
         this.finalWhileLoading.clear();
         const cut = jobs.length >= limit;
+        if (cut) this.recordOnlyThrough = Math.max(this.recordOnlyThrough, lastSeq);
         if (cut && fromBelow && jobs.at(-1)!.seq < this.knownThrough) {
           // Read from below the lane's position (deliveries put back: a replay, retries by hand) and cut
           // short: between the cut and knownThrough may lie more of them, which no later job may pass.
@@ -629,7 +667,7 @@ class Lane {
     if (this.closed) return;
     // After the wait, not before it: the webhook's confirmation waits for Postgres, and a partition
     // from Postgres is when the lease may lapse and another process take the shard.
-    if (this.engine.deps.mayStart?.(this.shard) === false) {
+    if (!this.engine.mayStart(this.shard)) {
       // Another process may own the shard by now: sending beside it would break the lane's order.
       this.engine.waitForLease(this);
       return;
@@ -742,6 +780,7 @@ class Lane {
     const below = this.parkedFrom - 1;
     this.parkedFrom = Infinity;
     if (below >= this.knownThrough) return;
+    this.recordOnlyThrough = Math.max(this.recordOnlyThrough, this.knownThrough);
     this.knownThrough = below;
     this.queue = this.queue.filter((j) => j.seq <= below || this.inFlight.has(j));
     this.ahead.clear();

@@ -1513,4 +1513,44 @@ describe('LaneEngine', () => {
     await sleep(100);
     assert.deepEqual(record.sent('wh_late'), [1, 2, 3, 1, 2], 'seq 3 waits for its retry, an hour away');
   });
+
+  test("a late feed copy of a delivery final elsewhere, past a cut read's position, is left to the record, not sent again", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_cut');
+    // The shard's former owner sent seqs 1..3; the feed message of seq 3 comes again later (its ack was lost).
+    const jobs = [1, 2, 3].map(() => record.commit('wh_cut'));
+    for (const row of record.rows.get('wh_cut')!) row.status = 'succeeded';
+    const engine = newEngine(record.deps({ laneCapacity: 2 }));
+    await laneLoaded(engine, record, 'wh_cut');
+    // A replay puts 1 and 2 back; its word has the lane read from the start with room for 2: cut at 2.
+    record.responder = (call) => (call.seq === 2 ? 'hold' : { final: true, signal: 'success' });
+    record.requeue('wh_cut', [1, 2]);
+    engine.offer({ ...record.copy(record.rows.get('wh_cut')![0]!.job), requeues: 1 });
+    await until(() => record.sent('wh_cut').length === 2, 'replayed 1 sent, 2 in flight');
+    engine.offer(record.copy(jobs[2]!));
+    await sleep(20);
+    for (const call of record.calls) call.finish();
+    await sleep(60);
+    assert.deepEqual(record.sent('wh_cut'), [1, 2], 'seq 3 is final and was not put back');
+  });
+
+  test('a shard claimed again while its dropped lanes have an attempt in flight: its new lane waits for that outcome', async () => {
+    const record = newRecord();
+    record.addWebhook('wh_again');
+    record.responder = (call) => (call.seq === 1 && call.attempts === 0 ? 'hold' : { final: true, signal: 'success' });
+    const engine = newEngine(record.deps());
+    for (let i = 0; i < 2; i++) engine.offer(record.copy(record.commit('wh_again')));
+    await until(() => record.calls.length === 1, 'seq 1 in flight');
+    // The lease lost: the lanes go; then the shard is claimed again and its sweep makes a new lane, whose
+    // read has seq 1 pending (its attempt is not recorded yet).
+    const dropping = engine.dropShard(0);
+    engine.wake('wh_again', 0, 1);
+    await sleep(50);
+    assert.deepEqual(record.sent('wh_again'), [1], 'nothing starts beside the attempt in flight');
+    record.calls[0]!.finish();
+    await dropping;
+    await until(() => record.sent('wh_again').length === 2, 'seq 2 sent');
+    await sleep(50);
+    assert.deepEqual(record.sent('wh_again'), [1, 2], 'seq 1 went once: the new lane read its outcome');
+  });
 });
