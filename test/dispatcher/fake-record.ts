@@ -23,7 +23,9 @@ export async function until(predicate: () => boolean, what: string, timeoutMs = 
 
 export interface Row {
   job: DeliveryJob;
-  status: 'pending' | 'succeeded' | 'failed';
+  status: 'pending' | 'succeeded' | 'failed' | 'expired';
+  /** Expired without an attempt (its TTL ran out before a lane tried it): a final attempt outcome still lands. */
+  untried?: boolean;
   /** The webhook's count of requeues once the requeue that last put this delivery back committed. */
   requeuedAs?: number;
 }
@@ -66,6 +68,15 @@ export class FakeRecord {
   notifyDelayMs = 0;
   responder: Responder = () => ({ final: true, signal: 'success' });
   /**
+   * How an attempt's outcome is written to its row. Absent: a final one makes it succeeded, a retry counts the
+   * attempt and takes its schedule, whatever the row's state (lanes-randomized.test.ts writes as Postgres does).
+   */
+  writeOutcome: ((row: Row, outcome: Exclude<LaneOutcome, { notStarted: true }>, call: Call) => void) | undefined = undefined;
+  /** Each webhook's shard (0 unless set), given to its jobs at commit. */
+  readonly shardOf = new Map<string, number>();
+  /** A committed delivery expires this long after it is created. */
+  ttlMs = 3_600_000;
+  /**
    * An earlier pending delivery that `execute` does not count against a start, when this says so: one put
    * back by a requeue that the lane has had no word of yet (lanes-randomized.test.ts). Absent: none.
    */
@@ -88,7 +99,7 @@ export class FakeRecord {
     const job: DeliveryJob = {
       deliveryId: `dlv_${webhookId}_${seq}_${this.counter++}`,
       webhookId,
-      shard: 0,
+      shard: this.shardOf.get(webhookId) ?? 0,
       seq,
       orderingKey,
       eventId: `evt_${webhookId}_${seq}`,
@@ -97,7 +108,7 @@ export class FakeRecord {
       payload: JSON.stringify({ seq }),
       attempts: 0,
       nextAttemptAt: now,
-      expiresAt: now + 3_600_000,
+      expiresAt: now + this.ttlMs,
       ...(this.requeues.get(webhookId) ? { requeues: this.requeues.get(webhookId) } : {}),
     };
     this.rows.get(webhookId)!.push({ job: { ...job }, status: 'pending' });
@@ -188,7 +199,8 @@ export class FakeRecord {
               // The outcome is "committed" before the lane hears of it, as the attempt writer does.
               const row = this.row(job.deliveryId)!;
               if ('notStarted' in outcome) return void resolve(outcome);
-              if (outcome.final) row.status = 'succeeded';
+              if (this.writeOutcome) this.writeOutcome(row, outcome, call);
+              else if (outcome.final) row.status = 'succeeded';
               else {
                 row.job.attempts++;
                 row.job.nextAttemptAt = outcome.nextAttemptAt;
