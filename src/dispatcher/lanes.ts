@@ -281,6 +281,13 @@ class Lane {
   /** Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS. */
   private readonly recentFinals = new Map<number, number>();
   /**
+   * Seq → its attempt count once final, for the seqs of recentFinals. Attempts only grow, and a put-back
+   * keeps the count: a copy with fewer predates the final outcome, and one pending now was put back since
+   * by a replay the lane has no word of yet. Taken as it came, it went at once, before its turn in the
+   * replay's pace and before the replay's deliveries below it.
+   */
+  private readonly recentFinalAttempts = new Map<number, number>();
+  /**
    * Delivery id → the retry its last attempt here committed, kept until RECENT_FINALS_MS past it is due.
    * A copy of the delivery from before that attempt (a read whose snapshot predates the outcome, a late
    * feed message) is taken with this schedule: taken as it came, it went at once, hours before its
@@ -381,6 +388,7 @@ class Lane {
     const asked = Date.now();
     void this.engine.deps.isPending(job.deliveryId).then((pending) => {
       if (!pending || this.closed || (this.recentFinals.get(job.seq) ?? -Infinity) >= asked) return;
+      if (job.attempts < (this.recentFinalAttempts.get(job.seq) ?? 0)) return;
       if (this.leftToRecord(job)) return;
       if (job.seq > this.knownThrough + 1) {
         // The position moved back meanwhile (a key let go, a cut read): queued here, it went before the
@@ -807,7 +815,8 @@ class Lane {
           if (this.requeuesSeen > requeuesAtStart) this.requeuesRead = Math.min(this.requeuesRead, requeuesAtStart);
           this.leaveQueue(job);
           if (this.loading) this.finalWhileLoading.add(job.deliveryId);
-          this.rememberFinal(job.seq);
+          // A neutral final may have made no attempt (expired, or gone from the record): counted as none.
+          this.rememberFinal(job.seq, outcome.signal === "neutral" ? job.attempts : job.attempts + 1);
           this.recentRetries.delete(job.deliveryId);
           // A parked key's head is done: the rest of the key may go, read from Postgres.
           if (this.parked.has(job.orderingKey)) this.unpark();
@@ -851,15 +860,17 @@ class Lane {
     if (index >= 0) this.queue.splice(index, 1);
   }
 
-  private rememberFinal(seq: number): void {
+  private rememberFinal(seq: number, attempts: number): void {
     const now = Date.now();
     for (const [old, at] of this.recentFinals) {
       if (at > now - RECENT_FINALS_MS) break;
       this.recentFinals.delete(old);
+      this.recentFinalAttempts.delete(old);
     }
     // Deleted first so that the map stays in time order when a seq put back is finished again.
     this.recentFinals.delete(seq);
     this.recentFinals.set(seq, now);
+    this.recentFinalAttempts.set(seq, attempts);
   }
 
   private rememberRetry(job: DeliveryJob): void {

@@ -1154,7 +1154,8 @@ describe('LaneEngine', () => {
     const row = record.row(a1.deliveryId)!;
     row.status = 'pending';
     row.job.attempts = 1;
-    engine.offer(record.copy(a1));
+    // As the retry's word is published: read from the record (a copy from before A1's attempt is stale).
+    engine.offer(record.copy(row.job));
     await sleep(30);
     // More of C fill the lane: C is parked behind its waiting head, and A2 (in flight) leaves the queue with the rest of A.
     for (let i = 0; i < 6; i++) engine.offer(record.copy(record.commit('wh_f3', 'C')));
@@ -1552,5 +1553,26 @@ describe('LaneEngine', () => {
     await until(() => record.sent('wh_again').length === 2, 'seq 2 sent');
     await sleep(50);
     assert.deepEqual(record.sent('wh_again'), [1, 2], 'seq 1 went once: the new lane read its outcome');
+  });
+
+  test("a stale feed copy of a delivery a paced replay put back waits for its turn, after the replay's earlier ones", async () => {
+    const record = newRecord();
+    record.addWebhook('wh_paced');
+    const engine = newEngine(record.deps());
+    const jobs = [1, 2, 3].map(() => record.commit('wh_paced'));
+    for (const job of jobs) engine.offer(record.copy(job));
+    await until(() => record.rows.get('wh_paced')!.every((r) => r.status === 'succeeded'), 'seqs 1..3 sent and final');
+    await sleep(20);
+    // A replay of 1..3 at one a second: 1 due now, 2 in 1 s, 3 in 2 s; its word is not out yet.
+    record.requeue('wh_paced', [1, 2, 3]);
+    for (const [i, row] of record.rows.get('wh_paced')!.entries()) {
+      row.job.attempts = 1;
+      row.job.nextAttemptAt = Date.now() + 1_000 * i;
+      row.job.paceMs = 1_000;
+    }
+    // Meanwhile the feed repeats seq 3's ingest message (never tried, due at once): the record says pending.
+    engine.offer(record.copy(jobs[2]!));
+    await sleep(100);
+    assert.ok(!record.sent('wh_paced').slice(3).includes(3), `seq 3 went 2 s early, before 1 and 2: ${record.sent('wh_paced')}`);
   });
 });
