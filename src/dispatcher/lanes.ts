@@ -278,15 +278,13 @@ class Lane {
   private loading: Promise<void> | undefined;
   /** Deliveries that became final while a load was in flight: its snapshot may still list them as pending. */
   private readonly finalWhileLoading = new Set<string>();
-  /** Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS. */
-  private readonly recentFinals = new Map<number, number>();
   /**
-   * Seq → its attempt count once final, for the seqs of recentFinals. Attempts only grow, and a put-back
-   * keeps the count: a copy with fewer predates the final outcome, and one pending now was put back since
-   * by a replay the lane has no word of yet. Taken as it came, it went at once, before its turn in the
-   * replay's pace and before the replay's deliveries below it.
+   * Seq → when it left the queue final, oldest first, for RECENT_FINALS_MS, and its attempt count then.
+   * Attempts only grow, and a put-back keeps the count: a copy with fewer predates the final outcome, and
+   * one pending now was put back since by a replay the lane has no word of yet. Taken as it came, it went
+   * at once, before its turn in the replay's pace and before the replay's deliveries below it.
    */
-  private readonly recentFinalAttempts = new Map<number, number>();
+  private readonly recentFinals = new Map<number, { at: number; attempts: number }>();
   /**
    * Delivery id → the retry its last attempt here committed, kept until RECENT_FINALS_MS past it is due.
    * A copy of the delivery from before that attempt (a read whose snapshot predates the outcome, a late
@@ -387,8 +385,8 @@ class Lane {
     if (this.leftToRecord(job)) return;
     const asked = Date.now();
     void this.engine.deps.isPending(job.deliveryId).then((pending) => {
-      if (!pending || this.closed || (this.recentFinals.get(job.seq) ?? -Infinity) >= asked) return;
-      if (job.attempts < (this.recentFinalAttempts.get(job.seq) ?? 0)) return;
+      const final = this.recentFinals.get(job.seq);
+      if (!pending || this.closed || (final && (final.at >= asked || job.attempts < final.attempts))) return;
       if (this.leftToRecord(job)) return;
       if (job.seq > this.knownThrough + 1) {
         // The position moved back meanwhile (a key let go, a cut read): queued here, it went before the
@@ -416,7 +414,7 @@ class Lane {
       firstPendingSeq !== undefined &&
       firstPendingSeq <= this.knownThrough &&
       !this.queue.some((j) => j.seq === firstPendingSeq) &&
-      !((this.recentFinals.get(firstPendingSeq) ?? -Infinity) >= readAt)
+      !((this.recentFinals.get(firstPendingSeq)?.at ?? -Infinity) >= readAt)
     ) {
       // Put back behind the lane's position (a retry by hand, a replay): read from there; the load merges.
       // Not when the lane finished that seq after the sweep read it: with a thousand busy lanes, those
@@ -862,15 +860,13 @@ class Lane {
 
   private rememberFinal(seq: number, attempts: number): void {
     const now = Date.now();
-    for (const [old, at] of this.recentFinals) {
+    for (const [old, { at }] of this.recentFinals) {
       if (at > now - RECENT_FINALS_MS) break;
       this.recentFinals.delete(old);
-      this.recentFinalAttempts.delete(old);
     }
     // Deleted first so that the map stays in time order when a seq put back is finished again.
     this.recentFinals.delete(seq);
-    this.recentFinals.set(seq, now);
-    this.recentFinalAttempts.set(seq, attempts);
+    this.recentFinals.set(seq, { at: now, attempts });
   }
 
   private rememberRetry(job: DeliveryJob): void {
